@@ -1,0 +1,182 @@
+/* Status strings, version, ISA detection and the context. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+const char *meld_status_string(meld_status status) {
+    switch (status) {
+    case MELD_OK: return "ok";
+    case MELD_ERR_NULL_POINTER: return "a required pointer argument is NULL";
+    case MELD_ERR_INVALID_ARGUMENT: return "an argument is out of its valid range or NaN";
+    case MELD_ERR_SIZE_MISMATCH: return "tensor element counts do not match";
+    case MELD_ERR_UNSUPPORTED_DTYPE: return "unknown or unsupported dtype";
+    case MELD_ERR_OUT_OF_MEMORY: return "out of memory";
+    case MELD_ERR_UNSUPPORTED: return "not supported by this build or machine";
+    case MELD_ERR_INDEX_OUT_OF_RANGE: return "an id or index is out of range";
+    case MELD_ERR_DEVICE: return "device error";
+    case MELD_ERR_NO_DEVICE: return "no such device";
+    case MELD_ERR_BUILD_FAILED: return "device program build failed";
+    }
+    return "unknown status";
+}
+
+size_t meld_dtype_size(meld_dtype dtype) {
+    switch (dtype) {
+    case MELD_F32: return 4;
+    case MELD_F16: case MELD_BF16: return 2;
+    }
+    return 0;
+}
+
+const char *meld_dtype_name(meld_dtype dtype) {
+    switch (dtype) {
+    case MELD_F32: return "f32";
+    case MELD_F16: return "f16";
+    case MELD_BF16: return "bf16";
+    }
+    return "unknown";
+}
+
+int meld_version(void) { return MELD_VERSION; }
+
+#define MELD_XSTR_(x) #x
+#define MELD_XSTR(x) MELD_XSTR_(x)
+const char *meld_version_string(void) {
+    return MELD_XSTR(MELD_VERSION_MAJOR) "." MELD_XSTR(MELD_VERSION_MINOR) "." MELD_XSTR(MELD_VERSION_PATCH);
+}
+
+const char *meld_isa_name(meld_isa isa) {
+    switch (isa) {
+    case MELD_ISA_AUTO: return "auto";
+    case MELD_ISA_SCALAR: return "scalar";
+    case MELD_ISA_AVX2: return "avx2";
+    case MELD_ISA_AVX512: return "avx512";
+    }
+    return "unknown";
+}
+
+int meld_isa_supported(meld_isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    switch (isa) {
+    case MELD_ISA_AUTO: case MELD_ISA_SCALAR: return 1;
+    case MELD_ISA_AVX2:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+    case MELD_ISA_AVX512:
+        return meld_isa_supported(MELD_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vl");
+    }
+    return 0;
+#else
+    return isa == MELD_ISA_AUTO || isa == MELD_ISA_SCALAR;
+#endif
+}
+
+static const meld_ukernels *registry_for(meld_isa isa) {
+    switch (isa) {
+#if defined(__x86_64__)
+    case MELD_ISA_AVX512: return &meld_ukernels_avx512;
+    case MELD_ISA_AVX2: return &meld_ukernels_avx2;
+#endif
+    default: return &meld_ukernels_scalar;
+    }
+}
+
+static meld_isa resolve_isa(meld_isa want) {
+    if (want == MELD_ISA_AUTO) {
+        const char *env = getenv("MELD_ISA");
+        if (env && *env) {
+            if (!strcmp(env, "scalar")) want = MELD_ISA_SCALAR;
+            else if (!strcmp(env, "avx2")) want = MELD_ISA_AVX2;
+            else if (!strcmp(env, "avx512")) want = MELD_ISA_AVX512;
+        }
+    }
+    if (want == MELD_ISA_AUTO) {
+        if (meld_isa_supported(MELD_ISA_AVX512)) return MELD_ISA_AVX512;
+        if (meld_isa_supported(MELD_ISA_AVX2)) return MELD_ISA_AVX2;
+        return MELD_ISA_SCALAR;
+    }
+    return want;
+}
+
+meld_status meld_context_create_ex(const meld_context_options *options, meld_context **out) {
+    if (!options || !out) return MELD_ERR_NULL_POINTER;
+    *out = NULL;
+    if (options->threads < 0 || options->threads > 4096) return MELD_ERR_INVALID_ARGUMENT;
+    if (options->isa < MELD_ISA_AUTO || options->isa > MELD_ISA_AVX512) return MELD_ERR_INVALID_ARGUMENT;
+    meld_isa isa = resolve_isa(options->isa);
+    if (!meld_isa_supported(isa)) return MELD_ERR_UNSUPPORTED;
+    meld_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return MELD_ERR_OUT_OF_MEMORY;
+    ctx->threads = options->threads > 0 ? options->threads : omp_get_max_threads();
+    if (ctx->threads < 1) ctx->threads = 1;
+    ctx->isa = isa;
+    ctx->uk = registry_for(isa);
+    *out = ctx;
+    return MELD_OK;
+}
+
+meld_status meld_context_create(int threads, meld_context **out) {
+    meld_context_options o = {.threads = threads, .isa = MELD_ISA_AUTO};
+    return meld_context_create_ex(&o, out);
+}
+
+void meld_opencl_release(meld_context *ctx) __attribute__((weak));
+
+meld_status meld_context_destroy(meld_context *ctx) {
+    if (!ctx) return MELD_ERR_NULL_POINTER;
+    if (ctx->opencl && meld_opencl_release) meld_opencl_release(ctx);
+    free(ctx);
+    return MELD_OK;
+}
+
+meld_status meld_context_threads(const meld_context *ctx, int *out) {
+    if (!ctx || !out) return MELD_ERR_NULL_POINTER;
+    *out = ctx->threads;
+    return MELD_OK;
+}
+
+meld_status meld_context_isa(const meld_context *ctx, meld_isa *out) {
+    if (!ctx || !out) return MELD_ERR_NULL_POINTER;
+    *out = ctx->isa;
+    return MELD_OK;
+}
+
+const char *meld_context_last_error(const meld_context *ctx) { return ctx ? ctx->last_error : ""; }
+
+void meld_set_error(meld_context *ctx, const char *fmt, ...) {
+    if (!ctx) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->last_error, sizeof ctx->last_error, fmt, ap);
+    va_end(ap);
+}
+
+meld_status meld_check_view(meld_view v, size_t n) {
+    if (!meld_dtype_valid(v.dtype)) return MELD_ERR_UNSUPPORTED_DTYPE;
+    if (v.numel != n) return MELD_ERR_SIZE_MISMATCH;
+    if (!v.data && n) return MELD_ERR_NULL_POINTER;
+    return MELD_OK;
+}
+
+meld_status meld_check_span(meld_span s, size_t n) {
+    return meld_check_view((meld_view){s.data, s.numel, s.dtype}, n);
+}
+
+meld_status meld_check_models(size_t k, const meld_view *models, size_t n) {
+    if (k == 0 || k > MELD_MAX_MODELS) return MELD_ERR_INVALID_ARGUMENT;
+    if (!models) return MELD_ERR_NULL_POINTER;
+    for (size_t i = 0; i < k; i++) MELD_TRY(meld_check_view(models[i], n));
+    return MELD_OK;
+}
+
+meld_status meld_check_floats(const float *w, size_t k) {
+    if (!w) return MELD_ERR_NULL_POINTER;
+    for (size_t i = 0; i < k; i++)
+        if (!isfinite(w[i])) return MELD_ERR_INVALID_ARGUMENT;
+    return MELD_OK;
+}

@@ -1,0 +1,77 @@
+/* The streaming driver: tiles, one static OpenMP parallel-for, a zero-padded tail. */
+#include <string.h>
+#include "internal.h"
+
+size_t meld_stream_tiles(size_t n) { return (n + MELD_TILE - 1) / MELD_TILE; }
+
+static void run_tile(const meld_stream *s, size_t t, meld_tile_fn fn, void *op) {
+    size_t i0 = t * MELD_TILE;
+    size_t len = s->n - i0 < MELD_TILE ? s->n - i0 : MELD_TILE;
+    size_t body = len & ~(size_t)(MELD_UK_ALIGN - 1), rem = len - body;
+    meld_tile tile;
+    tile.thread = omp_get_thread_num();
+    tile.index = t;
+    if (body) {
+        tile.i0 = i0;
+        tile.n = tile.valid = body;
+        for (int j = 0; j < s->nin; j++) {
+            tile.in[j] = s->in[j] ? (const char *)s->in[j] + i0 * meld_elem_size(s->in_dt[j]) : NULL;
+            tile.in_dt[j] = s->in_dt[j];
+        }
+        for (int j = 0; j < s->nout; j++) {
+            tile.out[j] = s->out[j] ? (char *)s->out[j] + i0 * meld_elem_size(s->out_dt[j]) : NULL;
+            tile.out_dt[j] = s->out_dt[j];
+        }
+        fn(&tile, op);
+    }
+    if (rem) {
+        /* Pad the last partial vector group with zeros, in f32 (int8 stays int8). */
+        float inbuf[MELD_STREAM_MAX][MELD_UK_ALIGN];
+        float outbuf[4][MELD_UK_ALIGN];
+        size_t base = i0 + body;
+        tile.i0 = base;
+        tile.n = MELD_UK_ALIGN;
+        tile.valid = rem;
+        for (int j = 0; j < s->nin; j++) {
+            memset(inbuf[j], 0, sizeof inbuf[j]);
+            if (!s->in[j]) { tile.in[j] = NULL; tile.in_dt[j] = s->in_dt[j]; continue; }
+            if (s->in_dt[j] == MELD_ELEM_I8) {
+                memcpy(inbuf[j], (const int8_t *)s->in[j] + base, rem);
+                tile.in_dt[j] = MELD_ELEM_I8;
+            } else {
+                for (size_t i = 0; i < rem; i++) inbuf[j][i] = meld_load_scalar(s->in[j], s->in_dt[j], base + i);
+                tile.in_dt[j] = MELD_F32;
+            }
+            tile.in[j] = inbuf[j];
+        }
+        for (int j = 0; j < s->nout; j++) {
+            tile.out[j] = s->out[j] ? outbuf[j] : NULL;
+            tile.out_dt[j] = s->out_dt[j] == MELD_ELEM_I8 ? MELD_ELEM_I8 : MELD_F32;
+        }
+        fn(&tile, op);
+        for (int j = 0; j < s->nout; j++) {
+            if (!s->out[j]) continue;
+            if (s->out_dt[j] == MELD_ELEM_I8) { memcpy((int8_t *)s->out[j] + base, outbuf[j], rem); continue; }
+            /* convert through the scalar ukernel so rounding matches the vector paths */
+            float tmp[MELD_UK_ALIGN];
+            memcpy(tmp, outbuf[j], sizeof tmp);
+            char conv[MELD_UK_ALIGN * 4];
+            meld_ukernels_scalar.convert(MELD_UK_ALIGN, (meld_uk_in){tmp, MELD_F32}, conv, s->out_dt[j]);
+            memcpy((char *)s->out[j] + base * meld_elem_size(s->out_dt[j]), conv, rem * meld_elem_size(s->out_dt[j]));
+        }
+    }
+}
+
+meld_status meld_stream_run(meld_context *ctx, const meld_stream *s, meld_tile_fn fn, void *op) {
+    size_t tiles = meld_stream_tiles(s->n);
+    if (tiles == 0) return MELD_OK;
+    int nt = ctx->threads;
+    if ((size_t)nt > tiles) nt = (int)tiles;
+    if (nt <= 1) {
+        for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
+        return MELD_OK;
+    }
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
+    return MELD_OK;
+}

@@ -1,0 +1,15 @@
+/* The avx512 instantiation of every microkernel template, and its registry entry. */
+#include <stddef.h>
+#include <stdint.h>
+#include "meld.h"
+#include "../ukernels/ukernel.h"
+#include <immintrin.h>
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,bmi2"))), apply_to = function)
+#include "../simd/simd_avx512.h"
+#define MELD_ISA_ID MELD_ISA_AVX512
+#include "../ukernels/common.tpl.h"
+#include "../ukernels/merge.tpl.h"
+#include "../ukernels/select.tpl.h"
+#include "../ukernels/philox.tpl.h"
+#include "../ukernels/registry.tpl.h"
+#pragma clang attribute pop

@@ -1,0 +1,302 @@
+/* Exact magnitude selection without sorting the data.
+ *
+ * Fast path (one streaming pass): a small block sample brackets the k-th largest |v| between
+ * lo and hi; the pass counts entries above hi and collects (bits, index) of entries inside
+ * [lo, hi] into per-thread lists (ukernel `collect`); a radix select over the few candidates
+ * then gives the exact threshold and, scanning them in index order, the tie cutoff.
+ * Fallback (bracket missed or overflowed, e.g. heavy ties): a three-digit radix select over the
+ * whole tensor (11/10/10 bits of the f32 magnitude), then a count of ties per thread range to
+ * place the cutoff. Both give the same answer; the fallback is only slower. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../core/internal.h"
+
+#define SEL_SMALL 65536      /* below this, every entry is a candidate */
+#define SEL_BLOCKS 256       /* sample: SEL_BLOCKS contiguous runs of SEL_RUN entries */
+#define SEL_RUN 128
+
+typedef struct sel_src {
+    meld_view base; /* data NULL: select on the values themselves */
+    size_t k;
+    const meld_view *x;
+    size_t n;
+} sel_src;
+
+static inline uint32_t src_bits(const sel_src *s, size_t e, size_t i) {
+    float v = meld_load_scalar(s->x[e].data, s->x[e].dtype, i);
+    if (s->base.data) v = v - meld_load_scalar(s->base.data, s->base.dtype, i);
+    return meld_f32_bits(v) & 0x7fffffffu;
+}
+
+/* Radix digits, most significant first: bits 30..20, 19..10, 9..0. */
+static const int digit_shift[3] = {20, 10, 0};
+static const uint32_t digit_mask[3] = {0x7ff, 0x3ff, 0x3ff};
+
+/* Given a histogram of one digit and the 1-based rank wanted from the top, return the digit
+ * and reduce *rank to the rank within that digit's bin; *above gets the count above it. */
+static uint32_t pick_digit(const uint64_t *hist, uint32_t bins, uint64_t *rank, uint64_t *above) {
+    uint64_t cum = 0;
+    for (uint32_t b = bins; b-- > 0;) {
+        if (cum + hist[b] >= *rank) {
+            *rank -= cum;
+            *above += cum;
+            return b;
+        }
+        cum += hist[b];
+    }
+    return 0; /* unreachable when rank <= total */
+}
+
+/* Exact rank-th largest (1-based) among arrays of bits; returns the value and the rank of the
+ * wanted entry among those equal to it. */
+static uint32_t radix_small(uint32_t *const *lists, const size_t *lens, int nlists, uint64_t rank,
+                            uint64_t *tie_rank) {
+    uint32_t prefix = 0, pmask = 0;
+    uint64_t hist[2048], above = 0;
+    for (int d = 0; d < 3; d++) {
+        uint32_t bins = digit_mask[d] + 1;
+        memset(hist, 0, bins * sizeof hist[0]);
+        for (int l = 0; l < nlists; l++)
+            for (size_t i = 0; i < lens[l]; i++) {
+                uint32_t b = lists[l][i];
+                if ((b & pmask) == prefix) hist[(b >> digit_shift[d]) & digit_mask[d]]++;
+            }
+        uint32_t dg = pick_digit(hist, bins, &rank, &above);
+        prefix |= dg << digit_shift[d];
+        pmask |= digit_mask[d] << digit_shift[d];
+    }
+    *tie_rank = rank;
+    return prefix;
+}
+
+/* Fallback over the whole tensor for expert e. */
+static meld_selection radix_full(meld_context *ctx, const sel_src *s, size_t e, uint64_t k) {
+    const size_t n = s->n;
+    int nt = ctx->threads;
+    uint32_t prefix = 0, pmask = 0;
+    uint64_t rank = k, above = 0;
+    uint64_t hist[2048];
+    for (int d = 0; d < 3; d++) {
+        uint32_t bins = digit_mask[d] + 1;
+        memset(hist, 0, sizeof hist);
+#pragma omp parallel num_threads(nt)
+        {
+            uint64_t local[2048];
+            memset(local, 0, bins * sizeof local[0]);
+#pragma omp for schedule(static)
+            for (size_t i = 0; i < n; i++) {
+                uint32_t b = src_bits(s, e, i);
+                if ((b & pmask) == prefix) local[(b >> digit_shift[d]) & digit_mask[d]]++;
+            }
+#pragma omp critical
+            for (uint32_t b = 0; b < bins; b++) hist[b] += local[b];
+        }
+        uint32_t dg = pick_digit(hist, bins, &rank, &above);
+        prefix |= dg << digit_shift[d];
+        pmask |= digit_mask[d] << digit_shift[d];
+    }
+    const uint32_t T = prefix;
+    /* rank = how many entries equal to T are kept; find the index of the rank-th one. */
+    size_t chunk = (n + (size_t)nt - 1) / (size_t)nt;
+    uint64_t *ties = calloc((size_t)nt, sizeof *ties);
+    uint64_t cutoff = n;
+    if (ties) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+        for (int t = 0; t < nt; t++) {
+            size_t a = (size_t)t * chunk, b = a + chunk < n ? a + chunk : n;
+            uint64_t c = 0;
+            for (size_t i = a; i < b; i++) c += src_bits(s, e, i) == T;
+            ties[t] = c;
+        }
+        uint64_t need = rank;
+        for (int t = 0; t < nt; t++) {
+            if (ties[t] < need) { need -= ties[t]; continue; }
+            size_t a = (size_t)t * chunk, b = a + chunk < n ? a + chunk : n;
+            for (size_t i = a; i < b; i++)
+                if (src_bits(s, e, i) == T && --need == 0) { cutoff = i + 1; break; }
+            break;
+        }
+        free(ties);
+    } else {
+        uint64_t need = rank;
+        for (size_t i = 0; i < n; i++)
+            if (src_bits(s, e, i) == T && --need == 0) { cutoff = i + 1; break; }
+    }
+    return (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
+}
+
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- the collect pass -------------------------------------------------------------------- */
+typedef struct collect_op {
+    const sel_src *s;
+    const meld_ukernels *uk;
+    size_t ne;              /* experts in this pass */
+    const size_t *expert;   /* their indices in s->x */
+    const uint32_t *lo, *hi;
+    size_t cap;
+    /* per thread t, per pass-expert j: [t * ne + j] */
+    uint64_t *gt;
+    size_t *count;
+    uint32_t **cbits;
+    uint64_t **cidx;
+} collect_op;
+
+static void collect_tile(const meld_tile *t, void *opv) {
+    collect_op *op = opv;
+    const sel_src *s = op->s;
+    size_t base_slot = (size_t)t->thread * op->ne;
+    if (t->valid == t->n) {
+        meld_uk_in x[MELD_MAX_MODELS];
+        for (size_t j = 0; j < op->ne; j++) x[j] = (meld_uk_in){t->in[1 + j], t->in_dt[1 + j]};
+        meld_uk_collect_args a = {
+            .k = op->ne, .base = {t->in[0], t->in_dt[0]}, .x = x, .lo = op->lo, .hi = op->hi,
+            .gt = op->gt + base_slot, .cand_bits = op->cbits + base_slot, .cand_idx = op->cidx + base_slot,
+            .count = op->count + base_slot, .cap = op->cap};
+        op->uk->collect(t->n, t->i0, &a);
+        return;
+    }
+    /* padded tail: only the valid entries count */
+    for (size_t j = 0; j < op->ne; j++)
+        for (size_t i = t->i0; i < t->i0 + t->valid; i++) {
+            uint32_t b = src_bits(s, op->expert[j], i);
+            if (b > op->hi[j]) op->gt[base_slot + j]++;
+            else if (b >= op->lo[j]) {
+                size_t c = op->count[base_slot + j]++;
+                if (c < op->cap) { op->cbits[base_slot + j][c] = b; op->cidx[base_slot + j][c] = i; }
+            }
+        }
+}
+
+static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64_t *kk, meld_selection *out) {
+    const size_t n = s->n;
+    size_t active[MELD_MAX_MODELS], ne = 0;
+    for (size_t e = 0; e < s->k; e++) {
+        if (kk[e] == 0) out[e] = (meld_selection){.threshold = 0xffffffffu, .tie_cutoff = 0, .kept = 0};
+        else if (kk[e] >= n) out[e] = (meld_selection){.threshold = 0, .tie_cutoff = n, .kept = n};
+        else active[ne++] = e;
+    }
+    if (ne == 0) return MELD_OK;
+
+    uint32_t lo[MELD_MAX_MODELS], hi[MELD_MAX_MODELS];
+    const int nt = ctx->threads;
+    size_t cap;
+    if (n <= SEL_SMALL) {
+        for (size_t j = 0; j < ne; j++) { lo[j] = 0; hi[j] = 0x7fffffffu; }
+        cap = n;
+    } else {
+        uint32_t sample[SEL_BLOCKS * SEL_RUN];
+        const size_t S = SEL_BLOCKS * SEL_RUN, step = n / SEL_BLOCKS;
+        for (size_t j = 0; j < ne; j++) {
+            size_t m = 0;
+            for (size_t b = 0; b < SEL_BLOCKS; b++)
+                for (size_t r = 0; r < SEL_RUN; r++) sample[m++] = src_bits(s, active[j], b * step + r);
+            qsort(sample, S, sizeof sample[0], cmp_u32); /* the sample only: 32K entries */
+            double q = (double)kk[active[j]] / (double)n;
+            double rank = q * (double)S; /* descending rank of the k-th largest in the sample */
+            double delta = 8.0 * sqrt((double)S * q * (1.0 - q)) + 16.0;
+            double rhi = rank - delta, rlo = rank + delta; /* descending ranks */
+            hi[j] = rhi < 1.0 ? 0x7fffffffu : sample[S - (size_t)rhi];
+            lo[j] = rlo >= (double)S ? 0u : sample[S - 1 - (size_t)rlo];
+        }
+        cap = (size_t)(0.06 * (double)n / nt) + 4096;
+        if (cap > n) cap = n;
+    }
+
+    size_t slots = (size_t)nt * ne;
+    collect_op op = {.s = s, .uk = ctx->uk, .ne = ne, .expert = active, .lo = lo, .hi = hi, .cap = cap};
+    op.gt = calloc(slots, sizeof *op.gt);
+    op.count = calloc(slots, sizeof *op.count);
+    op.cbits = calloc(slots, sizeof *op.cbits);
+    op.cidx = calloc(slots, sizeof *op.cidx);
+    meld_status st = MELD_OK;
+    if (!op.gt || !op.count || !op.cbits || !op.cidx) { st = MELD_ERR_OUT_OF_MEMORY; goto done; }
+    for (size_t i = 0; i < slots; i++) {
+        op.cbits[i] = malloc(cap * sizeof(uint32_t));
+        op.cidx[i] = malloc(cap * sizeof(uint64_t));
+        if (!op.cbits[i] || !op.cidx[i]) { st = MELD_ERR_OUT_OF_MEMORY; goto done; }
+    }
+    meld_stream str = {.n = n, .nin = 1 + (int)ne, .nout = 0};
+    str.in[0] = s->base.data;
+    str.in_dt[0] = s->base.data ? (int)s->base.dtype : MELD_F32;
+    for (size_t j = 0; j < ne; j++) { str.in[1 + j] = s->x[active[j]].data; str.in_dt[1 + j] = s->x[active[j]].dtype; }
+    st = meld_stream_run(ctx, &str, collect_tile, &op);
+    if (st != MELD_OK) goto done;
+
+    for (size_t j = 0; j < ne; j++) {
+        size_t e = active[j];
+        uint64_t k = kk[e], G = 0, C = 0;
+        int overflow = 0;
+        uint32_t *lists[4096];
+        size_t lens[4096];
+        for (int t = 0; t < nt; t++) {
+            size_t sl = (size_t)t * ne + j;
+            G += op.gt[sl];
+            C += op.count[sl];
+            if (op.count[sl] > cap) overflow = 1;
+            lists[t] = op.cbits[sl];
+            lens[t] = op.count[sl] > cap ? cap : op.count[sl];
+        }
+        if (overflow || nt > 4096 || !(G < k && k <= G + C)) {
+            out[e] = radix_full(ctx, s, e, k);
+            continue;
+        }
+        uint64_t tie_rank;
+        uint32_t T = radix_small(lists, lens, nt, k - G, &tie_rank);
+        uint64_t cutoff = n;
+        for (int t = 0; t < nt && tie_rank; t++) {
+            size_t sl = (size_t)t * ne + j;
+            for (size_t c = 0; c < lens[t]; c++)
+                if (op.cbits[sl][c] == T && --tie_rank == 0) { cutoff = op.cidx[sl][c] + 1; break; }
+        }
+        out[e] = (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
+    }
+done:
+    if (op.cbits) for (size_t i = 0; i < slots; i++) free(op.cbits[i]);
+    if (op.cidx) for (size_t i = 0; i < slots; i++) free(op.cidx[i]);
+    free(op.cbits); free(op.cidx); free(op.gt); free(op.count);
+    return st;
+}
+
+/* ---- public entry points ---------------------------------------------------------------- */
+
+meld_status meld_density_count(double density, size_t n, uint64_t *k) {
+    if (!k) return MELD_ERR_NULL_POINTER;
+    if (!(density >= 0.0 && density <= 1.0)) return MELD_ERR_INVALID_ARGUMENT; /* NaN too */
+    if (density >= 1.0) *k = n;
+    else if (density <= 0.0 || n == 0) *k = 0;
+    else {
+        uint64_t c = (uint64_t)floor(density * (double)n);
+        *k = c < 1 ? 1 : c;
+    }
+    return MELD_OK;
+}
+
+meld_status meld_select_topk(meld_context *ctx, meld_view v, uint64_t k, meld_selection *out) {
+    if (!ctx || !out) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_view(v, v.numel));
+    if (k > v.numel) return MELD_ERR_INVALID_ARGUMENT;
+    sel_src s = {.k = 1, .x = &v, .n = v.numel};
+    return select_many(ctx, &s, &k, out);
+}
+
+meld_status meld_magnitude_select(meld_context *ctx, meld_view v, double density, meld_selection *out) {
+    uint64_t k;
+    MELD_TRY(meld_density_count(density, v.numel, &k));
+    return meld_select_topk(ctx, v, k, out);
+}
+
+meld_status meld_task_select(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
+                             const float *densities, meld_selection *out) {
+    if (!ctx || !densities || !out) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_view(base, base.numel));
+    MELD_TRY(meld_check_models(k, models, base.numel));
+    uint64_t kk[MELD_MAX_MODELS];
+    for (size_t e = 0; e < k; e++) MELD_TRY(meld_density_count(densities[e], base.numel, &kk[e]));
+    sel_src s = {.base = base, .k = k, .x = models, .n = base.numel};
+    return select_many(ctx, &s, kk, out);
+}

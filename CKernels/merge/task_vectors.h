@@ -1,0 +1,46 @@
+/* The task-vector pass driver, shared by task arithmetic, TIES, sign election, disjoint merge
+ * and the sparsified merges (DARE, DELLA, breadcrumbs, packed deltas). */
+#ifndef MELD_TASK_VECTORS_H
+#define MELD_TASK_VECTORS_H
+#include "../core/internal.h"
+
+/* A rule as the caller states it; BERNOULLI and MASK become per-tile BITS in the driver. */
+typedef enum tv_rule_kind {
+    TV_ALL = MELD_RULE_ALL,
+    TV_NONE = MELD_RULE_NONE,
+    TV_TOP = MELD_RULE_TOP,
+    TV_WINDOW = MELD_RULE_WINDOW,
+    TV_MASK = 10,      /* caller bitmap over the whole tensor, LSB first */
+    TV_BERNOULLI = 11, /* Philox keep bits with key (key0, key1) and p24 */
+} tv_rule_kind;
+
+typedef struct tv_rule {
+    tv_rule_kind kind;
+    uint32_t thr, thr2;
+    uint64_t cut, cut2;
+    const uint8_t *mask;
+    uint32_t key0, key1, p24;
+    float scale;
+} tv_rule;
+
+typedef struct tv_request {
+    meld_view base;      /* data NULL: no base */
+    size_t k;
+    const meld_view *x;
+    int x_are_deltas;
+    const tv_rule *rule; /* k rules */
+    const float *w;      /* k weights */
+    meld_consensus consensus;
+    int vote_unweighted;
+    const int8_t *sign_in;
+    meld_divisor divisor;
+    float fixed_div;
+    float lambda;
+    meld_span out;       /* data NULL: none */
+    int8_t *sign_out;
+    size_t n;
+} tv_request;
+
+meld_status meld_tv_run(meld_context *ctx, const tv_request *r);
+tv_rule meld_tv_rule_from_selection(const meld_selection *s, size_t n);
+#endif

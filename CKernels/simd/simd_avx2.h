@@ -1,0 +1,87 @@
+/* AVX2 + FMA + F16C, 8 lanes. Masks are kept as bitmasks (uint32, bit j = lane j) so the
+ * templates see the same mask type on every ISA; compares go through movemask. */
+#ifndef MELD_SIMD_AVX2_H
+#define MELD_SIMD_AVX2_H
+#include <immintrin.h>
+#include "../core/fp.h"
+
+#define MELD_W 8
+typedef __m256 vf;
+typedef __m256i vi;
+typedef uint32_t vm;
+
+static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf vf_load_bf16(const uint16_t *p) {
+    __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+}
+static inline vf vf_load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline void vf_store_bf16(uint16_t *p, vf v) {
+    __m256i b = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    __m256i abs = _mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff));
+    __m256i nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000));
+    __m256i q = _mm256_or_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(0x40));
+    r = _mm256_blendv_epi8(r, q, nan);
+    /* pack 8 x u32 (values < 2^16) into 8 x u16 */
+    __m128i lo = _mm256_castsi256_si128(r), hi = _mm256_extracti128_si256(r, 1);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(lo, hi));
+}
+static inline void vf_store_f16(uint16_t *p, vf v) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+static inline vf vf_set1(float x) { return _mm256_set1_ps(x); }
+static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
+static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline __m256 meld_avx2_lanes(vm m) {
+    __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i x = _mm256_and_si256(_mm256_set1_epi32((int)m), bit);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(x, bit));
+}
+static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, meld_avx2_lanes(m)); }
+static inline vm vf_gt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
+static inline vm vf_lt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+static inline vm vf_ge(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
+static inline vm vf_eq(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+static inline vi vf_absbits(vf a) { return _mm256_and_si256(_mm256_castps_si256(a), _mm256_set1_epi32(0x7fffffff)); }
+static inline vi vi_set1(uint32_t x) { return _mm256_set1_epi32((int)x); }
+static inline vi vi_iota(void) { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+static inline vm meld_avx2_imask(__m256i x) { return (vm)_mm256_movemask_ps(_mm256_castsi256_ps(x)); }
+static inline vm vi_gt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(a, b)); }
+static inline vm vi_eq(vi a, vi b) { return meld_avx2_imask(_mm256_cmpeq_epi32(a, b)); }
+static inline vm vi_lt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(b, a)); }
+static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
+static inline vi vi_xor(vi a, vi b) { return _mm256_xor_si256(a, b); }
+static inline vi vi_srl(vi a, int s) { return _mm256_srli_epi32(a, s); }
+static inline vi vi_mullo(vi a, vi b) { return _mm256_mullo_epi32(a, b); }
+static inline vi vi_mulhi(vi a, vi b) {
+    __m256i even = _mm256_srli_epi64(_mm256_mul_epu32(a, b), 32);
+    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));
+    return _mm256_blend_epi32(even, odd, 0xAA);
+}
+static inline vm vm_and(vm a, vm b) { return a & b; }
+static inline vm vm_or(vm a, vm b) { return a | b; }
+static inline vm vm_andnot(vm a, vm b) { return (~a) & b & 0xffu; }
+static inline vm vm_all(void) { return 0xffu; }
+static inline vm vm_none(void) { return 0u; }
+static inline vm vm_from_bits(uint32_t bits) { return bits & 0xffu; }
+static inline uint32_t vm_to_bits(vm m) { return m & 0xffu; }
+static inline int vm_any(vm m) { return (m & 0xffu) != 0; }
+static inline vm vm_not(vm m) { return (~m) & 0xffu; }
+static inline vi vi_load(const uint32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline void vi_store(uint32_t *p, vi v) { _mm256_storeu_si256((__m256i *)p, v); }
+static inline vm vm_from_i8_pos(const int8_t *p) {
+    __m256i x = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p));
+    return meld_avx2_imask(_mm256_cmpgt_epi32(x, _mm256_setzero_si256()));
+}
+static inline void vm_store_sign_i8(int8_t *p, vm pos) {
+    for (int j = 0; j < 8; j++) p[j] = ((pos >> j) & 1u) ? 1 : -1;
+}
+#define MELD_ISA_SUFFIX avx2
+#endif

@@ -1,0 +1,80 @@
+/* AVX-512 F/BW/DQ/VL, 16 lanes, native __mmask16 masks. */
+#ifndef MELD_SIMD_AVX512_H
+#define MELD_SIMD_AVX512_H
+#include <immintrin.h>
+#include "../core/fp.h"
+
+#define MELD_W 16
+typedef __m512 vf;
+typedef __m512i vi;
+typedef uint32_t vm;
+
+static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vf_load_bf16(const uint16_t *p) {
+    __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+}
+static inline vf vf_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline void vf_store_bf16(uint16_t *p, vf v) {
+    /* integer RNE rather than VCVTNEPS2BF16, which flushes denormal inputs to zero */
+    __m512i b = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __m512i abs = _mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7f800000));
+    __m512i q = _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40));
+    r = _mm512_mask_mov_epi32(r, nan, q);
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
+}
+static inline void vf_store_f16(uint16_t *p, vf v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+static inline vf vf_set1(float x) { return _mm512_set1_ps(x); }
+static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
+static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vf_select(vm m, vf t, vf f) { return _mm512_mask_blend_ps((__mmask16)m, f, t); }
+static inline vm vf_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+static inline vm vf_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+static inline vm vf_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+static inline vm vf_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+static inline vi vf_absbits(vf a) { return _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)); }
+static inline vi vi_set1(uint32_t x) { return _mm512_set1_epi32((int)x); }
+static inline vi vi_iota(void) { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+static inline vm vi_gt(vi a, vi b) { return _mm512_cmpgt_epi32_mask(a, b); }
+static inline vm vi_eq(vi a, vi b) { return _mm512_cmpeq_epi32_mask(a, b); }
+static inline vm vi_lt(vi a, vi b) { return _mm512_cmplt_epi32_mask(a, b); }
+static inline vi vi_add(vi a, vi b) { return _mm512_add_epi32(a, b); }
+static inline vi vi_xor(vi a, vi b) { return _mm512_xor_si512(a, b); }
+static inline vi vi_srl(vi a, int s) { return _mm512_srli_epi32(a, (unsigned)s); }
+static inline vi vi_mullo(vi a, vi b) { return _mm512_mullo_epi32(a, b); }
+static inline vi vi_mulhi(vi a, vi b) {
+    __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(a, b), 32);
+    __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
+    return _mm512_mask_blend_epi32(0xAAAA, even, odd);
+}
+static inline vm vm_and(vm a, vm b) { return a & b; }
+static inline vm vm_or(vm a, vm b) { return a | b; }
+static inline vm vm_andnot(vm a, vm b) { return (~a) & b & 0xffffu; }
+static inline vm vm_all(void) { return 0xffffu; }
+static inline vm vm_none(void) { return 0u; }
+static inline vm vm_from_bits(uint32_t bits) { return bits & 0xffffu; }
+static inline uint32_t vm_to_bits(vm m) { return m & 0xffffu; }
+static inline int vm_any(vm m) { return (m & 0xffffu) != 0; }
+static inline vm vm_not(vm m) { return (~m) & 0xffffu; }
+static inline vi vi_load(const uint32_t *p) { return _mm512_loadu_si512((const void *)p); }
+static inline void vi_store(uint32_t *p, vi v) { _mm512_storeu_si512((void *)p, v); }
+static inline vm vm_from_i8_pos(const int8_t *p) {
+    __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm512_cmpgt_epi32_mask(x, _mm512_setzero_si512());
+}
+static inline void vm_store_sign_i8(int8_t *p, vm pos) {
+    __m128i v = _mm_mask_blend_epi8((__mmask16)pos, _mm_set1_epi8(-1), _mm_set1_epi8(1));
+    _mm_storeu_si128((__m128i *)p, v);
+}
+#define MELD_ISA_SUFFIX avx512
+#endif

@@ -1,0 +1,59 @@
+/* Scalar "vector" of width 1: the portable reference path. Same op vocabulary as the
+ * AVX2/AVX-512 headers so that kernel templates compile unchanged; every op is a single
+ * IEEE operation (fmaf where the vector paths fuse), hence bit-identical results. */
+#ifndef MELD_SIMD_SCALAR_H
+#define MELD_SIMD_SCALAR_H
+#include <math.h>
+#include <string.h>
+#include "../core/fp.h"
+
+#define MELD_W 1
+typedef float vf;
+typedef uint32_t vi;
+typedef uint32_t vm; /* lane mask: bit j = lane j */
+
+static inline vf vf_load(const float *p) { return *p; }
+static inline void vf_store(float *p, vf v) { *p = v; }
+static inline vf vf_load_bf16(const uint16_t *p) { return meld_bf16_to_f32(*p); }
+static inline vf vf_load_f16(const uint16_t *p) { return meld_f16_to_f32(*p); }
+static inline void vf_store_bf16(uint16_t *p, vf v) { *p = meld_f32_to_bf16(v); }
+static inline void vf_store_f16(uint16_t *p, vf v) { *p = meld_f32_to_f16(v); }
+static inline vf vf_set1(float x) { return x; }
+static inline vf vf_zero(void) { return 0.0f; }
+static inline vf vf_add(vf a, vf b) { return a + b; }
+static inline vf vf_sub(vf a, vf b) { return a - b; }
+static inline vf vf_mul(vf a, vf b) { return a * b; }
+static inline vf vf_div(vf a, vf b) { return a / b; }
+static inline vf vf_fma(vf a, vf b, vf c) { return fmaf(a, b, c); }
+static inline vf vf_select(vm m, vf t, vf f) { return (m & 1u) ? t : f; }
+static inline vm vf_gt(vf a, vf b) { return a > b; }
+static inline vm vf_lt(vf a, vf b) { return a < b; }
+static inline vm vf_ge(vf a, vf b) { return a >= b; }
+static inline vm vf_eq(vf a, vf b) { return a == b; }
+static inline vi vf_absbits(vf a) { return meld_f32_bits(a) & 0x7fffffffu; }
+static inline vi vi_set1(uint32_t x) { return x; }
+static inline vi vi_iota(void) { return 0; }
+/* signed 32-bit compares (callers keep operands within [0, 2^31)) */
+static inline vm vi_gt(vi a, vi b) { return (int32_t)a > (int32_t)b; }
+static inline vm vi_eq(vi a, vi b) { return a == b; }
+static inline vm vi_lt(vi a, vi b) { return (int32_t)a < (int32_t)b; }
+static inline vi vi_add(vi a, vi b) { return a + b; }
+static inline vi vi_xor(vi a, vi b) { return a ^ b; }
+static inline vi vi_srl(vi a, int s) { return a >> s; }
+static inline vi vi_mullo(vi a, vi b) { return a * b; }
+static inline vi vi_mulhi(vi a, vi b) { return (uint32_t)(((uint64_t)a * b) >> 32); }
+static inline vm vm_and(vm a, vm b) { return a & b; }
+static inline vm vm_or(vm a, vm b) { return a | b; }
+static inline vm vm_andnot(vm a, vm b) { return (~a) & b & 1u; } /* !a & b */
+static inline vm vm_all(void) { return 1u; }
+static inline vm vm_none(void) { return 0u; }
+static inline vm vm_from_bits(uint32_t bits) { return bits & 1u; }
+static inline uint32_t vm_to_bits(vm m) { return m & 1u; }
+static inline int vm_any(vm m) { return (int)(m & 1u); }
+static inline vm vm_not(vm m) { return (~m) & 1u; }
+static inline vi vi_load(const uint32_t *p) { return *p; }
+static inline void vi_store(uint32_t *p, vi v) { *p = v; }
+static inline vm vm_from_i8_pos(const int8_t *p) { return p[0] > 0; }
+static inline void vm_store_sign_i8(int8_t *p, vm pos) { p[0] = (pos & 1u) ? 1 : -1; }
+#define MELD_ISA_SUFFIX scalar
+#endif

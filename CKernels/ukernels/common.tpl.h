@@ -1,0 +1,59 @@
+/* Helpers shared by the kernel templates; included once per ISA file after its simd header. */
+#define MELD_CAT_(a, b) a##__##b
+#define MELD_CAT(a, b) MELD_CAT_(a, b)
+/* Exported ukernel name: meld_<op>__<isa>, e.g. meld_xf32_tv_merge__avx512. */
+#define UK(name) MELD_CAT(name, MELD_ISA_SUFFIX)
+
+static inline vf load_dt(const void *p, int dt, size_t i) {
+    switch (dt) {
+    case MELD_F32: return vf_load((const float *)p + i);
+    case MELD_F16: return vf_load_f16((const uint16_t *)p + i);
+    default: return vf_load_bf16((const uint16_t *)p + i);
+    }
+}
+
+static inline void store_dt(void *p, int dt, size_t i, vf v) {
+    switch (dt) {
+    case MELD_F32: vf_store((float *)p + i, v); break;
+    case MELD_F16: vf_store_f16((uint16_t *)p + i, v); break;
+    default: vf_store_bf16((uint16_t *)p + i, v); break;
+    }
+}
+
+/* W keep bits for the lanes starting at local index j (a multiple of MELD_W). */
+static inline vm load_bits(const uint8_t *p, size_t j) {
+    uint32_t w = p[j >> 3];
+    if (MELD_W > 8) w |= (uint32_t)p[(j >> 3) + 1] << 8;
+    return vm_from_bits(w >> (j & 7));
+}
+
+/* Lanes l with global index gi + l < cut. */
+static inline vm index_below(size_t gi, uint64_t cut) {
+    if (gi + MELD_W <= cut) return vm_all();
+    if (gi >= cut) return vm_none();
+    return vi_lt(vi_iota(), vi_set1((uint32_t)(cut - gi)));
+}
+
+static inline vm top_mask(vi b, uint32_t thr, uint64_t cut, size_t gi) {
+    vi t = vi_set1(thr);
+    return vm_or(vi_gt(b, t), vm_and(vi_eq(b, t), index_below(gi, cut)));
+}
+
+static inline vm rule_mask(const meld_uk_rule *r, vf d, size_t gi, size_t j) {
+    switch (r->kind) {
+    case MELD_RULE_ALL: return vm_all();
+    case MELD_RULE_TOP: return top_mask(vf_absbits(d), r->thr, r->cut, gi);
+    case MELD_RULE_WINDOW: {
+        vi b = vf_absbits(d);
+        return vm_andnot(top_mask(b, r->thr2, r->cut2, gi), top_mask(b, r->thr, r->cut, gi));
+    }
+    case MELD_RULE_BITS: return load_bits(r->bits, j);
+    default: return vm_none();
+    }
+}
+
+/* sign(v) as torch: +1, -1, 0 for zeros, NaN for NaN (v * 0). */
+static inline vf vf_sign(vf v) {
+    return vf_select(vf_gt(v, vf_zero()), vf_set1(1.0f),
+                     vf_select(vf_lt(v, vf_zero()), vf_set1(-1.0f), vf_mul(v, vf_zero())));
+}

@@ -1,0 +1,17 @@
+/* The registry entry of this ISA: every ukernel above, by role. */
+#define MELD_REG_NAME MELD_CAT(meld_ukernels, MELD_ISA_SUFFIX)
+#define MELD_STR_(x) #x
+#define MELD_STR(x) MELD_STR_(x)
+#define meld_ukernels__scalar meld_ukernels_scalar
+#define meld_ukernels__avx2 meld_ukernels_avx2
+#define meld_ukernels__avx512 meld_ukernels_avx512
+
+const meld_ukernels MELD_REG_NAME = {
+    .isa = MELD_ISA_ID,
+    .name = MELD_STR(MELD_ISA_SUFFIX),
+    .convert = UK(meld_xf32_convert),
+    .linear = UK(meld_xf32_linear),
+    .tv_merge = UK(meld_xf32_tv_merge),
+    .collect = UK(meld_xf32_collect),
+    .philox_bits = UK(meld_philox_bits),
+};

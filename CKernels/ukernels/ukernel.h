@@ -1,0 +1,108 @@
+/* The microkernel contract (every ISA file implements these with the same semantics).
+ *
+ *  - n is a multiple of MELD_UK_ALIGN (16, the widest vector); n may be 0.
+ *  - Pointers are already offset to the first element of the call; no alignment is assumed.
+ *  - i0 is the global index of element 0 (tie cutoffs compare against global indices).
+ *  - Typed pointers carry their meld_dtype; ukernels load any dtype to f32 and store f32 to any.
+ *  - Each output element is produced by one fixed sequence of IEEE f32 operations, identical in
+ *    every ISA file, so results are bit-identical across ISAs. No ukernel allocates or threads.
+ */
+#ifndef MELD_UKERNEL_H
+#define MELD_UKERNEL_H
+#include <stddef.h>
+#include <stdint.h>
+#include "meld.h"
+
+#define MELD_UK_ALIGN 16
+
+typedef struct meld_uk_in {
+    const void *p;
+    int dt; /* meld_dtype */
+} meld_uk_in;
+
+/* Per-expert keep rule, evaluated per element inside the fused passes. */
+enum {
+    MELD_RULE_ALL = 0,
+    MELD_RULE_NONE = 1,
+    MELD_RULE_TOP = 2,    /* absbits > thr || (absbits == thr && i < cut) */
+    MELD_RULE_WINDOW = 3, /* TOP(thr, cut) && !TOP(thr2, cut2) */
+    MELD_RULE_BITS = 4,   /* bit j (LSB first) of bits = element i0 + j of this call */
+};
+
+typedef struct meld_uk_rule {
+    uint32_t kind;
+    uint32_t thr, thr2;
+    uint64_t cut, cut2;
+    const uint8_t *bits;
+    float scale; /* kept values are multiplied by scale (rescale); exactly 1 means none */
+} meld_uk_rule;
+
+/* The generalized task-vector pass: task arithmetic, TIES, DARE/DELLA/breadcrumbs merges,
+ * disjoint merge, sign election. Per element i:
+ *   d_k = x_k - base (or x_k when x_are_deltas)
+ *   t_k = (d_k * m_k) [* scale_k]      m_k = 1.0 if rule_k keeps i, else 0.0
+ *   v_k = t_k * w_k
+ *   vote: SUM s = sum_k u_k; COUNT s = sum_k sign(u_k)   (u_k = t_k if vote_unweighted else v_k)
+ *         elected e = +1 if s >= 0 else -1   (or e = sign_in[i] when given)
+ *   a_k = 1.0 if (u_k > 0 && e > 0) || (u_k < 0 && e < 0), else 0.0   (NONE: a_k = 1)
+ *   mixed = sum_k v_k * a_k
+ *   div = WEIGHT_SUM: sum_k w_k * a_k (NONE consensus: fixed_div); COUNT: sum_k a_k; NONE: 1
+ *         a zero div counts as 1
+ *   out = (mixed / div) * lambda [+ base]
+ * Sums run over k in ascending order from +0. sign_out, when set, receives e. */
+typedef struct meld_uk_tv_args {
+    size_t k;
+    meld_uk_in base;           /* p == NULL: no base (out = mixed * lambda) */
+    const meld_uk_in *x;       /* k inputs */
+    int x_are_deltas;
+    const meld_uk_rule *rule;  /* k rules */
+    const float *w;            /* k weights */
+    int consensus;             /* meld_consensus */
+    int vote_unweighted;
+    const int8_t *sign_in;     /* elected signs, or NULL to vote */
+    int divisor;               /* meld_divisor */
+    float fixed_div;           /* divisor for consensus NONE with WEIGHT_SUM */
+    float lambda;
+    void *out;                 /* may be NULL (sign election only) */
+    int out_dt;
+    int8_t *sign_out;          /* may be NULL */
+} meld_uk_tv_args;
+
+/* Candidate collection for exact selection: per element of each of k task vectors,
+ * b = absbits(d_k); count b > hi_k into gt[k]; append (b, i) with lo_k <= b <= hi_k to the
+ * k-th candidate list while it has room (count[k] keeps counting past cap). */
+typedef struct meld_uk_collect_args {
+    size_t k;
+    meld_uk_in base;     /* p == NULL: the inputs are the values themselves */
+    const meld_uk_in *x;
+    const uint32_t *lo, *hi;
+    uint64_t *gt;        /* k counters, accumulated */
+    uint32_t **cand_bits;
+    uint64_t **cand_idx;
+    size_t *count;       /* k counters, accumulated */
+    size_t cap;
+} meld_uk_collect_args;
+
+/* Philox4x32-10 keep bits: for j in [0, n): element e = i0 + j, block c = e / 4, word e % 4 of
+ * Philox(key, counter = (lo32(c), hi32(c), 0, 0)); u = word >> 8 (24 bits); bit j of out
+ * (LSB first) = u < p24. out holds n/8 bytes. */
+typedef struct meld_uk_philox_args {
+    uint32_t key0, key1;
+    uint32_t p24;
+    uint8_t *out;
+} meld_uk_philox_args;
+
+typedef struct meld_ukernels {
+    meld_isa isa;
+    const char *name;
+    void (*convert)(size_t n, meld_uk_in src, void *dst, int dst_dt);
+    void (*linear)(size_t n, size_t k, const meld_uk_in *x, const float *w, float div, void *out, int out_dt);
+    void (*tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a);
+    void (*collect)(size_t n, size_t i0, const meld_uk_collect_args *a);
+    void (*philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a);
+} meld_ukernels;
+
+extern const meld_ukernels meld_ukernels_scalar;
+extern const meld_ukernels meld_ukernels_avx2;
+extern const meld_ukernels meld_ukernels_avx512;
+#endif

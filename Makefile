@@ -1,0 +1,50 @@
+# Plain C build of libmeld for C consumers, from the same sources and flags as Package.swift.
+#   make                 -> build/libmeld.a, build/libmeld.so
+#   make install PREFIX=/usr/local
+#   make example         -> build/ties_example (against the build tree)
+CC ?= clang
+ifeq ($(origin CC),default)
+CC := clang
+endif
+PREFIX ?= /usr/local
+VERSION := $(shell sed -n 's/^\#define MELD_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/meld/meld_base.h | paste -sd.)
+CFLAGS ?= -O3 -DNDEBUG
+CFLAGS += -std=gnu2x -fPIC -fopenmp -ffp-contract=off -fno-math-errno -fvisibility=hidden -Wall -Iinclude
+LDLIBS := -lomp5 -lm
+SRC := $(shell find CKernels -name '*.c' -not -path 'CKernels/opencl/*')
+OBJ := $(patsubst %.c,build/obj/%.o,$(SRC))
+DEPS := $(shell find CKernels include -name '*.h' -o -name '*.tpl.h' -o -name '*.cl')
+
+all: build/libmeld.a build/libmeld.so
+
+build/obj/%.o: %.c $(DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+build/libmeld.a: $(OBJ)
+	ar rcs $@ $^
+
+build/libmeld.so: $(OBJ)
+	$(CC) -shared -o $@ $^ -Wl,-soname,libmeld.so.0 $(LDLIBS)
+
+build/meld.pc: meld.pc.in
+	@mkdir -p build
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+
+install: all build/meld.pc
+	install -d $(DESTDIR)$(PREFIX)/include/meld $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/meld.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 include/meld/*.h $(DESTDIR)$(PREFIX)/include/meld/
+	install -m 644 build/libmeld.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 build/libmeld.so $(DESTDIR)$(PREFIX)/lib/libmeld.so.$(VERSION)
+	ln -sf libmeld.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libmeld.so.0
+	ln -sf libmeld.so.0 $(DESTDIR)$(PREFIX)/lib/libmeld.so
+	install -m 644 build/meld.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+
+example: build/libmeld.a
+	$(CC) -O2 -Iinclude examples/ties_example.c build/libmeld.a $(LDLIBS) -o build/ties_example
+
+clean:
+	rm -rf build
+
+.PHONY: all install example clean

@@ -1,0 +1,45 @@
+// swift-tools-version: 6.2
+// 6.2+: packages that depend on Meld by URL accept its unsafeFlags (OpenMP) only from 6.2 on.
+import PackageDescription
+
+let cFlags: [CSetting] = [
+    .unsafeFlags(["-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-Wall"]),
+    .unsafeFlags(["-O3"], .when(configuration: .release)),
+    .define("NDEBUG", .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Meld",
+    products: [
+        .library(name: "Meld", targets: ["Meld"]),
+        .executable(name: "meld", targets: ["meld"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+    ],
+    targets: [
+        // The C library: SIMD kernels in CKernels/, public headers in include/ (meld.h).
+        .target(
+            name: "CMeld",
+            path: ".",
+            exclude: ["CKernels/opencl"],
+            sources: ["CKernels"],
+            publicHeadersPath: "include",
+            cSettings: cFlags,
+            linkerSettings: [.linkedLibrary("omp5"), .linkedLibrary("m")]
+        ),
+        .target(name: "Meld", dependencies: ["CMeld"], path: "Sources/Meld"),
+        .executableTarget(
+            name: "meld",
+            dependencies: [
+                "Meld",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            path: "Sources/meld"
+        ),
+        .testTarget(name: "MeldTests", dependencies: ["Meld", "CMeld"], path: "Tests/MeldTests"),
+    ],
+    cLanguageStandard: .gnu2x
+)

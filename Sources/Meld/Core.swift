@@ -1,0 +1,130 @@
+import CMeld
+
+/// An error from the Meld C library: the status and the context's message, if any.
+public struct MeldError: Error, Equatable, CustomStringConvertible {
+    public let status: Int32
+    public let message: String
+    public var description: String { message.isEmpty ? Self.text(status) : "\(Self.text(status)): \(message)" }
+    static func text(_ s: Int32) -> String { String(cString: meld_status_string(meld_status(rawValue: UInt32(bitPattern: s)))) }
+
+    public static let nullPointer = Int32(MELD_ERR_NULL_POINTER.rawValue)
+    public static let invalidArgument = Int32(MELD_ERR_INVALID_ARGUMENT.rawValue)
+    public static let sizeMismatch = Int32(MELD_ERR_SIZE_MISMATCH.rawValue)
+    public static let unsupportedDType = Int32(MELD_ERR_UNSUPPORTED_DTYPE.rawValue)
+    public static let indexOutOfRange = Int32(MELD_ERR_INDEX_OUT_OF_RANGE.rawValue)
+}
+
+@inline(__always)
+func check(_ s: meld_status, _ ctx: OpaquePointer? = nil) throws {
+    guard s == MELD_OK else {
+        let msg = ctx.map { String(cString: meld_context_last_error($0)) } ?? ""
+        throw MeldError(status: Int32(bitPattern: s.rawValue), message: msg)
+    }
+}
+
+/// Element types Meld reads and writes.
+public enum DType: UInt32, Sendable, CaseIterable {
+    case f32 = 0, f16 = 1, bf16 = 2
+    var c: meld_dtype { meld_dtype(rawValue: rawValue) }
+    public var size: Int { self == .f32 ? 4 : 2 }
+}
+
+/// Instruction-set paths; `.auto` picks the best (or `MELD_ISA` from the environment).
+public enum ISA: UInt32, Sendable, CaseIterable {
+    case auto = 0, scalar = 1, avx2 = 2, avx512 = 3
+    public var isSupported: Bool { meld_isa_supported(meld_isa(rawValue: rawValue)) != 0 }
+    public var name: String { String(cString: meld_isa_name(meld_isa(rawValue: rawValue))) }
+}
+
+/// bfloat16 storage: the upper half of an IEEE f32.
+public struct BFloat16: Hashable, Sendable {
+    public var bitPattern: UInt16
+    public init(bitPattern: UInt16) { self.bitPattern = bitPattern }
+    /// Round to nearest even (NaN stays NaN).
+    public init(_ f: Float) {
+        let b = f.bitPattern
+        if b & 0x7fff_ffff > 0x7f80_0000 { bitPattern = UInt16(truncatingIfNeeded: (b >> 16) | 0x40) }
+        else { bitPattern = UInt16(truncatingIfNeeded: (b &+ 0x7fff &+ ((b >> 16) & 1)) >> 16) }
+    }
+    public var floatValue: Float { Float(bitPattern: UInt32(bitPattern) << 16) }
+}
+
+/// Scalar types a Swift buffer can hold for Meld.
+public protocol MeldScalar { static var dtype: DType { get } }
+extension Float: MeldScalar { public static var dtype: DType { .f32 } }
+extension BFloat16: MeldScalar { public static var dtype: DType { .bf16 } }
+#if !((os(macOS) || targetEnvironment(macCatalyst)) && arch(x86_64))
+extension Float16: MeldScalar { public static var dtype: DType { .f16 } }
+#endif
+
+/// A read-only view of `count` elements of `dtype` (zero-copy, e.g. over an mmap'ed file).
+public struct TensorView {
+    public var data: UnsafeRawPointer?
+    public var count: Int
+    public var dtype: DType
+    public init(data: UnsafeRawPointer?, count: Int, dtype: DType) { self.data = data; self.count = count; self.dtype = dtype }
+    public init<T: MeldScalar>(_ buffer: UnsafeBufferPointer<T>) {
+        self.init(data: UnsafeRawPointer(buffer.baseAddress), count: buffer.count, dtype: T.dtype)
+    }
+    var c: meld_view { meld_view(data: data, numel: count, dtype: dtype.c) }
+}
+
+/// A writable view.
+public struct MutableTensorView {
+    public var data: UnsafeMutableRawPointer?
+    public var count: Int
+    public var dtype: DType
+    public init(data: UnsafeMutableRawPointer?, count: Int, dtype: DType) { self.data = data; self.count = count; self.dtype = dtype }
+    public init<T: MeldScalar>(_ buffer: UnsafeMutableBufferPointer<T>) {
+        self.init(data: UnsafeMutableRawPointer(buffer.baseAddress), count: buffer.count, dtype: T.dtype)
+    }
+    var c: meld_span { meld_span(data: data, numel: count, dtype: dtype.c) }
+}
+
+/// Library version.
+public enum Version {
+    public static var string: String { String(cString: meld_version_string()) }
+    public static var number: Int { Int(meld_version()) }
+}
+
+/// Owns threads, the ISA choice and devices. Use one per thread of the caller.
+public final class Context {
+    let raw: OpaquePointer
+    /// - Parameters: threads: 0 = the OpenMP default. isa: `.auto` = best available.
+    public init(threads: Int = 0, isa: ISA = .auto) throws {
+        var opts = meld_context_options(threads: Int32(threads), isa: meld_isa(rawValue: isa.rawValue))
+        var p: OpaquePointer?
+        try check(meld_context_create_ex(&opts, &p))
+        raw = p!
+    }
+    deinit { meld_context_destroy(raw) }
+    public var threads: Int { var t: Int32 = 0; meld_context_threads(raw, &t); return Int(t) }
+    public var isa: ISA { var i = meld_isa(0); meld_context_isa(raw, &i); return ISA(rawValue: i.rawValue) ?? .scalar }
+    @inline(__always) func run(_ s: meld_status) throws { try check(s, raw) }
+}
+
+/// Calls body with C views of every array, keeping them alive for the call.
+func withViews<T: MeldScalar, R>(_ arrays: [[T]], _ body: ([meld_view]) throws -> R) rethrows -> R {
+    var views: [meld_view] = []
+    views.reserveCapacity(arrays.count)
+    func go(_ i: Int) throws -> R {
+        if i == arrays.count { return try body(views) }
+        return try arrays[i].withUnsafeBytes { raw in
+            views.append(meld_view(data: raw.baseAddress, numel: arrays[i].count, dtype: T.dtype.c))
+            defer { views.removeLast() }
+            return try go(i + 1)
+        }
+    }
+    return try go(0)
+}
+
+func withView<T: MeldScalar, R>(_ a: [T], _ body: (meld_view) throws -> R) rethrows -> R {
+    try a.withUnsafeBytes { try body(meld_view(data: $0.baseAddress, numel: a.count, dtype: T.dtype.c)) }
+}
+
+func makeOutput<U: MeldScalar>(_ n: Int, _ body: (meld_span) throws -> Void) rethrows -> [U] {
+    try [U](unsafeUninitializedCapacity: n) { buf, count in
+        try body(meld_span(data: UnsafeMutableRawPointer(buf.baseAddress), numel: n, dtype: U.dtype.c))
+        count = n
+    }
+}

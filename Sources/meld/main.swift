@@ -1,0 +1,2 @@
+import Meld
+print("meld \(Version.string)")

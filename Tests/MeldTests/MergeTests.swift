@@ -1,0 +1,167 @@
+import XCTest
+@testable import Meld
+import CMeld
+
+/// linear, task arithmetic, TIES and its building blocks against f64 references, on every ISA
+/// and on 1 and 2 threads; bit-identity across those; edge cases.
+final class MergeTests: XCTestCase {
+    /// Tolerance for f32 evaluation of a few products and sums: 8 ulps of the magnitudes involved.
+    let rtol = 8.0 * 0x1p-24
+
+    func testLinear() throws {
+        var rng = Rng(11)
+        for n in testSizes {
+            for K in [1, 3, 5] {
+                let xs = (0..<K).map { _ in rng.floats(n) }
+                let w: [Float] = (0..<K).map { _ in rng.uniform() * 2 - 0.5 }
+                for normalize in [true, false] {
+                    let wsum = w.reduce(0, +)
+                    var ref = [Double](repeating: 0, count: n), scale = ref
+                    for i in 0..<n {
+                        for k in 0..<K { ref[i] += Double(w[k]) * Double(xs[k][i]); scale[i] += abs(Double(w[k]) * Double(xs[k][i])) }
+                        if normalize { ref[i] /= Double(wsum); scale[i] /= abs(Double(wsum)) }
+                    }
+                    var first: [UInt32]?
+                    for ctx in try allContexts() {
+                        let out: [Float] = try ctx.linear(xs, weights: w, normalize: normalize)
+                        for i in 0..<n { XCTAssertLessThanOrEqual(abs(Double(out[i]) - ref[i]), rtol * scale[i] + 1e-30) }
+                        if let f = first { XCTAssertEqual(bits(out), f, "\(ctx.isa.name)/\(ctx.threads) n=\(n)") } else { first = bits(out) }
+                    }
+                }
+            }
+        }
+    }
+
+    func testTaskArithmetic() throws {
+        var rng = Rng(12)
+        for n in testSizes {
+            let base = rng.floats(n)
+            let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.01 } }
+            let w: [Float] = [0.7, 0.4, -0.2], lambda: Float = 0.9
+            for normalize in [false, true] {
+                var ref = [Double](repeating: 0, count: n)
+                for i in 0..<n {
+                    var d = 0.0
+                    for k in 0..<3 { d += Double(w[k]) * (Double(xs[k][i]) - Double(base[i])) }
+                    if normalize { d /= 0.9 }
+                    ref[i] = Double(base[i]) + Double(lambda) * d
+                }
+                var first: [UInt32]?
+                for ctx in try allContexts() {
+                    let out: [Float] = try ctx.taskArithmetic(base: base, xs, weights: w, lambda: lambda, normalize: normalize)
+                    assertClose(out, ref, atol: 1e-7, rtol: 1e-6, "task arithmetic n=\(n)")
+                    if let f = first { XCTAssertEqual(bits(out), f) } else { first = bits(out) }
+                }
+            }
+        }
+    }
+
+    func testTiesAgainstReference() throws {
+        var rng = Rng(13)
+        let variants: [TiesOptions] = [.mergekit, .paper, TiesOptions(consensus: .count, divisor: .none, lambda: 1.5),
+                                       TiesOptions(consensus: .sum, divisor: .weightSum, lambda: 0.5)]
+        for n in testSizes {
+            let base = rng.floats(n)
+            // dense small noise plus a sparse larger perturbation, as real fine-tunes
+            let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.01 + (rng.uniform() < 0.1 ? rng.normal() * 0.1 : 0) } }
+            let w: [Float] = [1.0, 0.6, -0.8], dens: [Float] = [0.2, 0.5, 0.35]
+            for opt in variants {
+                let (ref, clear) = tiesReference(base: base, models: xs, weights: w, densities: dens, options: opt)
+                var first: [UInt32]?
+                for ctx in try allContexts() {
+                    let out: [Float] = try ctx.ties(base: base, xs, weights: w, densities: dens, options: opt)
+                    assertClose(out, ref, atol: 1e-6, rtol: 1e-5, mask: clear, "ties n=\(n) \(opt) \(ctx.isa.name)")
+                    if let f = first { XCTAssertEqual(bits(out), f, "ties \(ctx.isa.name)/\(ctx.threads) n=\(n)") } else { first = bits(out) }
+                }
+            }
+        }
+    }
+
+    /// The fused pass equals the chain of building blocks: select -> apply -> elect -> disjoint merge.
+    func testFusedEqualsBuildingBlocks() throws {
+        var rng = Rng(14)
+        for n in [1, 17, 4096 + 33, 70_001] {
+            let base = rng.floats(n)
+            let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.05 } }
+            let w: [Float] = [0.5, 1.0, 0.75], dens: [Float] = [0.3, 0.6, 0.1]
+            for ctx in try allContexts() {
+                for opt in [TiesOptions.mergekit, .paper] {
+                    let fused: [Float] = try ctx.ties(base: base, xs, weights: w, densities: dens, options: opt)
+                    let sels = try ctx.taskSelect(base: base, xs, densities: dens)
+                    let trimmed = try (0..<3).map { k in try ctx.applySelection(zip(xs[k], base).map { $0 - $1 }, sels[k]) }
+                    let sign = try ctx.signElect(trimmed, weights: opt.voteUnweighted ? nil : w, method: opt.consensus)
+                    let chained: [Float] = try ctx.disjointMerge(base: base, trimmed, weights: w, sign: sign,
+                                                                 voteUnweighted: opt.voteUnweighted, divisor: opt.divisor, lambda: opt.lambda)
+                    XCTAssertEqual(bits(fused), bits(chained), "n=\(n) \(ctx.isa.name)")
+                }
+            }
+        }
+    }
+
+    func testSignElectRules() throws {
+        let ctx = try Context(threads: 1)
+        // sum: zero elects +1; count: sign count; zeros never vote
+        let d: [[Float]] = [[1, -1, 0, 2, -3], [-1, -1, 0, -1, 1], [0, 3, 0, -0.5, 1]]
+        XCTAssertEqual(try ctx.signElect(d, weights: nil, method: .sum), [1, 1, 1, 1, -1])
+        XCTAssertEqual(try ctx.signElect(d, weights: nil, method: .count), [1, -1, 1, -1, 1])
+        XCTAssertEqual(try ctx.signElect(d, weights: [1, 1, -1], method: .sum), [1, -1, 1, 1, -1])
+        // disjoint merge: zero deltas never agree; a zero divisor counts as one
+        let out: [Float] = try ctx.disjointMerge(base: [10, 10, 10, 10, 10], d, weights: [1, 1, 1],
+                                                 sign: [1, 1, 1, 1, -1], divisor: .weightSum)
+        XCTAssertEqual(out, [11, 13, 10, 12, 7])
+        let cnt: [Float] = try ctx.disjointMerge(base: nil, d, weights: [2, 2, 2], sign: [1, 1, 1, 1, -1], divisor: .count)
+        XCTAssertEqual(cnt, [2, 6, 0, 4, -6])
+    }
+
+    func testEdgeCases() throws {
+        for ctx in try allContexts() {
+            // K = 1, density 1: task arithmetic with weight w
+            let base: [Float] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+            let x = base.map { $0 * 2 }
+            let t: [Float] = try ctx.ties(base: base, [x], weights: [0.5], densities: [1])
+            XCTAssertEqual(t, x) // normalized by the agreeing weight: base + delta
+            let u: [Float] = try ctx.ties(base: base, [x], weights: [0.5], densities: [1], options: TiesOptions(divisor: .none))
+            XCTAssertEqual(u, base.map { $0 * 1.5 })
+            // density 0 keeps nothing
+            let z: [Float] = try ctx.ties(base: base, [x, x], weights: [1, 1], densities: [0, 0])
+            XCTAssertEqual(z, base)
+            // zero weights: no contribution, divisor 0 counts as 1
+            let zw: [Float] = try ctx.ties(base: base, [x], weights: [0], densities: [1])
+            XCTAssertEqual(zw, base)
+            // NaN and Inf propagate (torch semantics: NaN * 0 is NaN)
+            var xn = x; xn[3] = .nan; xn[5] = .infinity
+            let nn: [Float] = try ctx.ties(base: base, [xn, x], weights: [1, 1], densities: [1, 1])
+            XCTAssertTrue(nn[3].isNaN)
+            XCTAssertEqual(nn[5], .infinity)
+            XCTAssertEqual(nn[4], x[4])
+            let ta: [Float] = try ctx.taskArithmetic(base: base, [xn], weights: [1])
+            XCTAssertTrue(ta[3].isNaN); XCTAssertEqual(ta[5], .infinity)
+            // n = 0
+            let e: [Float] = try ctx.ties(base: [Float](), [[Float]()], weights: [1], densities: [0.5])
+            XCTAssertEqual(e, [])
+        }
+    }
+
+    /// bf16 and f16 outputs are the RNE rounding of the f32 result; mixed input dtypes work.
+    func testLowPrecisionOutputsAreRoundedF32() throws {
+        var rng = Rng(15)
+        let n = 4096 + 45
+        let base = rng.floats(n).map { BFloat16($0) }
+        let xs = (0..<3).map { _ in base.map { BFloat16($0.floatValue + rng.normal() * 0.02) } }
+        let w: [Float] = [1, 1, 1], d: [Float] = [0.25, 0.25, 0.25]
+        var first: [UInt16]?
+        for ctx in try allContexts() {
+            let f32: [Float] = try ctx.ties(base: base, xs, weights: w, densities: d)
+            let b16: [BFloat16] = try ctx.ties(base: base, xs, weights: w, densities: d)
+            let h16: [Float16] = try ctx.ties(base: base, xs, weights: w, densities: d)
+            for i in 0..<n {
+                XCTAssertEqual(b16[i].bitPattern, bf16Reference(f32[i]))
+                XCTAssertEqual(h16[i].bitPattern, Float16(f32[i]).bitPattern)
+            }
+            if let f = first { XCTAssertEqual(b16.map(\.bitPattern), f) } else { first = b16.map(\.bitPattern) }
+            let lin: [BFloat16] = try ctx.linear(xs, weights: [1, 2, 3])
+            let linf: [Float] = try ctx.linear(xs, weights: [1, 2, 3])
+            XCTAssertEqual(lin.map(\.bitPattern), linf.map(bf16Reference))
+        }
+    }
+}

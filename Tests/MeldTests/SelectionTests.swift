@@ -1,0 +1,79 @@
+import XCTest
+@testable import Meld
+import CMeld
+
+/// Exact magnitude selection: the kept set equals a sort-based reference, exactly k entries,
+/// ties to the lower index, on every ISA and thread count, on both the sampled fast path
+/// and the radix fallback.
+final class SelectionTests: XCTestCase {
+    func check(_ v: [Float], densities: [Double], _ label: String) throws {
+        for d in densities {
+            let k = densityCount(d, v.count)
+            let ref = referenceKeep(v, k: k)
+            for ctx in try allContexts() {
+                let s = try ctx.select(v, density: d)
+                XCTAssertEqual(s.kept, UInt64(k))
+                let got = keepSet(v, s)
+                XCTAssertEqual(got.filter { $0 }.count, k, "\(label) d=\(d) \(ctx.isa.name)/\(ctx.threads)")
+                XCTAssertTrue(got == ref, "\(label) d=\(d) \(ctx.isa.name)/\(ctx.threads): kept set differs")
+                // the applied selection keeps exactly those entries
+                let applied = try ctx.applySelection(v, s)
+                for i in v.indices where !v[i].isNaN && !v[i].isInfinite {
+                    XCTAssertEqual(applied[i], got[i] ? v[i] : 0 * v[i])
+                }
+            }
+        }
+    }
+
+    func testRandomAllSizes() throws {
+        var rng = Rng(21)
+        for n in testSizes + [300_007] {
+            try check(rng.floats(n), densities: [0, 0.001, 0.2, 0.5, 0.99, 1], "random n=\(n)")
+        }
+    }
+
+    func testAllMagnitudesEqualKeepsLowerIndices() throws {
+        for n in [5, 17, 4100, 70_001] {
+            let v = (0..<n).map { $0 % 2 == 0 ? Float(0.5) : Float(-0.5) }
+            try check(v, densities: [0.3, 0.75], "equal n=\(n)")
+            let ctx = try Context(threads: 2)
+            let s = try ctx.select(v, density: 0.3)
+            let kept = keepSet(v, s)
+            let k = densityCount(0.3, n)
+            XCTAssertTrue(kept.prefix(k).allSatisfy { $0 } && kept.dropFirst(k).allSatisfy { !$0 })
+        }
+    }
+
+    /// Few distinct magnitudes (as bf16 deltas have): the bracket overflows, the fallback runs.
+    func testHeavyTiesFallback() throws {
+        var rng = Rng(22)
+        let v = (0..<200_003).map { _ in Float(Int(rng.next() % 7) - 3) * 0.25 }
+        try check(v, densities: [0.1, 0.4, 0.9], "ties")
+    }
+
+    func testNaNAndInfinityRankHighest() throws {
+        var rng = Rng(23)
+        var v = rng.floats(1000)
+        v[10] = .nan; v[20] = -.infinity; v[30] = .infinity; v[40] = -0.0; v[50] = 0
+        try check(v, densities: [0.001, 0.002, 0.003, 0.5, 0.999], "nan/inf")
+        let ctx = try Context(threads: 1)
+        let s = try ctx.select(v, topK: 1)
+        XCTAssertEqual(keepSet(v, s).firstIndex(of: true), 10)
+    }
+
+    func testTaskSelectMatchesPerTensorSelect() throws {
+        var rng = Rng(24)
+        for n in [33, 70_001] {
+            let base = rng.floats(n)
+            let xs = (0..<4).map { _ in base.map { $0 + rng.normal() * 0.01 } }
+            let dens: [Float] = [0.1, 0.5, 0, 1]
+            for ctx in try allContexts() {
+                let many = try ctx.taskSelect(base: base, xs, densities: dens)
+                for k in 0..<4 {
+                    let one = try ctx.select(zip(xs[k], base).map { $0 - $1 }, density: Double(dens[k]))
+                    XCTAssertEqual(many[k], one)
+                }
+            }
+        }
+    }
+}

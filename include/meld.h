@@ -1,0 +1,6 @@
+/* Meld umbrella header. Link with -lmeld (pkg-config meld). */
+#ifndef MELD_H
+#define MELD_H
+#include "meld/meld_base.h"
+#include "meld/meld_merge.h"
+#endif

@@ -1,0 +1,102 @@
+/* Meld: tensor kernels for composing expert models.
+ * Base C API: status codes, dtypes, version, the context.
+ * Stability: enum values are explicit and never reused; structs are passed by value or
+ * pointer and only grow at the end. */
+#ifndef MELD_BASE_H
+#define MELD_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MELD_VERSION_MAJOR 0
+#define MELD_VERSION_MINOR 3
+#define MELD_VERSION_PATCH 0
+/* MAJOR*10000 + MINOR*100 + PATCH */
+#define MELD_VERSION (MELD_VERSION_MAJOR * 10000 + MELD_VERSION_MINOR * 100 + MELD_VERSION_PATCH)
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MELD_API __attribute__((visibility("default")))
+#else
+#define MELD_API
+#endif
+
+typedef enum meld_status {
+    MELD_OK = 0,
+    MELD_ERR_NULL_POINTER = 1,      /* a required pointer argument is NULL */
+    MELD_ERR_INVALID_ARGUMENT = 2,  /* a parameter is out of its documented range or NaN */
+    MELD_ERR_SIZE_MISMATCH = 3,     /* tensors that must have the same element count do not */
+    MELD_ERR_UNSUPPORTED_DTYPE = 4, /* unknown dtype value, or a dtype this call does not take */
+    MELD_ERR_OUT_OF_MEMORY = 5,
+    MELD_ERR_UNSUPPORTED = 6,       /* valid request this build or machine cannot serve (e.g. ISA) */
+    MELD_ERR_INDEX_OUT_OF_RANGE = 7,/* an id or index (expert id, device index) is out of range */
+    MELD_ERR_DEVICE = 8,            /* device (OpenCL) failure; see meld_context_last_error() */
+    MELD_ERR_NO_DEVICE = 9,         /* no device of the requested kind exists */
+    MELD_ERR_BUILD_FAILED = 10,     /* a device program failed to compile; log in last error */
+} meld_status;
+
+MELD_API const char *meld_status_string(meld_status status);
+
+typedef enum meld_dtype {
+    MELD_F32 = 0,
+    MELD_F16 = 1,
+    MELD_BF16 = 2,
+} meld_dtype;
+
+/* Bytes per element, 0 for an unknown dtype. */
+MELD_API size_t meld_dtype_size(meld_dtype dtype);
+MELD_API const char *meld_dtype_name(meld_dtype dtype);
+
+/* Instruction-set paths. The environment variable MELD_ISA=scalar|avx2|avx512 overrides AUTO. */
+typedef enum meld_isa {
+    MELD_ISA_AUTO = 0,
+    MELD_ISA_SCALAR = 1,
+    MELD_ISA_AVX2 = 2,   /* AVX2 + FMA + F16C */
+    MELD_ISA_AVX512 = 3, /* AVX-512 F/BW/DQ/VL */
+} meld_isa;
+
+MELD_API int meld_isa_supported(meld_isa isa); /* 1 if this machine can run it */
+MELD_API const char *meld_isa_name(meld_isa isa);
+
+/* Returns MELD_VERSION of the library actually linked. */
+MELD_API int meld_version(void);
+MELD_API const char *meld_version_string(void);
+
+/* A read-only flat tensor: numel elements of dtype at data. */
+typedef struct meld_view {
+    const void *data;
+    size_t numel;
+    meld_dtype dtype;
+} meld_view;
+
+/* A writable flat tensor. */
+typedef struct meld_span {
+    void *data;
+    size_t numel;
+    meld_dtype dtype;
+} meld_span;
+
+/* The context owns the thread count, the ISA choice and (later) devices. Not thread-safe:
+ * use one context per calling thread. */
+typedef struct meld_context meld_context;
+
+typedef struct meld_context_options {
+    int threads;   /* 0 = the OpenMP default */
+    meld_isa isa;  /* AUTO = best available, or MELD_ISA from the environment */
+} meld_context_options;
+
+MELD_API meld_status meld_context_create(int threads, meld_context **out);
+MELD_API meld_status meld_context_create_ex(const meld_context_options *options, meld_context **out);
+MELD_API meld_status meld_context_destroy(meld_context *ctx);
+MELD_API meld_status meld_context_threads(const meld_context *ctx, int *out);
+MELD_API meld_status meld_context_isa(const meld_context *ctx, meld_isa *out);
+/* Message of the last failing call on this context (device build logs etc.), "" if none. */
+MELD_API const char *meld_context_last_error(const meld_context *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
