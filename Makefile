@@ -48,3 +48,14 @@ clean:
 	rm -rf build
 
 .PHONY: all install example clean
+
+BENCH_SRC := $(wildcard Benchmarks/meld-bench/*.c)
+BENCH_OBJ := $(patsubst %.c,build/obj/%.o,$(BENCH_SRC))
+build/obj/Benchmarks/%.o: Benchmarks/%.c Benchmarks/meld-bench/bench_util.h include/meld.h
+	@mkdir -p $(dir $@)
+	$(CC) -O3 -std=gnu2x -fopenmp -Wall -Iinclude -c $< -o $@
+# link without -fopenmp: clang would add -lomp, which Debian names libomp5
+build/meld-bench: $(BENCH_OBJ) build/libmeld.a
+	$(CC) $(BENCH_OBJ) build/libmeld.a -lopenblas $(LDLIBS) -o $@
+bench: build/meld-bench
+.PHONY: bench

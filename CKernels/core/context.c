@@ -130,6 +130,7 @@ void meld_opencl_release(meld_context *ctx) __attribute__((weak));
 meld_status meld_context_destroy(meld_context *ctx) {
     if (!ctx) return MELD_ERR_NULL_POINTER;
     if (ctx->opencl && meld_opencl_release) meld_opencl_release(ctx);
+    free(ctx->scratch);
     free(ctx);
     return MELD_OK;
 }
@@ -179,4 +180,12 @@ meld_status meld_check_floats(const float *w, size_t k) {
     for (size_t i = 0; i < k; i++)
         if (!isfinite(w[i])) return MELD_ERR_INVALID_ARGUMENT;
     return MELD_OK;
+}
+
+void *meld_scratch(meld_context *ctx, size_t bytes) {
+    if (bytes <= ctx->scratch_bytes) return ctx->scratch;
+    free(ctx->scratch);
+    ctx->scratch = malloc(bytes);
+    ctx->scratch_bytes = ctx->scratch ? bytes : 0;
+    return ctx->scratch;
 }

@@ -19,8 +19,12 @@ struct meld_context {
     const meld_ukernels *uk;      /* the registry entry of isa */
     char last_error[1024];
     void *opencl;                 /* device state when an OpenCL device is attached */
+    void *scratch;                /* grow-only scratch reused across calls (no page faults per call) */
+    size_t scratch_bytes;
 };
 
+/* Scratch of at least bytes, owned by ctx and valid until the next call; NULL if out of memory. */
+void *meld_scratch(meld_context *ctx, size_t bytes);
 void meld_set_error(meld_context *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Validation helpers; each returns a status (MELD_OK when fine). */

@@ -1,9 +1,11 @@
 /* Exact magnitude selection without sorting the data.
  *
  * Fast path (one streaming pass): a small block sample brackets the k-th largest |v| between
- * lo and hi; the pass counts entries above hi and collects (bits, index) of entries inside
- * [lo, hi] into per-thread lists (ukernel `collect`); a radix select over the few candidates
- * then gives the exact threshold and, scanning them in index order, the tie cutoff.
+ * lo and hi; the pass counts entries above hi and collects the bits of entries inside [lo, hi]
+ * into per-thread lists, in index order, with a count per tile (ukernel `collect`). A radix
+ * select over the few candidates gives the exact threshold T; the per-tile counts lead to the
+ * one tile holding the cutoff tie, which is rescanned. When every candidate equals T (lo == hi,
+ * heavy ties) nothing needs storing at all.
  * Fallback (bracket missed or overflowed, e.g. heavy ties): a three-digit radix select over the
  * whole tensor (11/10/10 bits of the f32 magnitude), then a count of ties per thread range to
  * place the cutoff. Both give the same answer; the fallback is only slower. */
@@ -126,50 +128,63 @@ static meld_selection radix_full(meld_context *ctx, const sel_src *s, size_t e, 
     return (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
 }
 
-static int cmp_u32(const void *a, const void *b) {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* ---- the collect pass -------------------------------------------------------------------- */
 typedef struct collect_op {
     const sel_src *s;
     const meld_ukernels *uk;
-    size_t ne;              /* experts in this pass */
-    const size_t *expert;   /* their indices in s->x */
+    size_t ne;             /* experts in this pass */
+    const size_t *expert;  /* their indices in s->x */
     const uint32_t *lo, *hi;
     size_t cap;
-    /* per thread t, per pass-expert j: [t * ne + j] */
+    size_t tiles;
+    /* per thread t, per pass-expert j: slot t * ne + j */
     uint64_t *gt;
     size_t *count;
-    uint32_t **cbits;
-    uint64_t **cidx;
+    uint32_t **cand;
+    uint32_t *tile_cand;   /* [j * tiles + tile]: candidates found in that tile */
 } collect_op;
 
 static void collect_tile(const meld_tile *t, void *opv) {
     collect_op *op = opv;
     const sel_src *s = op->s;
-    size_t base_slot = (size_t)t->thread * op->ne;
+    size_t slot = (size_t)t->thread * op->ne;
+    size_t before[MELD_MAX_MODELS];
+    for (size_t j = 0; j < op->ne; j++) before[j] = op->count[slot + j];
     if (t->valid == t->n) {
         meld_uk_in x[MELD_MAX_MODELS];
         for (size_t j = 0; j < op->ne; j++) x[j] = (meld_uk_in){t->in[1 + j], t->in_dt[1 + j]};
-        meld_uk_collect_args a = {
-            .k = op->ne, .base = {t->in[0], t->in_dt[0]}, .x = x, .lo = op->lo, .hi = op->hi,
-            .gt = op->gt + base_slot, .cand_bits = op->cbits + base_slot, .cand_idx = op->cidx + base_slot,
-            .count = op->count + base_slot, .cap = op->cap};
+        meld_uk_collect_args a = {.k = op->ne, .base = {t->in[0], t->in_dt[0]}, .x = x, .lo = op->lo,
+                                  .hi = op->hi, .gt = op->gt + slot, .cand = op->cand + slot,
+                                  .count = op->count + slot, .cap = op->cap};
         op->uk->collect(t->n, t->i0, &a);
-        return;
-    }
-    /* padded tail: only the valid entries count */
-    for (size_t j = 0; j < op->ne; j++)
-        for (size_t i = t->i0; i < t->i0 + t->valid; i++) {
-            uint32_t b = src_bits(s, op->expert[j], i);
-            if (b > op->hi[j]) op->gt[base_slot + j]++;
-            else if (b >= op->lo[j]) {
-                size_t c = op->count[base_slot + j]++;
-                if (c < op->cap) { op->cbits[base_slot + j][c] = b; op->cidx[base_slot + j][c] = i; }
+    } else {
+        /* padded tail: only the valid entries count */
+        for (size_t j = 0; j < op->ne; j++)
+            for (size_t i = t->i0; i < t->i0 + t->valid; i++) {
+                uint32_t b = src_bits(s, op->expert[j], i);
+                if (b > op->hi[j]) op->gt[slot + j]++;
+                else if (b >= op->lo[j]) {
+                    size_t c = op->count[slot + j]++;
+                    if (c + MELD_UK_ALIGN <= op->cap) op->cand[slot + j][c] = b;
+                }
             }
-        }
+    }
+    for (size_t j = 0; j < op->ne; j++)
+        op->tile_cand[j * op->tiles + t->index] += (uint32_t)(op->count[slot + j] - before[j]);
+}
+
+/* The k-th largest (1-based rank from the top) of a small array. */
+static uint32_t kth_largest(uint32_t *a, size_t len, uint64_t rank) {
+    uint64_t tie;
+    size_t lens[1] = {len};
+    return radix_small(&a, lens, 1, rank, &tie);
+}
+
+/* Index of the tie_rank-th entry equal to T in [i0, i1), or i1 if there are fewer. */
+static size_t find_tie(const sel_src *s, size_t e, uint32_t T, size_t i0, size_t i1, uint64_t tie_rank) {
+    for (size_t i = i0; i < i1; i++)
+        if (src_bits(s, e, i) == T && --tie_rank == 0) return i;
+    return i1;
 }
 
 static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64_t *kk, meld_selection *out) {
@@ -181,13 +196,19 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         else active[ne++] = e;
     }
     if (ne == 0) return MELD_OK;
+    /* MELD_SELECT=radix forces the full radix path, so tests cover both paths */
+    const char *force = getenv("MELD_SELECT");
+    if (force && !strcmp(force, "radix")) {
+        for (size_t j = 0; j < ne; j++) out[active[j]] = radix_full(ctx, s, active[j], kk[active[j]]);
+        return MELD_OK;
+    }
 
     uint32_t lo[MELD_MAX_MODELS], hi[MELD_MAX_MODELS];
     const int nt = ctx->threads;
     size_t cap;
     if (n <= SEL_SMALL) {
         for (size_t j = 0; j < ne; j++) { lo[j] = 0; hi[j] = 0x7fffffffu; }
-        cap = n;
+        cap = n + MELD_UK_ALIGN;
     } else {
         uint32_t sample[SEL_BLOCKS * SEL_RUN];
         const size_t S = SEL_BLOCKS * SEL_RUN, step = n / SEL_BLOCKS;
@@ -195,71 +216,83 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
             size_t m = 0;
             for (size_t b = 0; b < SEL_BLOCKS; b++)
                 for (size_t r = 0; r < SEL_RUN; r++) sample[m++] = src_bits(s, active[j], b * step + r);
-            qsort(sample, S, sizeof sample[0], cmp_u32); /* the sample only: 32K entries */
             double q = (double)kk[active[j]] / (double)n;
-            double rank = q * (double)S; /* descending rank of the k-th largest in the sample */
-            double delta = 8.0 * sqrt((double)S * q * (1.0 - q)) + 16.0;
-            double rhi = rank - delta, rlo = rank + delta; /* descending ranks */
-            hi[j] = rhi < 1.0 ? 0x7fffffffu : sample[S - (size_t)rhi];
-            lo[j] = rlo >= (double)S ? 0u : sample[S - 1 - (size_t)rlo];
+            double rank = q * (double)S; /* rank from the top of the k-th largest, in the sample */
+            double delta = 5.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
+            double rhi = rank - delta, rlo = rank + delta;
+            hi[j] = rhi < 1.0 ? 0x7fffffffu : kth_largest(sample, S, (uint64_t)rhi);
+            lo[j] = rlo > (double)S ? 0u : kth_largest(sample, S, (uint64_t)rlo);
         }
-        cap = (size_t)(0.06 * (double)n / nt) + 4096;
-        if (cap > n) cap = n;
+        cap = (size_t)(0.04 * (double)n / nt) + 4096;
     }
 
-    size_t slots = (size_t)nt * ne;
-    collect_op op = {.s = s, .uk = ctx->uk, .ne = ne, .expert = active, .lo = lo, .hi = hi, .cap = cap};
-    op.gt = calloc(slots, sizeof *op.gt);
-    op.count = calloc(slots, sizeof *op.count);
-    op.cbits = calloc(slots, sizeof *op.cbits);
-    op.cidx = calloc(slots, sizeof *op.cidx);
-    meld_status st = MELD_OK;
-    if (!op.gt || !op.count || !op.cbits || !op.cidx) { st = MELD_ERR_OUT_OF_MEMORY; goto done; }
-    for (size_t i = 0; i < slots; i++) {
-        op.cbits[i] = malloc(cap * sizeof(uint32_t));
-        op.cidx[i] = malloc(cap * sizeof(uint64_t));
-        if (!op.cbits[i] || !op.cidx[i]) { st = MELD_ERR_OUT_OF_MEMORY; goto done; }
-    }
+    const size_t slots = (size_t)nt * ne, tiles = meld_stream_tiles(n);
+    size_t bytes = slots * (sizeof(uint64_t) + sizeof(size_t) + sizeof(uint32_t *)) + ne * tiles * sizeof(uint32_t) +
+                   slots * cap * sizeof(uint32_t) + 64;
+    char *mem = meld_scratch(ctx, bytes);
+    if (!mem) return MELD_ERR_OUT_OF_MEMORY;
+    collect_op op = {.s = s, .uk = ctx->uk, .ne = ne, .expert = active, .lo = lo, .hi = hi, .cap = cap, .tiles = tiles};
+    op.gt = (uint64_t *)mem;
+    op.count = (size_t *)(op.gt + slots);
+    op.cand = (uint32_t **)(op.count + slots);
+    op.tile_cand = (uint32_t *)(op.cand + slots);
+    uint32_t *lists = op.tile_cand + ne * tiles;
+    memset(op.gt, 0, slots * sizeof *op.gt);
+    memset(op.count, 0, slots * sizeof *op.count);
+    memset(op.tile_cand, 0, ne * tiles * sizeof *op.tile_cand);
+    for (size_t i = 0; i < slots; i++) op.cand[i] = lists + i * cap;
+
     meld_stream str = {.n = n, .nin = 1 + (int)ne, .nout = 0};
     str.in[0] = s->base.data;
     str.in_dt[0] = s->base.data ? (int)s->base.dtype : MELD_F32;
     for (size_t j = 0; j < ne; j++) { str.in[1 + j] = s->x[active[j]].data; str.in_dt[1 + j] = s->x[active[j]].dtype; }
-    st = meld_stream_run(ctx, &str, collect_tile, &op);
-    if (st != MELD_OK) goto done;
+    MELD_TRY(meld_stream_run(ctx, &str, collect_tile, &op));
 
     for (size_t j = 0; j < ne; j++) {
         size_t e = active[j];
         uint64_t k = kk[e], G = 0, C = 0;
-        int overflow = 0;
-        uint32_t *lists[4096];
+        int stored = 1;
+        uint32_t *lp[4096];
         size_t lens[4096];
-        for (int t = 0; t < nt; t++) {
+        for (int t = 0; t < nt && t < 4096; t++) {
             size_t sl = (size_t)t * ne + j;
             G += op.gt[sl];
             C += op.count[sl];
-            if (op.count[sl] > cap) overflow = 1;
-            lists[t] = op.cbits[sl];
-            lens[t] = op.count[sl] > cap ? cap : op.count[sl];
+            if (op.count[sl] + MELD_UK_ALIGN > cap) stored = 0;
+            lp[t] = op.cand[sl];
+            lens[t] = op.count[sl];
         }
-        if (overflow || nt > 4096 || !(G < k && k <= G + C)) {
-            out[e] = radix_full(ctx, s, e, k);
+        if (nt > 4096 || !(G < k && k <= G + C) || (!stored && lo[j] != hi[j])) {
+            out[e] = radix_full(ctx, s, e, k); /* bracket missed, or too many distinct candidates */
             continue;
         }
-        uint64_t tie_rank;
-        uint32_t T = radix_small(lists, lens, nt, k - G, &tie_rank);
+        uint64_t tie_rank = k - G;
+        uint32_t T = lo[j];
+        if (stored) T = radix_small(lp, lens, nt, k - G, &tie_rank);
+        /* Walk tiles in index order (the lists are in that order) to the tile holding the
+         * tie_rank-th entry equal to T, then rescan that tile for its index. */
+        int th = 0;
+        size_t off = 0;
         uint64_t cutoff = n;
-        for (int t = 0; t < nt && tie_rank; t++) {
-            size_t sl = (size_t)t * ne + j;
-            for (size_t c = 0; c < lens[t]; c++)
-                if (op.cbits[sl][c] == T && --tie_rank == 0) { cutoff = op.cidx[sl][c] + 1; break; }
+        for (size_t tile = 0; tile < tiles; tile++) {
+            uint64_t c = op.tile_cand[j * tiles + tile], ties = c;
+            if (stored) {
+                ties = 0;
+                for (uint64_t q = 0; q < c; q++) {
+                    while (off >= lens[th]) { th++; off = 0; }
+                    ties += lp[th][off++] == T;
+                }
+            }
+            if (ties >= tie_rank) {
+                size_t a = tile * MELD_TILE, b = a + MELD_TILE < n ? a + MELD_TILE : n;
+                cutoff = find_tie(s, e, T, a, b, tie_rank) + 1;
+                break;
+            }
+            tie_rank -= ties;
         }
         out[e] = (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
     }
-done:
-    if (op.cbits) for (size_t i = 0; i < slots; i++) free(op.cbits[i]);
-    if (op.cidx) for (size_t i = 0; i < slots; i++) free(op.cidx[i]);
-    free(op.cbits); free(op.cidx); free(op.gt); free(op.count);
-    return st;
+    return MELD_OK;
 }
 
 /* ---- public entry points ---------------------------------------------------------------- */

@@ -83,5 +83,12 @@ static inline vm vm_from_i8_pos(const int8_t *p) {
 static inline void vm_store_sign_i8(int8_t *p, vm pos) {
     for (int j = 0; j < 8; j++) p[j] = ((pos >> j) & 1u) ? 1 : -1;
 }
+static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
+    uint32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, v);
+    size_t c = 0;
+    for (; m; m &= m - 1) p[c++] = lanes[__builtin_ctz(m)];
+    return c;
+}
 #define MELD_ISA_SUFFIX avx2
 #endif

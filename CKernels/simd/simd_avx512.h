@@ -76,5 +76,11 @@ static inline void vm_store_sign_i8(int8_t *p, vm pos) {
     __m128i v = _mm_mask_blend_epi8((__mmask16)pos, _mm_set1_epi8(-1), _mm_set1_epi8(1));
     _mm_storeu_si128((__m128i *)p, v);
 }
+/* compress in a register, then a plain store: a compress straight to memory is microcoded
+ * (slow) on some cores */
+static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
+    _mm512_storeu_si512((void *)p, _mm512_maskz_compress_epi32((__mmask16)m, v));
+    return (size_t)__builtin_popcount(m);
+}
 #define MELD_ISA_SUFFIX avx512
 #endif

@@ -51,6 +51,32 @@ final class SelectionTests: XCTestCase {
         try check(v, densities: [0.1, 0.4, 0.9], "ties")
     }
 
+    /// A third of the entries share the threshold value: the bracket collapses to one value,
+    /// candidates overflow, and the cutoff comes from the per-tile counts alone.
+    func testMassiveTieAtThreshold() throws {
+        var rng = Rng(25)
+        let v = (0..<300_001).map { _ in rng.uniform() < 0.3 ? Float(1) : rng.normal() * 0.1 }
+        try check(v, densities: [0.1, 0.25], "tie at threshold")
+    }
+
+    /// The full radix path (MELD_SELECT=radix) gives the same selections as the fast path.
+    func testRadixFallbackAgrees() throws {
+        var rng = Rng(26)
+        let inputs: [[Float]] = [rng.floats(70_001), rng.floats(4100), (0..<90_000).map { _ in Float(Int(rng.next() % 5)) }]
+        for v in inputs {
+            for ctx in try allContexts() {
+                for d in [0.05, 0.5, 0.97] {
+                    let fast = try ctx.select(v, density: d)
+                    setenv("MELD_SELECT", "radix", 1)
+                    let radix = try ctx.select(v, density: d)
+                    unsetenv("MELD_SELECT")
+                    XCTAssertEqual(fast, radix)
+                    XCTAssertTrue(keepSet(v, radix) == referenceKeep(v, k: densityCount(d, v.count)))
+                }
+            }
+        }
+    }
+
     func testNaNAndInfinityRankHighest() throws {
         var rng = Rng(23)
         var v = rng.floats(1000)

@@ -1,0 +1,83 @@
+/* Shared benchmark helpers: timing, a STREAM-triad and a streaming-read reference pass,
+ * deterministic data, and the table/JSON output. Everything is reported as a ratio to a
+ * reference measured in the same run (this machine's timings vary 40-60% between runs). */
+#ifndef MELD_BENCH_UTIL_H
+#define MELD_BENCH_UTIL_H
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int omp_get_max_threads(void);
+
+static inline double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* best (minimum) seconds of reps runs of body */
+#define BEST_OF(reps, secs, body) do { \
+    secs = 1e30; \
+    for (int r_ = 0; r_ < (reps); r_++) { double t0_ = now_s(); body; double t_ = now_s() - t0_; if (t_ < secs) secs = t_; } \
+} while (0)
+
+static void *xmalloc(size_t n) {
+    void *p = aligned_alloc(64, (n + 63) / 64 * 64);
+    if (!p) { fprintf(stderr, "out of memory (%zu bytes)\n", n); exit(2); }
+    return p;
+}
+
+static inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void fill_normalish(float *p, size_t n, uint64_t seed, float scale) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = mix64(seed * 0x9E3779B97F4A7C15ull + i);
+        /* sum of 4 uniforms: cheap, bell-shaped, many distinct magnitudes */
+        float s = (float)(r & 0xffff) + (float)((r >> 16) & 0xffff) + (float)((r >> 32) & 0xffff) + (float)(r >> 48);
+        p[i] = (s / 65536.0f - 2.0f) * scale;
+    }
+}
+
+/* STREAM triad a = b + s*c over n floats; returns GB/s counting 12 bytes per element. */
+static double triad_gbs(size_t n, int reps, int threads) {
+    float *a = xmalloc(n * 4), *b = xmalloc(n * 4), *c = xmalloc(n * 4);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (size_t i = 0; i < n; i++) { a[i] = 0; b[i] = 1; c[i] = 2; }
+    double t = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (size_t i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
+        double dt = now_s() - t0;
+        if (dt < t) t = dt;
+    }
+    free(a); free(b); free(c);
+    return 12.0 * (double)n / t / 1e9;
+}
+
+/* One streaming read of bytes at p (xor-reduce of 64-bit words); returns seconds. */
+static double read_pass_s(const void *p, size_t bytes, int reps, int threads) {
+    const uint64_t *w = p;
+    size_t n = bytes / 8;
+    volatile uint64_t sink = 0;
+    double t = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s();
+        uint64_t x = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(^ : x)
+        for (size_t i = 0; i < n; i++) x ^= w[i];
+        sink ^= x;
+        double dt = now_s() - t0;
+        if (dt < t) t = dt;
+    }
+    (void)sink;
+    return t;
+}
+#endif

@@ -1,0 +1,24 @@
+/* meld-bench: the plain benchmark executable.
+ *   meld-bench [merge|all] [--n N] [--reps R] [--threads T] [--quick] [--json] */
+#include <meld.h>
+#include "bench_util.h"
+
+typedef struct bench_cfg { size_t n; int reps; int threads; int json; } bench_cfg;
+void merge_bench(const bench_cfg *c);
+
+int main(int argc, char **argv) {
+    bench_cfg c = {.n = (size_t)16 << 20, .reps = 5, .threads = 2, .json = 0};
+    const char *which = "all";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--n") && i + 1 < argc) c.n = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) c.reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) c.threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) { c.n = (size_t)1 << 20; c.reps = 2; }
+        else if (!strcmp(argv[i], "--json")) c.json = 1;
+        else if (argv[i][0] != '-') which = argv[i];
+        else { fprintf(stderr, "usage: meld-bench [merge|all] [--n N] [--reps R] [--threads T] [--quick] [--json]\n"); return 2; }
+    }
+    printf("meld-bench, libmeld %s\n", meld_version_string());
+    if (!strcmp(which, "merge") || !strcmp(which, "all")) merge_bench(&c);
+    return 0;
+}

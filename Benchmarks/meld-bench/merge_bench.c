@@ -1,0 +1,82 @@
+/* Merge kernel benchmark: per kernel and dtype, GB/s over the bytes each kernel must move
+ * (inputs read once + output written once) and its ratio to the STREAM triad measured in the
+ * same run; magnitude selection as a multiple of one streaming read of its tensor. */
+#include <math.h>
+#include <meld.h>
+#include "bench_util.h"
+
+typedef struct bench_cfg { size_t n; int reps; int threads; int json; } bench_cfg;
+
+static void report(const bench_cfg *c, const char *kernel, const char *dtype, double secs, double bytes,
+                   double triad, const char *target_name, double target, double ratio) {
+    double gbs = bytes / secs / 1e9;
+    printf("%-22s %-5s %9.2f ms %8.2f GB/s  %6.1f%% of triad  %s %.2f (target %.2f) %s\n", kernel, dtype,
+           secs * 1e3, gbs, 100.0 * gbs / triad, target_name, ratio, target,
+           (strcmp(target_name, "reads") == 0 ? ratio <= target : ratio >= target) ? "ok" : "MISS");
+    if (c->json)
+        printf("{\"bench\":\"merge\",\"kernel\":\"%s\",\"dtype\":\"%s\",\"n\":%zu,\"threads\":%d,\"ms\":%.3f,"
+               "\"gbs\":%.3f,\"triad_gbs\":%.3f,\"%s\":%.3f}\n",
+               kernel, dtype, c->n, c->threads, secs * 1e3, gbs, triad, target_name, ratio);
+}
+
+#define CHECK(x) do { meld_status s_ = (x); if (s_ != MELD_OK) { fprintf(stderr, "%s: %s\n", #x, meld_status_string(s_)); exit(1); } } while (0)
+
+void merge_bench(const bench_cfg *c) {
+    const size_t n = c->n;
+    const int K = 3;
+    meld_context *ctx;
+    CHECK(meld_context_create(c->threads, &ctx));
+    meld_isa isa;
+    meld_context_isa(ctx, &isa);
+    double triad = triad_gbs(n, c->reps, c->threads);
+    printf("# merge kernels: n = %zu, K = %d, %d threads, isa %s, STREAM triad %.2f GB/s\n", n, K, c->threads,
+           meld_isa_name(isa), triad);
+
+    float *base32 = xmalloc(n * 4), *x32[3], *out32 = xmalloc(n * 4);
+    fill_normalish(base32, n, 1, 0.02f);
+    for (int k = 0; k < K; k++) {
+        x32[k] = xmalloc(n * 4);
+        fill_normalish(x32[k], n, 10 + k, 0.001f);
+        for (size_t i = 0; i < n; i++) x32[k][i] += base32[i];
+    }
+    uint16_t *base16 = xmalloc(n * 2), *x16[3], *out16 = xmalloc(n * 2);
+    CHECK(meld_convert(ctx, (meld_view){base32, n, MELD_F32}, (meld_span){base16, n, MELD_BF16}));
+    for (int k = 0; k < K; k++) {
+        x16[k] = xmalloc(n * 2);
+        CHECK(meld_convert(ctx, (meld_view){x32[k], n, MELD_F32}, (meld_span){x16[k], n, MELD_BF16}));
+    }
+    float w[3] = {1.0f, 0.6f, 0.8f}, dens[3] = {0.2f, 0.5f, 0.35f};
+    meld_ties_options opt = meld_ties_options_default();
+
+    for (int pass = 0; pass < 2; pass++) {
+        meld_dtype dt = pass == 0 ? MELD_F32 : MELD_BF16;
+        const char *dn = meld_dtype_name(dt);
+        size_t es = meld_dtype_size(dt);
+        void *base = pass == 0 ? (void *)base32 : (void *)base16, *out = pass == 0 ? (void *)out32 : (void *)out16;
+        meld_view b = {base, n, dt}, m[3];
+        for (int k = 0; k < K; k++) m[k] = (meld_view){pass == 0 ? (void *)x32[k] : (void *)x16[k], n, dt};
+        meld_span o = {out, n, dt};
+        double t, tensor = (double)n * (double)es;
+
+        BEST_OF(c->reps, t, CHECK(meld_linear(ctx, K, m, w, 1, o)));
+        report(c, "linear", dn, t, (K + 1) * tensor, triad, "triad_ratio", 0.80, (K + 1) * tensor / t / 1e9 / triad);
+        BEST_OF(c->reps, t, CHECK(meld_task_arithmetic(ctx, b, K, m, w, 1.0f, 0, o)));
+        report(c, "task_arithmetic", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.80, (K + 2) * tensor / t / 1e9 / triad);
+
+        /* selection of one tensor vs one streaming read of it */
+        double tread = read_pass_s(m[0].data, n * es, c->reps, c->threads);
+        meld_selection sel[3];
+        BEST_OF(c->reps, t, CHECK(meld_magnitude_select(ctx, m[0], 0.2, &sel[0])));
+        report(c, "select(1 tensor)", dn, t, tensor, triad, "reads", 3.0, t / tread);
+
+        BEST_OF(c->reps, t, CHECK(meld_task_select(ctx, b, K, m, dens, sel)));
+        report(c, "task_select(K)", dn, t, (K + 1) * tensor, triad, "triad_ratio", 0.0, (K + 1) * tensor / t / 1e9 / triad);
+        BEST_OF(c->reps, t, CHECK(meld_ties_fused(ctx, b, K, m, w, sel, &opt, o)));
+        report(c, "ties_fused_pass", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.0, (K + 2) * tensor / t / 1e9 / triad);
+        BEST_OF(c->reps, t, CHECK(meld_ties(ctx, b, K, m, w, dens, &opt, o)));
+        report(c, "ties_end_to_end", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.40, (K + 2) * tensor / t / 1e9 / triad);
+    }
+    free(base32); free(out32); free(base16); free(out16);
+    for (int k = 0; k < K; k++) { free(x32[k]); free(x16[k]); }
+    meld_context_destroy(ctx);
+}
