@@ -6,9 +6,9 @@
  * select over the few candidates gives the exact threshold T; the per-tile counts lead to the
  * one tile holding the cutoff tie, which is rescanned. When every candidate equals T (lo == hi,
  * heavy ties) nothing needs storing at all.
- * Fallback (bracket missed or overflowed, e.g. heavy ties): a three-digit radix select over the
- * whole tensor (11/10/10 bits of the f32 magnitude), then a count of ties per thread range to
- * place the cutoff. Both give the same answer; the fallback is only slower. */
+ * Fallback (bracket missed, or too many distinct candidates to store): radix selection by range
+ * histograms over the magnitude range known to hold the k-th largest, then per-tile counts of
+ * the threshold to place the cutoff. Both give the same answer; the fallback is only slower. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,60 +72,78 @@ static uint32_t radix_small(uint32_t *const *lists, const size_t *lens, int nlis
     return prefix;
 }
 
-/* Fallback over the whole tensor for expert e. */
-static meld_selection radix_full(meld_context *ctx, const sel_src *s, size_t e, uint64_t k) {
-    const size_t n = s->n;
-    int nt = ctx->threads;
-    uint32_t prefix = 0, pmask = 0;
-    uint64_t rank = k, above = 0;
-    uint64_t hist[2048];
-    for (int d = 0; d < 3; d++) {
-        uint32_t bins = digit_mask[d] + 1;
-        memset(hist, 0, sizeof hist);
-#pragma omp parallel num_threads(nt)
-        {
-            uint64_t local[2048];
-            memset(local, 0, bins * sizeof local[0]);
-#pragma omp for schedule(static)
-            for (size_t i = 0; i < n; i++) {
-                uint32_t b = src_bits(s, e, i);
-                if ((b & pmask) == prefix) local[(b >> digit_shift[d]) & digit_mask[d]]++;
-            }
-#pragma omp critical
-            for (uint32_t b = 0; b < bins; b++) hist[b] += local[b];
+/* Radix selection over the whole tensor for expert e, restricted to the magnitude range
+ * [lo, hi] known to hold the k-th largest, with `above` entries known to lie above hi: range
+ * histograms of at most 2048 bins (ukernel `hist`) narrow the range to one value T; per-tile
+ * counts of T then place the tie cutoff, rescanning one tile. */
+typedef struct hist_op {
+    const sel_src *s;
+    size_t e;
+    const meld_ukernels *uk;
+    meld_uk_hist_args proto;
+    uint32_t *hist;      /* [thread][2048] */
+    uint32_t *per_tile;  /* when set: the tile's single-bin count goes to per_tile[tile] */
+} hist_op;
+
+static void hist_tile(const meld_tile *t, void *opv) {
+    hist_op *op = opv;
+    meld_uk_hist_args a = op->proto;
+    a.base = (meld_uk_in){t->in[0], t->in_dt[0]};
+    a.x = (meld_uk_in){t->in[1], t->in_dt[1]};
+    uint32_t one = 0;
+    a.hist = op->per_tile ? &one : op->hist + (size_t)t->thread * 2048;
+    if (t->valid == t->n) op->uk->hist(t->n, &a);
+    else
+        for (size_t i = t->i0; i < t->i0 + t->valid; i++) {
+            uint32_t b = src_bits(op->s, op->e, i);
+            if (b >= a.lo && b <= a.hi) a.hist[(b - a.lo) >> a.shift]++;
         }
-        uint32_t dg = pick_digit(hist, bins, &rank, &above);
-        prefix |= dg << digit_shift[d];
-        pmask |= digit_mask[d] << digit_shift[d];
+    if (op->per_tile) op->per_tile[t->index] = one;
+}
+
+static meld_status radix_range(meld_context *ctx, const sel_src *s, size_t e, uint64_t k, uint32_t lo,
+                               uint32_t hi, uint64_t above, meld_selection *out) {
+    const size_t n = s->n, tiles = meld_stream_tiles(n);
+    const int nt = ctx->threads;
+    uint32_t *mem = meld_scratch(ctx, ((size_t)nt * 2048 + tiles) * sizeof(uint32_t));
+    if (!mem) return MELD_ERR_OUT_OF_MEMORY;
+    meld_stream str = {.n = n, .nin = 2};
+    str.in[0] = s->base.data;
+    str.in_dt[0] = s->base.data ? (int)s->base.dtype : MELD_F32;
+    str.in[1] = s->x[e].data;
+    str.in_dt[1] = s->x[e].dtype;
+    hist_op op = {.s = s, .e = e, .uk = ctx->uk, .hist = mem};
+    uint64_t rank = k - above, hist[2048];
+    while (lo < hi) {
+        int shift = 0;
+        while (((uint64_t)(hi - lo) >> shift) >= 2048) shift++;
+        uint32_t bins = (uint32_t)((uint64_t)(hi - lo) >> shift) + 1;
+        memset(mem, 0, (size_t)nt * 2048 * sizeof(uint32_t));
+        op.proto = (meld_uk_hist_args){.lo = lo, .hi = hi, .shift = shift};
+        MELD_TRY(meld_stream_run(ctx, &str, hist_tile, &op));
+        for (uint32_t b = 0; b < bins; b++) {
+            hist[b] = 0;
+            for (int t = 0; t < nt; t++) hist[b] += mem[(size_t)t * 2048 + b];
+        }
+        uint64_t skipped = 0;
+        uint32_t dg = pick_digit(hist, bins, &rank, &skipped);
+        lo += dg << shift;
+        if (shift < 31 && lo + ((1u << shift) - 1) < hi) hi = lo + ((1u << shift) - 1);
     }
-    const uint32_t T = prefix;
-    /* rank = how many entries equal to T are kept; find the index of the rank-th one. */
-    size_t chunk = (n + (size_t)nt - 1) / (size_t)nt;
-    uint64_t *ties = calloc((size_t)nt, sizeof *ties);
+    /* rank = how many entries equal to T = lo are kept */
+    op.proto = (meld_uk_hist_args){.lo = lo, .hi = lo, .shift = 0};
+    op.per_tile = mem + (size_t)nt * 2048;
+    MELD_TRY(meld_stream_run(ctx, &str, hist_tile, &op));
     uint64_t cutoff = n;
-    if (ties) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (int t = 0; t < nt; t++) {
-            size_t a = (size_t)t * chunk, b = a + chunk < n ? a + chunk : n;
-            uint64_t c = 0;
-            for (size_t i = a; i < b; i++) c += src_bits(s, e, i) == T;
-            ties[t] = c;
-        }
-        uint64_t need = rank;
-        for (int t = 0; t < nt; t++) {
-            if (ties[t] < need) { need -= ties[t]; continue; }
-            size_t a = (size_t)t * chunk, b = a + chunk < n ? a + chunk : n;
-            for (size_t i = a; i < b; i++)
-                if (src_bits(s, e, i) == T && --need == 0) { cutoff = i + 1; break; }
-            break;
-        }
-        free(ties);
-    } else {
-        uint64_t need = rank;
-        for (size_t i = 0; i < n; i++)
-            if (src_bits(s, e, i) == T && --need == 0) { cutoff = i + 1; break; }
+    for (size_t tile = 0; tile < tiles; tile++) {
+        if (op.per_tile[tile] < rank) { rank -= op.per_tile[tile]; continue; }
+        size_t a = tile * MELD_TILE, b = a + MELD_TILE < n ? a + MELD_TILE : n;
+        for (size_t i = a; i < b; i++)
+            if (src_bits(s, e, i) == lo && --rank == 0) { cutoff = i + 1; break; }
+        break;
     }
-    return (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
+    *out = (meld_selection){.threshold = lo, .tie_cutoff = cutoff, .kept = k};
+    return MELD_OK;
 }
 
 /* ---- the collect pass -------------------------------------------------------------------- */
@@ -199,7 +217,8 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     /* MELD_SELECT=radix forces the full radix path, so tests cover both paths */
     const char *force = getenv("MELD_SELECT");
     if (force && !strcmp(force, "radix")) {
-        for (size_t j = 0; j < ne; j++) out[active[j]] = radix_full(ctx, s, active[j], kk[active[j]]);
+        for (size_t j = 0; j < ne; j++)
+            MELD_TRY(radix_range(ctx, s, active[j], kk[active[j]], 0, 0x7fffffffu, 0, &out[active[j]]));
         return MELD_OK;
     }
 
@@ -218,7 +237,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
                 for (size_t r = 0; r < SEL_RUN; r++) sample[m++] = src_bits(s, active[j], b * step + r);
             double q = (double)kk[active[j]] / (double)n;
             double rank = q * (double)S; /* rank from the top of the k-th largest, in the sample */
-            double delta = 5.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
+            double delta = 4.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
             double rhi = rank - delta, rlo = rank + delta;
             hi[j] = rhi < 1.0 ? 0x7fffffffu : kth_largest(sample, S, (uint64_t)rhi);
             lo[j] = rlo > (double)S ? 0u : kth_largest(sample, S, (uint64_t)rlo);
@@ -248,6 +267,9 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     for (size_t j = 0; j < ne; j++) { str.in[1 + j] = s->x[active[j]].data; str.in_dt[1 + j] = s->x[active[j]].dtype; }
     MELD_TRY(meld_stream_run(ctx, &str, collect_tile, &op));
 
+    typedef struct { size_t e; uint32_t lo, hi; uint64_t above; } range_job;
+    range_job fallback[MELD_MAX_MODELS];
+    size_t nf = 0;
     for (size_t j = 0; j < ne; j++) {
         size_t e = active[j];
         uint64_t k = kk[e], G = 0, C = 0;
@@ -262,10 +284,11 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
             lp[t] = op.cand[sl];
             lens[t] = op.count[sl];
         }
-        if (nt > 4096 || !(G < k && k <= G + C) || (!stored && lo[j] != hi[j])) {
-            out[e] = radix_full(ctx, s, e, k); /* bracket missed, or too many distinct candidates */
-            continue;
-        }
+        /* the bracket missed, or held too many distinct candidates to store: radix over the
+         * range that must hold the k-th largest */
+        if (nt > 4096 || G >= k) { fallback[nf++] = (range_job){e, hi[j] == 0x7fffffffu ? 0 : hi[j] + 1, 0x7fffffffu, 0}; continue; }
+        if (k > G + C) { fallback[nf++] = (range_job){e, 0, lo[j] ? lo[j] - 1 : 0, G + C}; continue; }
+        if (!stored && lo[j] != hi[j]) { fallback[nf++] = (range_job){e, lo[j], hi[j], G}; continue; }
         uint64_t tie_rank = k - G;
         uint32_t T = lo[j];
         if (stored) T = radix_small(lp, lens, nt, k - G, &tie_rank);
@@ -291,6 +314,11 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
             tie_rank -= ties;
         }
         out[e] = (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
+    }
+    /* the fallback reuses the scratch that held the candidate lists */
+    for (size_t f = 0; f < nf; f++) {
+        const range_job *r = &fallback[f];
+        MELD_TRY(radix_range(ctx, s, r->e, kk[r->e], r->lo, r->hi, r->above, &out[r->e]));
     }
     return MELD_OK;
 }

@@ -90,5 +90,7 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
     for (; m; m &= m - 1) p[c++] = lanes[__builtin_ctz(m)];
     return c;
 }
+static inline vi vi_and(vi a, vi b) { return _mm256_and_si256(a, b); }
+static inline vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
 #define MELD_ISA_SUFFIX avx2
 #endif

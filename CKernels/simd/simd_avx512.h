@@ -82,5 +82,7 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
     _mm512_storeu_si512((void *)p, _mm512_maskz_compress_epi32((__mmask16)m, v));
     return (size_t)__builtin_popcount(m);
 }
+static inline vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
+static inline vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
 #define MELD_ISA_SUFFIX avx512
 #endif

@@ -57,5 +57,7 @@ static inline vm vm_from_i8_pos(const int8_t *p) { return p[0] > 0; }
 static inline void vm_store_sign_i8(int8_t *p, vm pos) { p[0] = (pos & 1u) ? 1 : -1; }
 /* Appends the lanes of v selected by m at p; returns how many. p needs MELD_W slack. */
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) { *p = v; return m & 1u; }
+static inline vi vi_and(vi a, vi b) { return a & b; }
+static inline vi vi_sub(vi a, vi b) { return a - b; }
 #define MELD_ISA_SUFFIX scalar
 #endif

@@ -13,5 +13,6 @@ const meld_ukernels MELD_REG_NAME = {
     .linear = UK(meld_xf32_linear),
     .tv_merge = UK(meld_xf32_tv_merge),
     .collect = UK(meld_xf32_collect),
+    .hist = UK(meld_xf32_hist),
     .philox_bits = UK(meld_philox_bits),
 };

@@ -83,6 +83,16 @@ typedef struct meld_uk_collect_args {
     size_t cap;
 } meld_uk_collect_args;
 
+/* Range histogram for radix selection: for each element, b = absbits(d) (as collect); when
+ * lo <= b <= hi, hist[(b - lo) >> shift]++ (hist is accumulated). lo, hi < 2^31. */
+typedef struct meld_uk_hist_args {
+    meld_uk_in base;
+    meld_uk_in x;
+    uint32_t lo, hi;
+    int shift;
+    uint32_t *hist;
+} meld_uk_hist_args;
+
 /* Philox4x32-10 keep bits: for j in [0, n): element e = i0 + j, block c = e / 4, word e % 4 of
  * Philox(key, counter = (lo32(c), hi32(c), 0, 0)); u = word >> 8 (24 bits); bit j of out
  * (LSB first) = u < p24. out holds n/8 bytes. */
@@ -99,6 +109,7 @@ typedef struct meld_ukernels {
     void (*linear)(size_t n, size_t k, const meld_uk_in *x, const float *w, float div, void *out, int out_dt);
     void (*tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a);
     void (*collect)(size_t n, size_t i0, const meld_uk_collect_args *a);
+    void (*hist)(size_t n, const meld_uk_hist_args *a);
     void (*philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a);
 } meld_ukernels;
 
