@@ -3,4 +3,5 @@
 #define MELD_H
 #include "meld/meld_base.h"
 #include "meld/meld_merge.h"
+#include "meld/meld_sparse.h"
 #endif

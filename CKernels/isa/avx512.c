@@ -11,5 +11,6 @@
 #include "../ukernels/merge.tpl.h"
 #include "../ukernels/select.tpl.h"
 #include "../ukernels/philox.tpl.h"
+#include "../ukernels/reduce.tpl.h"
 #include "../ukernels/registry.tpl.h"
 #pragma clang attribute pop

@@ -351,6 +351,12 @@ meld_status meld_magnitude_select(meld_context *ctx, meld_view v, double density
     return meld_select_topk(ctx, v, k, out);
 }
 
+meld_status meld_select_many(meld_context *ctx, meld_view base, size_t count, const meld_view *x,
+                             const uint64_t *k, meld_selection *out) {
+    sel_src s = {.base = base, .k = count, .x = x, .n = base.data ? base.numel : (count ? x[0].numel : 0)};
+    return select_many(ctx, &s, k, out);
+}
+
 meld_status meld_task_select(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
                              const float *densities, meld_selection *out) {
     if (!ctx || !densities || !out) return MELD_ERR_NULL_POINTER;

@@ -41,6 +41,10 @@ typedef struct tv_request {
     size_t n;
 } tv_request;
 
+/* Top-k selections of count tensors (x_i - base, or x_i when base.data is NULL), one pass;
+ * count <= MELD_MAX_MODELS, and the same view may appear several times with different k. */
+meld_status meld_select_many(meld_context *ctx, meld_view base, size_t count, const meld_view *x,
+                             const uint64_t *k, meld_selection *out);
 meld_status meld_tv_run(meld_context *ctx, const tv_request *r);
 tv_rule meld_tv_rule_from_selection(const meld_selection *s, size_t n);
 #endif

@@ -92,5 +92,12 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
 }
 static inline vi vi_and(vi a, vi b) { return _mm256_and_si256(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
+static inline vf vf_expand(vm m, vf packed) {
+    uint8_t idx[8];
+    uint32_t c = 0;
+    for (int j = 0; j < 8; j++) { idx[j] = (uint8_t)c; c += (m >> j) & 1u; }
+    __m256i p = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)idx));
+    return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, p), meld_avx2_lanes(m));
+}
 #define MELD_ISA_SUFFIX avx2
 #endif

@@ -84,5 +84,6 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
 }
 static inline vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
+static inline vf vf_expand(vm m, vf packed) { return _mm512_maskz_expand_ps((__mmask16)m, packed); }
 #define MELD_ISA_SUFFIX avx512
 #endif

@@ -59,5 +59,7 @@ static inline void vm_store_sign_i8(int8_t *p, vm pos) { p[0] = (pos & 1u) ? 1 :
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) { *p = v; return m & 1u; }
 static inline vi vi_and(vi a, vi b) { return a & b; }
 static inline vi vi_sub(vi a, vi b) { return a - b; }
+/* Place the first popcount(m) packed values at the lanes set in m (others 0). */
+static inline vf vf_expand(vm m, vf packed) { return (m & 1u) ? packed : 0.0f; }
 #define MELD_ISA_SUFFIX scalar
 #endif

@@ -102,6 +102,40 @@ typedef struct meld_uk_philox_args {
     uint8_t *out;
 } meld_uk_philox_args;
 
+/* Reductions: 16 logical lanes (element i of the call goes to lane i % 16), f64 products of the
+ * f32 values (exact) added in element order per lane; the lanes are then summed 0..15 into
+ * out. Every ISA performs the identical sequence. */
+#define MELD_GRAM_MAX 16
+/* out[p] += sum over the call of (x_i - base)(x_j - base) for pairs p = (i <= j) in row order. */
+typedef struct meld_uk_gram_args {
+    size_t k;
+    meld_uk_in base; /* p NULL: no base */
+    const meld_uk_in *x;
+    double *out;     /* k (k + 1) / 2 */
+} meld_uk_gram_args;
+
+/* out[2k] += sum |d_k|, out[2k+1] += sum |d_k| over kept entries (rule_k), d_k = x_k - base. */
+typedef struct meld_uk_l1_args {
+    size_t k;
+    meld_uk_in base;
+    const meld_uk_in *x;
+    const meld_uk_rule *rule;
+    double *out;
+} meld_uk_l1_args;
+
+/* Sparse apply: out = base + sum_k s_k * unpack_k, where unpack_k places values_k[pos_k ...] at
+ * the set bits of bits_k (bit j = element j of the call). pos_k advances; values_k must hold
+ * MELD_UK_ALIGN readable entries past the last one used (callers pad the end). */
+typedef struct meld_uk_apply_args {
+    size_t k;
+    meld_uk_in base;
+    const uint8_t *const *bits;
+    const meld_uk_in *values; /* at the call's first packed entry */
+    const float *scale;
+    void *out;
+    int out_dt;
+} meld_uk_apply_args;
+
 typedef struct meld_ukernels {
     meld_isa isa;
     const char *name;
@@ -111,6 +145,9 @@ typedef struct meld_ukernels {
     void (*collect)(size_t n, size_t i0, const meld_uk_collect_args *a);
     void (*hist)(size_t n, const meld_uk_hist_args *a);
     void (*philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a);
+    void (*gram)(size_t n, const meld_uk_gram_args *a);
+    void (*l1)(size_t n, size_t i0, const meld_uk_l1_args *a);
+    void (*apply)(size_t n, const meld_uk_apply_args *a);
 } meld_ukernels;
 
 extern const meld_ukernels meld_ukernels_scalar;

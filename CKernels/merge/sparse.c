@@ -1,0 +1,490 @@
+/* Sparsifiers (DARE, DELLA, breadcrumbs, masks), the generalized task-vector merge, masked
+ * sparse task vectors. Semantics and the RNG layout: include/meld/meld_sparse.h. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "task_vectors.h"
+
+/* ---- RNG ---------------------------------------------------------------------------------- */
+static inline uint64_t splitmix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void philox(const uint32_t in[4], uint32_t k0, uint32_t k1, uint32_t out[4]) {
+    uint32_t c0 = in[0], c1 = in[1], c2 = in[2], c3 = in[3];
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (uint32_t)p1; c3 = (uint32_t)p0; c0 = n0; c2 = n2;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+meld_status meld_philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
+    if (!counter || !key || !out) return MELD_ERR_NULL_POINTER;
+    philox(counter, key[0], key[1], out);
+    return MELD_OK;
+}
+
+uint64_t meld_rng_stream(const char *name, size_t len, uint32_t expert) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; name && i < len; i++) { h ^= (uint8_t)name[i]; h *= 0x100000001b3ull; }
+    return splitmix64(h ^ ((uint64_t)expert + 1) * 0x9E3779B97F4A7C15ull);
+}
+
+static void rng_key(uint64_t seed, uint64_t stream, uint32_t *k0, uint32_t *k1) {
+    uint64_t k = splitmix64(seed ^ splitmix64(stream));
+    *k0 = (uint32_t)k;
+    *k1 = (uint32_t)(k >> 32);
+}
+
+static uint32_t p24_of(double p) {
+    if (!(p > 0.0)) return 0;
+    if (p >= 1.0) return 1u << 24;
+    return (uint32_t)ceil(p * 16777216.0);
+}
+
+/* 24-bit uniform of element i */
+static inline uint32_t uniform24(uint32_t k0, uint32_t k1, uint64_t i) {
+    uint32_t c[4] = {(uint32_t)(i >> 2), (uint32_t)(i >> 34), 0, 0}, o[4];
+    philox(c, k0, k1, o);
+    return o[i & 3] >> 8;
+}
+
+/* ---- validation ---------------------------------------------------------------------------- */
+static meld_status check_sparsifier(const meld_sparsifier *s) {
+    if (!s) return MELD_ERR_NULL_POINTER;
+    if (s->method < MELD_SPARSIFY_NONE || s->method > MELD_SPARSIFY_MASK) return MELD_ERR_INVALID_ARGUMENT;
+    if (s->rescale < MELD_RESCALE_NONE || s->rescale > MELD_RESCALE_L1) return MELD_ERR_INVALID_ARGUMENT;
+    if (!(s->density >= 0.0f && s->density <= 1.0f)) return MELD_ERR_INVALID_ARGUMENT;
+    if (s->method == MELD_SPARSIFY_MAGNITUDE_OUTLIERS && !(s->gamma >= 0.0f && s->gamma <= 1.0f)) return MELD_ERR_INVALID_ARGUMENT;
+    if (s->method == MELD_SPARSIFY_DELLA && s->density < 1.0f && s->density > 0.0f) {
+        if (!(s->epsilon >= 0.0f) || !(s->density - s->epsilon > 0.0f) || !(s->density + s->epsilon < 1.0f))
+            return MELD_ERR_INVALID_ARGUMENT;
+        if (s->rescale == MELD_RESCALE_DENSITY) return MELD_ERR_UNSUPPORTED;
+    }
+    if (s->method == MELD_SPARSIFY_MASK && !s->mask) return MELD_ERR_NULL_POINTER;
+    return MELD_OK;
+}
+
+/* ---- DELLA: per-row ranks by a stable LSD radix sort, then Philox against p(rank) -------- */
+typedef struct della_job {
+    meld_view base, x;
+    size_t n, row;
+    float d, eps;
+    uint32_t k0, k1;
+    uint8_t *mask;
+} della_job;
+
+static meld_status della_mask(meld_context *ctx, const della_job *j) {
+    const size_t n = j->n, row = j->row ? j->row : n, rows = n ? (n + row - 1) / row : 0;
+    memset(j->mask, 0, (n + 7) / 8);
+    meld_status st = MELD_OK;
+#pragma omp parallel num_threads(ctx->threads)
+    {
+        uint32_t *key = malloc(row * sizeof(uint32_t) * 2), *idx = malloc(row * sizeof(uint32_t) * 2);
+        if (!key || !idx) {
+#pragma omp atomic write
+            st = MELD_ERR_OUT_OF_MEMORY;
+        }
+#pragma omp for schedule(static, 1) /* dynamic needs __kmpc_dispatch_deinit, absent from libomp 14 */
+        for (size_t r = 0; r < rows; r++) {
+            if (!key || !idx) continue;
+            size_t a = r * row, m = a + row < n ? row : n - a;
+            uint32_t *k2 = key + row, *i2 = idx + row;
+            for (size_t i = 0; i < m; i++) {
+                float v = meld_load_scalar(j->x.data, j->x.dtype, a + i);
+                if (j->base.data) v = v - meld_load_scalar(j->base.data, j->base.dtype, a + i);
+                key[i] = meld_f32_bits(v) & 0x7fffffffu;
+                idx[i] = (uint32_t)i;
+            }
+            /* stable LSD radix sort by magnitude: 11 + 10 + 10 bits */
+            for (int pass = 0; pass < 3; pass++) {
+                int shift = pass == 0 ? 0 : pass == 1 ? 11 : 21;
+                uint32_t bins = pass == 0 ? 2048 : 1024, cnt[2048] = {0};
+                for (size_t i = 0; i < m; i++) cnt[(key[i] >> shift) & (bins - 1)]++;
+                uint32_t sum = 0;
+                for (uint32_t b = 0; b < bins; b++) { uint32_t c = cnt[b]; cnt[b] = sum; sum += c; }
+                for (size_t i = 0; i < m; i++) {
+                    uint32_t d = cnt[(key[i] >> shift) & (bins - 1)]++;
+                    k2[d] = key[i];
+                    i2[d] = idx[i];
+                }
+                memcpy(key, k2, m * sizeof *key);
+                memcpy(idx, i2, m * sizeof *idx);
+            }
+            for (size_t q = 0; q < m; q++) { /* q = rank - 1 */
+                double p = m > 1 ? (double)(j->d - j->eps) + 2.0 * (double)j->eps * (double)q / (double)(m - 1) : (double)j->d;
+                size_t i = a + idx[q];
+                if (uniform24(j->k0, j->k1, i) < p24_of(p)) {
+#pragma omp atomic update
+                    j->mask[i >> 3] |= (uint8_t)(1u << (i & 7));
+                }
+            }
+        }
+        free(key);
+        free(idx);
+    }
+    return st;
+}
+
+/* ---- from sparsifiers to keep rules ------------------------------------------------------- */
+typedef struct rule_plan {
+    tv_rule rule[MELD_MAX_MODELS];
+    uint8_t *owned[MELD_MAX_MODELS]; /* DELLA bitmaps */
+} rule_plan;
+
+static void plan_free(rule_plan *p, size_t k) {
+    for (size_t i = 0; i < k; i++) free(p->owned[i]);
+}
+
+/* L1 rescale needs sum|d| and sum|kept d| per expert: one reduction pass over all of them. */
+typedef struct l1_op {
+    const meld_ukernels *uk;
+    size_t k;
+    const tv_rule *rule;
+    double *partial; /* [tile][2k] */
+} l1_op;
+
+static void l1_tile(const meld_tile *t, void *opv) {
+    l1_op *op = opv;
+    meld_uk_in x[MELD_MAX_MODELS];
+    meld_uk_rule r[MELD_MAX_MODELS];
+    uint8_t bits[MELD_MAX_MODELS][MELD_TILE / 8];
+    for (size_t k = 0; k < op->k; k++) {
+        x[k] = (meld_uk_in){t->in[1 + k], t->in_dt[1 + k]};
+        const tv_rule *s = &op->rule[k];
+        r[k] = (meld_uk_rule){.kind = (uint32_t)s->kind, .thr = s->thr, .thr2 = s->thr2, .cut = s->cut, .cut2 = s->cut2, .scale = 1.0f};
+        if (s->kind == TV_MASK) {
+            size_t bytes = (t->valid + 7) / 8;
+            memset(bits[k], 0, t->n / 8);
+            memcpy(bits[k], s->mask + t->i0 / 8, bytes);
+            if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+            r[k].kind = MELD_RULE_BITS;
+            r[k].bits = bits[k];
+        } else if (s->kind == TV_BERNOULLI) {
+            meld_uk_philox_args pa = {s->key0, s->key1, s->p24, bits[k]};
+            op->uk->philox_bits(t->n, t->i0, &pa);
+            /* padded tail entries are zero deltas: they add nothing to either sum */
+            r[k].kind = MELD_RULE_BITS;
+            r[k].bits = bits[k];
+        }
+    }
+    double *out = op->partial + t->index * 2 * op->k;
+    meld_uk_l1_args a = {.k = op->k, .base = {t->in[0], t->in_dt[0]}, .x = x, .rule = r, .out = out};
+    op->uk->l1(t->n, t->i0, &a);
+}
+
+static meld_status l1_scales(meld_context *ctx, meld_view base, size_t k, const meld_view *x, tv_rule *rules,
+                             const int *want) {
+    size_t idx[MELD_MAX_MODELS], m = 0;
+    for (size_t i = 0; i < k; i++) if (want[i]) idx[m++] = i;
+    if (!m) return MELD_OK;
+    const size_t n = base.numel, tiles = meld_stream_tiles(n);
+    double *partial = calloc(tiles * 2 * m + 1, sizeof(double));
+    if (!partial) return MELD_ERR_OUT_OF_MEMORY;
+    tv_rule sub[MELD_MAX_MODELS];
+    meld_stream s = {.n = n, .nin = 1 + (int)m};
+    s.in[0] = base.data;
+    s.in_dt[0] = base.dtype;
+    for (size_t j = 0; j < m; j++) {
+        sub[j] = rules[idx[j]];
+        s.in[1 + j] = x[idx[j]].data;
+        s.in_dt[1 + j] = x[idx[j]].dtype;
+    }
+    l1_op op = {.uk = ctx->uk, .k = m, .rule = sub, .partial = partial};
+    meld_status st = meld_stream_run(ctx, &s, l1_tile, &op);
+    for (size_t j = 0; st == MELD_OK && j < m; j++) {
+        double before = 0, after = 0;
+        for (size_t t = 0; t < tiles; t++) { before += partial[t * 2 * m + 2 * j]; after += partial[t * 2 * m + 2 * j + 1]; }
+        rules[idx[j]].scale = (before < 1e-7 || after < 1e-7) ? 1.0f : (float)(before / after);
+    }
+    free(partial);
+    return st;
+}
+
+static meld_status build_rules(meld_context *ctx, meld_view base, size_t k, const meld_view *x,
+                               const meld_sparsifier *sp, rule_plan *plan) {
+    const size_t n = base.numel;
+    memset(plan, 0, sizeof *plan);
+    meld_view sv[MELD_MAX_MODELS];
+    uint64_t sk[MELD_MAX_MODELS];
+    size_t owner[MELD_MAX_MODELS], ns = 0;
+    int want_l1[MELD_MAX_MODELS] = {0};
+    for (size_t i = 0; i < k; i++) {
+        const meld_sparsifier *s = &sp[i];
+        tv_rule *r = &plan->rule[i];
+        *r = (tv_rule){.kind = TV_ALL, .scale = 1.0f};
+        double d = s->density;
+        if (s->method == MELD_SPARSIFY_NONE || d >= 1.0) continue;
+        if (d <= 0.0 || n == 0) { r->kind = TV_NONE; continue; }
+        switch (s->method) {
+        case MELD_SPARSIFY_MAGNITUDE:
+            MELD_TRY(meld_density_count(d, n, &sk[ns]));
+            sv[ns] = x[i]; owner[ns++] = i;
+            break;
+        case MELD_SPARSIFY_MAGNITUDE_OUTLIERS: {
+            if (ns + 2 > MELD_MAX_MODELS) return MELD_ERR_INVALID_ARGUMENT;
+            int64_t target = (int64_t)floor(d * (double)n), top = (int64_t)floor((double)s->gamma * (double)n);
+            int64_t bot = (int64_t)n - target - top;
+            if (bot < 0) { top += bot; bot = 0; }
+            /* ascending ranks [bot, bot + target) = the top (top + target) minus the top (top) */
+            sk[ns] = (uint64_t)(top + target); sv[ns] = x[i]; owner[ns++] = i;
+            sk[ns] = (uint64_t)top; sv[ns] = x[i]; owner[ns++] = i;
+            r->kind = TV_WINDOW;
+            break;
+        }
+        case MELD_SPARSIFY_RANDOM:
+            r->kind = TV_BERNOULLI;
+            rng_key(s->seed, s->stream, &r->key0, &r->key1);
+            r->p24 = p24_of(d);
+            if (s->rescale == MELD_RESCALE_DENSITY) r->scale = 1.0f / s->density;
+            break;
+        case MELD_SPARSIFY_DELLA: {
+            plan->owned[i] = malloc((n + 7) / 8);
+            if (!plan->owned[i]) return MELD_ERR_OUT_OF_MEMORY;
+            della_job j = {.base = base, .x = x[i], .n = n, .row = s->row_length, .d = s->density, .eps = s->epsilon,
+                           .mask = plan->owned[i]};
+            rng_key(s->seed, s->stream, &j.k0, &j.k1);
+            MELD_TRY(della_mask(ctx, &j));
+            r->kind = TV_MASK;
+            r->mask = plan->owned[i];
+            break;
+        }
+        case MELD_SPARSIFY_MASK:
+            r->kind = TV_MASK;
+            r->mask = s->mask;
+            break;
+        default: break;
+        }
+        if (s->rescale == MELD_RESCALE_L1) want_l1[i] = 1;
+    }
+    if (ns) {
+        meld_selection sel[MELD_MAX_MODELS];
+        MELD_TRY(meld_select_many(ctx, base, ns, sv, sk, sel));
+        for (size_t q = 0; q < ns; q++) {
+            tv_rule *r = &plan->rule[owner[q]];
+            tv_rule t = meld_tv_rule_from_selection(&sel[q], n);
+            if (r->kind == TV_WINDOW) {
+                /* first of the pair: the wide top; second: the excluded top */
+                if (q + 1 < ns && owner[q + 1] == owner[q]) {
+                    tv_rule ex = meld_tv_rule_from_selection(&sel[q + 1], n);
+                    if (t.kind == TV_NONE) *r = (tv_rule){.kind = TV_NONE, .scale = 1.0f};
+                    else {
+                        uint32_t thr = t.kind == TV_ALL ? 0 : t.thr;
+                        uint64_t cut = t.kind == TV_ALL ? n : t.cut;
+                        r->thr = thr; r->cut = cut;
+                        /* nothing excluded: a TOP rule; everything excluded: NONE */
+                        if (ex.kind == TV_NONE) { r->kind = TV_TOP; }
+                        else if (ex.kind == TV_ALL) { r->kind = TV_NONE; }
+                        else { r->thr2 = ex.thr; r->cut2 = ex.cut; }
+                    }
+                    q++;
+                }
+            } else {
+                t.scale = r->scale;
+                *r = t;
+            }
+        }
+    }
+    return l1_scales(ctx, base, k, x, plan->rule, want_l1);
+}
+
+meld_status meld_merge_task_vectors(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
+                                    const float *weights, const meld_sparsifier *sparsifiers,
+                                    const meld_merge_options *options, meld_span out) {
+    if (!ctx || !weights || !sparsifiers || !options) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_span(out, out.numel));
+    MELD_TRY(meld_check_view(base, out.numel));
+    MELD_TRY(meld_check_models(k, models, out.numel));
+    MELD_TRY(meld_check_floats(weights, k));
+    for (size_t i = 0; i < k; i++) MELD_TRY(check_sparsifier(&sparsifiers[i]));
+    if (options->consensus < MELD_CONSENSUS_NONE || options->consensus > MELD_CONSENSUS_COUNT ||
+        options->divisor < MELD_DIVISOR_NONE || options->divisor > MELD_DIVISOR_COUNT || !isfinite(options->lambda))
+        return MELD_ERR_INVALID_ARGUMENT;
+    rule_plan plan;
+    meld_status st = build_rules(ctx, base, k, models, sparsifiers, &plan);
+    if (st == MELD_OK) {
+        float wsum = 0.0f;
+        for (size_t i = 0; i < k; i++) wsum += weights[i];
+        tv_request r = {.base = base, .k = k, .x = models, .rule = plan.rule, .w = weights,
+                        .consensus = options->consensus, .vote_unweighted = options->vote_unweighted,
+                        .divisor = options->divisor, .fixed_div = fabsf(wsum) < 1e-8f ? 1.0f : wsum,
+                        .lambda = options->lambda, .out = out, .n = out.numel};
+        st = meld_tv_run(ctx, &r);
+    }
+    plan_free(&plan, k);
+    return st;
+}
+
+meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, const meld_sparsifier *sparsifier,
+                               uint8_t *mask, float *scale) {
+    if (!ctx || !mask || !scale) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_view(x, x.numel));
+    if (base.data || base.numel) MELD_TRY(meld_check_view(base, x.numel));
+    MELD_TRY(check_sparsifier(sparsifier));
+    const size_t n = x.numel;
+    meld_view b = base.data ? base : (meld_view){NULL, n, x.dtype};
+    rule_plan plan;
+    meld_status st = build_rules(ctx, b, 1, &x, sparsifier, &plan);
+    if (st == MELD_OK) {
+        /* materialize the rule: a task-vector pass with one expert writes 1.0 where kept would
+         * need a dense temp; evaluate it per element instead (same predicate as the kernels) */
+        const tv_rule *r = &plan.rule[0];
+        memset(mask, 0, (n + 7) / 8);
+#pragma omp parallel for schedule(static) num_threads(ctx->threads)
+        for (size_t byte = 0; byte < (n + 7) / 8; byte++) {
+            uint8_t m = 0;
+            for (size_t i = byte * 8; i < byte * 8 + 8 && i < n; i++) {
+                float v = meld_load_scalar(x.data, x.dtype, i);
+                if (b.data) v = v - meld_load_scalar(b.data, b.dtype, i);
+                uint32_t bits = meld_f32_bits(v) & 0x7fffffffu;
+                int keep;
+                switch (r->kind) {
+                case TV_ALL: keep = 1; break;
+                case TV_TOP: keep = bits > r->thr || (bits == r->thr && i < r->cut); break;
+                case TV_WINDOW:
+                    keep = (bits > r->thr || (bits == r->thr && i < r->cut)) && !(bits > r->thr2 || (bits == r->thr2 && i < r->cut2));
+                    break;
+                case TV_MASK: keep = (r->mask[i >> 3] >> (i & 7)) & 1; break;
+                case TV_BERNOULLI: keep = uniform24(r->key0, r->key1, i) < r->p24; break;
+                default: keep = 0;
+                }
+                m |= (uint8_t)(keep << (i & 7));
+            }
+            mask[byte] = m;
+        }
+        *scale = r->scale;
+    }
+    plan_free(&plan, 1);
+    return st;
+}
+
+/* ---- packed sparse task vectors ------------------------------------------------------------- */
+meld_status meld_mask_count(const uint8_t *mask, size_t n, size_t *nnz) {
+    if (!nnz || (!mask && n)) return MELD_ERR_NULL_POINTER;
+    size_t c = 0, full = n / 8;
+    for (size_t i = 0; i < full; i++) c += (size_t)__builtin_popcount(mask[i]);
+    if (n & 7) c += (size_t)__builtin_popcount(mask[full] & ((1u << (n & 7)) - 1));
+    *nnz = c;
+    return MELD_OK;
+}
+
+static size_t tile_popcount(const uint8_t *mask, size_t n, size_t tile) {
+    size_t a = tile * MELD_TILE / 8, end = n < (tile + 1) * MELD_TILE ? n : (tile + 1) * MELD_TILE, c = 0;
+    size_t full = end / 8;
+    for (size_t i = a; i < full; i++) c += (size_t)__builtin_popcount(mask[i]);
+    if (end & 7) c += (size_t)__builtin_popcount(mask[full] & ((1u << (end & 7)) - 1));
+    return c;
+}
+
+meld_status meld_pack(meld_context *ctx, meld_view base, meld_view x, const uint8_t *mask, float scale, meld_span values) {
+    if (!ctx || (!mask && x.numel)) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_view(x, x.numel));
+    if (base.data || base.numel) MELD_TRY(meld_check_view(base, x.numel));
+    size_t nnz;
+    MELD_TRY(meld_mask_count(mask, x.numel, &nnz));
+    MELD_TRY(meld_check_span(values, nnz));
+    if (!isfinite(scale)) return MELD_ERR_INVALID_ARGUMENT;
+    const size_t n = x.numel, tiles = meld_stream_tiles(n), es = meld_dtype_size(values.dtype);
+    size_t *start = malloc((tiles + 1) * sizeof *start);
+    if (!start) return MELD_ERR_OUT_OF_MEMORY;
+    start[0] = 0;
+    for (size_t t = 0; t < tiles; t++) start[t + 1] = start[t] + tile_popcount(mask, n, t);
+#pragma omp parallel for schedule(static) num_threads(ctx->threads)
+    for (size_t t = 0; t < tiles; t++) {
+        size_t j = start[t], end = n < (t + 1) * MELD_TILE ? n : (t + 1) * MELD_TILE;
+        for (size_t i = t * MELD_TILE; i < end; i++) {
+            if (!((mask[i >> 3] >> (i & 7)) & 1)) continue;
+            float v = meld_load_scalar(x.data, x.dtype, i);
+            if (base.data) v = v - meld_load_scalar(base.data, base.dtype, i);
+            v = v * scale;
+            char tmp[MELD_UK_ALIGN * 4];
+            float f[MELD_UK_ALIGN] = {v};
+            meld_ukernels_scalar.convert(MELD_UK_ALIGN, (meld_uk_in){f, MELD_F32}, tmp, values.dtype);
+            memcpy((char *)values.data + j * es, tmp, es);
+            j++;
+        }
+    }
+    free(start);
+    return MELD_OK;
+}
+
+typedef struct apply_op {
+    const meld_ukernels *uk;
+    size_t k;
+    const meld_packed_view *d;
+    const float *scale;
+    size_t *start; /* [k][tiles] first packed entry of each tile */
+    size_t tiles;
+} apply_op;
+
+static void apply_tile(const meld_tile *t, void *opv) {
+    apply_op *op = opv;
+    uint8_t bits[MELD_MAX_MODELS][MELD_TILE / 8];
+    const uint8_t *bp[MELD_MAX_MODELS];
+    meld_uk_in vals[MELD_MAX_MODELS];
+    float *pad[MELD_MAX_MODELS] = {0};
+    const size_t tile0 = t->index * MELD_TILE;
+    for (size_t k = 0; k < op->k; k++) {
+        const meld_packed_view *d = &op->d[k];
+        size_t first = op->start[k * op->tiles + t->index];
+        for (size_t i = tile0; i < t->i0; i++) first += (d->mask[i >> 3] >> (i & 7)) & 1; /* tail call */
+        size_t bytes = (t->valid + 7) / 8;
+        memset(bits[k], 0, t->n / 8);
+        memcpy(bits[k], d->mask + t->i0 / 8, bytes);
+        if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+        bp[k] = bits[k];
+        size_t used = 0;
+        for (size_t b = 0; b < t->n / 8; b++) used += (size_t)__builtin_popcount(bits[k][b]);
+        /* the ukernel reads up to MELD_UK_ALIGN entries past the last one it uses: at the end of
+         * the values, read a zero-padded f32 copy instead */
+        if (first + used + MELD_UK_ALIGN > d->nnz && (pad[k] = calloc(used + MELD_UK_ALIGN, sizeof(float)))) {
+            for (size_t q = 0; q < used; q++) pad[k][q] = meld_load_scalar(d->values, d->dtype, first + q);
+            vals[k] = (meld_uk_in){pad[k], MELD_F32};
+        } else {
+            vals[k] = (meld_uk_in){(const char *)d->values + first * meld_dtype_size(d->dtype), d->dtype};
+        }
+    }
+    meld_uk_apply_args a = {.k = op->k, .base = {t->in[0], t->in_dt[0]}, .bits = bp, .values = vals,
+                            .scale = op->scale, .out = t->out[0], .out_dt = t->out_dt[0]};
+    op->uk->apply(t->n, &a);
+    for (size_t k = 0; k < op->k; k++) free(pad[k]);
+}
+
+meld_status meld_sparse_apply(meld_context *ctx, meld_view base, size_t k, const meld_packed_view *deltas,
+                              const float *scales, meld_span out) {
+    if (!ctx || !deltas || !scales) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_span(out, out.numel));
+    if (base.data || base.numel) MELD_TRY(meld_check_view(base, out.numel));
+    if (k == 0 || k > MELD_MAX_MODELS) return MELD_ERR_INVALID_ARGUMENT;
+    MELD_TRY(meld_check_floats(scales, k));
+    const size_t n = out.numel, tiles = meld_stream_tiles(n);
+    for (size_t i = 0; i < k; i++) {
+        if (deltas[i].numel != n) return MELD_ERR_SIZE_MISMATCH;
+        if (!meld_dtype_valid(deltas[i].dtype)) return MELD_ERR_UNSUPPORTED_DTYPE;
+        if (n && (!deltas[i].mask || (!deltas[i].values && deltas[i].nnz))) return MELD_ERR_NULL_POINTER;
+        size_t nnz;
+        MELD_TRY(meld_mask_count(deltas[i].mask, n, &nnz));
+        if (nnz != deltas[i].nnz) return MELD_ERR_SIZE_MISMATCH;
+    }
+    size_t *start = malloc((k * tiles + 1) * sizeof *start);
+    if (!start) return MELD_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; i < k; i++) {
+        size_t c = 0;
+        for (size_t t = 0; t < tiles; t++) { start[i * tiles + t] = c; c += tile_popcount(deltas[i].mask, n, t); }
+    }
+    meld_stream s = {.n = n, .nin = 1, .nout = 1};
+    s.in[0] = base.data;
+    s.in_dt[0] = base.data ? (int)base.dtype : MELD_F32;
+    s.out[0] = out.data;
+    s.out_dt[0] = out.dtype;
+    apply_op op = {.uk = ctx->uk, .k = k, .d = deltas, .scale = scales, .start = start, .tiles = tiles};
+    meld_status st = meld_stream_run(ctx, &s, apply_tile, &op);
+    free(start);
+    return st;
+}

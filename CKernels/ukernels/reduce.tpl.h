@@ -1,0 +1,69 @@
+/* Reduction and sparse-apply microkernels (templates). Contract: ukernel.h. */
+
+/* 16 f32 values of an input at element i, widened by the ISA's load. */
+static inline void load16(float *dst, const void *p, int dt, size_t i) {
+    for (int h = 0; h < 16; h += MELD_W) vf_store(dst + h, load_dt(p, dt, i + (size_t)h));
+}
+
+static inline double lanes_sum(const double *acc) {
+    double s = 0.0;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
+void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
+    const size_t K = a->k, P = K * (K + 1) / 2;
+    double acc[MELD_GRAM_MAX * (MELD_GRAM_MAX + 1) / 2][16];
+    float v[MELD_GRAM_MAX][16], b[16];
+    for (size_t p = 0; p < P; p++) for (int j = 0; j < 16; j++) acc[p][j] = 0.0;
+    for (size_t i = 0; i < n; i += 16) {
+        if (a->base.p) load16(b, a->base.p, a->base.dt, i);
+        for (size_t k = 0; k < K; k++) {
+            load16(v[k], a->x[k].p, a->x[k].dt, i);
+            if (a->base.p) for (int j = 0; j < 16; j++) v[k][j] = v[k][j] - b[j];
+        }
+        size_t p = 0;
+        for (size_t q = 0; q < K; q++)
+            for (size_t r = q; r < K; r++, p++)
+                for (int j = 0; j < 16; j++) acc[p][j] += (double)v[q][j] * (double)v[r][j];
+    }
+    for (size_t p = 0; p < P; p++) a->out[p] += lanes_sum(acc[p]);
+}
+
+void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
+    double all[MELD_MAX_MODELS][16], kept[MELD_MAX_MODELS][16];
+    float d[16], m[16];
+    for (size_t k = 0; k < a->k; k++) for (int j = 0; j < 16; j++) all[k][j] = kept[k][j] = 0.0;
+    for (size_t i = 0; i < n; i += 16) {
+        for (size_t k = 0; k < a->k; k++) {
+            for (int h = 0; h < 16; h += MELD_W) {
+                vf x = load_dt(a->x[k].p, a->x[k].dt, i + (size_t)h);
+                if (a->base.p) x = vf_sub(x, load_dt(a->base.p, a->base.dt, i + (size_t)h));
+                vm keep = rule_mask(&a->rule[k], x, i0 + i + (size_t)h, i + (size_t)h);
+                vf ax = vf_mul(x, vf_select(vf_lt(x, vf_zero()), vf_set1(-1.0f), vf_set1(1.0f)));
+                vf_store(d + h, ax);
+                vf_store(m + h, vf_select(keep, ax, vf_zero()));
+            }
+            for (int j = 0; j < 16; j++) { all[k][j] += (double)d[j]; kept[k][j] += (double)m[j]; }
+        }
+    }
+    for (size_t k = 0; k < a->k; k++) { a->out[2 * k] += lanes_sum(all[k]); a->out[2 * k + 1] += lanes_sum(kept[k]); }
+}
+
+void UK(meld_xf32_sparse_apply)(size_t n, const meld_uk_apply_args *a) {
+    size_t pos[MELD_MAX_MODELS];
+    vf sc[MELD_MAX_MODELS];
+    for (size_t k = 0; k < a->k; k++) { pos[k] = 0; sc[k] = vf_set1(a->scale[k]); }
+    for (size_t i = 0; i < n; i += MELD_W) {
+        vf acc = a->base.p ? load_dt(a->base.p, a->base.dt, i) : vf_zero();
+        for (size_t k = 0; k < a->k; k++) {
+            vm m = load_bits(a->bits[k], i);
+            if (!m) continue;
+            vf v = vf_expand(m, load_dt(a->values[k].p, a->values[k].dt, pos[k]));
+            pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
+            /* lanes without a value stay untouched (identical on every vector width) */
+            acc = vf_select(m, vf_add(acc, vf_mul(sc[k], v)), acc);
+        }
+        store_dt(a->out, a->out_dt, i, acc);
+    }
+}

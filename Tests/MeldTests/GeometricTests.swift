@@ -1,0 +1,79 @@
+import XCTest
+@testable import Meld
+import CMeld
+
+/// SLERP, NuSLERP and Model Stock against f64 implementations of mergekit's formulas.
+final class GeometricTests: XCTestCase {
+    func slerpRef(_ t: Double, _ a: [Double], _ b: [Double]) -> [Double] {
+        func norm(_ v: [Double]) -> Double { v.map { $0 * $0 }.reduce(0, +).squareRoot() }
+        let na = norm(a), nb = norm(b)
+        let dot = zip(a, b).map { $0 * $1 }.reduce(0, +) / ((na > 1e-8 ? na : 1) * (nb > 1e-8 ? nb : 1))
+        if abs(dot) > 0.9995 { return zip(a, b).map { (1 - t) * $0 + t * $1 } }
+        let th = acos(dot), s = sin(th)
+        let s0 = sin(th - th * t) / s, s1 = sin(th * t) / s
+        return zip(a, b).map { s0 * $0 + s1 * $1 }
+    }
+
+    func testSlerp() throws {
+        var rng = Rng(41)
+        for n in [1, 17, 4096 + 9, 70_001] {
+            let a = rng.floats(n), b = rng.floats(n)
+            let near = a.map { $0 * 1.0001 } // nearly parallel: the lerp fallback
+            for t: Float in [0, 0.3, 0.5, 1] {
+                var first: [UInt32]?
+                for ctx in try allContexts() {
+                    let out: [Float] = try ctx.slerp(t: t, a, b)
+                    assertClose(out, slerpRef(Double(t), a.map(Double.init), b.map(Double.init)), atol: 1e-6, rtol: 1e-5, "slerp n=\(n) t=\(t)")
+                    let lerp: [Float] = try ctx.slerp(t: t, a, near)
+                    assertClose(lerp, slerpRef(Double(t), a.map(Double.init), near.map(Double.init)), atol: 1e-6, rtol: 1e-5, "lerp")
+                    if let f = first { XCTAssertEqual(bits(out), f) } else { first = bits(out) }
+                }
+            }
+        }
+        XCTAssertThrowsError(try Context(threads: 1).slerp(t: 1.5, [1, 2] as [Float], [3, 4]) as [Float])
+        XCTAssertThrowsError(try Context(threads: 1).slerp(t: .nan, [1, 2] as [Float], [3, 4]) as [Float])
+    }
+
+    func testNuslerp() throws {
+        var rng = Rng(42)
+        let n = 5000
+        let base = rng.floats(n), a = base.map { $0 + rng.normal() * 0.1 }, b = base.map { $0 + rng.normal() * 0.1 }
+        for ctx in try allContexts() {
+            let out: [Float] = try ctx.nuslerp(base: base, a, b, weights: (1, 3))
+            let ta = zip(a, base).map { Double($0) - Double($1) }, tb = zip(b, base).map { Double($0) - Double($1) }
+            let ref = zip(slerpRef(0.75, ta, tb), base).map { $0 + Double($1) }
+            assertClose(out, ref, atol: 1e-6, rtol: 1e-5, "nuslerp")
+            let plain: [Float] = try ctx.nuslerp(base: nil, a, b, weights: (1, 1))
+            assertClose(plain, slerpRef(0.5, a.map(Double.init), b.map(Double.init)), atol: 1e-6, rtol: 1e-5, "nuslerp no base")
+        }
+    }
+
+    func testModelStock() throws {
+        var rng = Rng(43)
+        for n in [17, 4096 + 1, 60_000] {
+            let base = rng.floats(n)
+            let shared = rng.floats(n, scale: 0.05)
+            let xs = (0..<3).map { _ in zip(base, shared).map { $0 + $1 + rng.normal() * 0.05 } }
+            let tv = xs.map { x in zip(x, base).map { Double($0) - Double($1) } }
+            var cs = 0.0
+            for i in 0..<3 { for j in (i + 1)..<3 {
+                let d = zip(tv[i], tv[j]).map { $0 * $1 }.reduce(0, +)
+                let ni = tv[i].map { $0 * $0 }.reduce(0, +).squareRoot(), nj = tv[j].map { $0 * $0 }.reduce(0, +).squareRoot()
+                cs += d / (ni * nj)
+            } }
+            let c = cs / 3, t = 3 * c / (1 + 2 * c)
+            var ref = [Double](repeating: 0, count: n)
+            for i in 0..<n {
+                let mean: Double = (Double(xs[0][i]) + Double(xs[1][i]) + Double(xs[2][i])) / 3
+                ref[i] = t * mean + (1 - t) * Double(base[i])
+            }
+            var first: [UInt32]?
+            for ctx in try allContexts() {
+                let (out, tt): ([Float], Float) = try ctx.modelStock(base: base, xs)
+                XCTAssertEqual(Double(tt), t, accuracy: 1e-6)
+                assertClose(out, ref, atol: 1e-6, rtol: 1e-5, "model stock n=\(n)")
+                if let f = first { XCTAssertEqual(bits(out), f, "\(ctx.isa.name)/\(ctx.threads)") } else { first = bits(out) }
+            }
+        }
+    }
+}

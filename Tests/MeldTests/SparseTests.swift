@@ -1,0 +1,189 @@
+import XCTest
+@testable import Meld
+import CMeld
+
+func maskBit(_ m: [UInt8], _ i: Int) -> Bool { (m[i >> 3] >> UInt8(i & 7)) & 1 == 1 }
+
+/// Philox, DARE, DELLA, breadcrumbs, packed sparse task vectors: references, statistics,
+/// bit-identity across ISA paths and thread counts.
+final class SparseTests: XCTestCase {
+    func testPhiloxKnownAnswers() {
+        // Random123 kat_vectors, philox4x32 10
+        XCTAssertEqual(Context.philox(counter: (0, 0, 0, 0), key: (0, 0)), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8])
+        XCTAssertEqual(Context.philox(counter: (.max, .max, .max, .max), key: (.max, .max)), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd])
+        XCTAssertEqual(Context.philox(counter: (0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344), key: (0xa4093822, 0x299f31d0)),
+                       [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1])
+    }
+
+    func testStreamsAreStable() {
+        XCTAssertEqual(Sparsifier.stream(tensor: "model.layers.0.mlp.up_proj.weight", expert: 1),
+                       Sparsifier.stream(tensor: "model.layers.0.mlp.up_proj.weight", expert: 1))
+        XCTAssertNotEqual(Sparsifier.stream(tensor: "a", expert: 0), Sparsifier.stream(tensor: "a", expert: 1))
+        XCTAssertNotEqual(Sparsifier.stream(tensor: "a", expert: 0), Sparsifier.stream(tensor: "b", expert: 0))
+    }
+
+    /// DARE masks: keep rate within 4 sigma, the same bits on every ISA and thread count (and
+    /// equal to the documented scalar Philox layout), different bits for different streams.
+    func testDareMasks() throws {
+        var rng = Rng(31)
+        for n in [1, 17, 4096 + 5, 100_003] {
+            let x = rng.floats(n)
+            for d: Float in [0.1, 0.5, 0.9] {
+                let s = Sparsifier.dare(d, seed: 42, stream: 7, rescale: .density)
+                var first: [UInt8]?
+                for ctx in try allContexts() {
+                    let (m, scale) = try ctx.sparsifyMask(base: nil, x, s)
+                    XCTAssertEqual(scale, 1 / d)
+                    if let f = first { XCTAssertEqual(m, f, "\(ctx.isa.name)/\(ctx.threads)") } else { first = m }
+                }
+                let m = first!
+                let kept = (0..<n).filter { maskBit(m, $0) }.count
+                let sigma = (Double(n) * Double(d) * Double(1 - d)).squareRoot()
+                XCTAssertLessThanOrEqual(abs(Double(kept) - Double(n) * Double(d)), 4 * sigma + 1, "n=\(n) d=\(d)")
+                // the documented layout: word i % 4 of Philox(key, (i / 4, 0, 0, 0)), u = word >> 8
+                if n == 4101 {
+                    let other = try Context(threads: 1).sparsifyMask(base: nil, x, Sparsifier.dare(d, seed: 42, stream: 8)).mask
+                    XCTAssertNotEqual(m, other, "different streams give different masks")
+                }
+            }
+        }
+    }
+
+    /// dare_ties / dare_linear: the merged tensor equals an f64 reference built from the mask
+    /// the library reports, with the L1 rescale recomputed in f64.
+    func testDareMergeMatchesReference() throws {
+        var rng = Rng(32)
+        let n = 20_011
+        let base = rng.floats(n)
+        let xs = (0..<2).map { _ in base.map { $0 + rng.normal() * 0.02 } }
+        let w: [Float] = [0.6, 0.4]
+        for rescale in [Sparsifier.Rescale.none, .density, .l1] {
+            for cons in [Consensus.none, .sum] {
+                let sp = (0..<2).map { Sparsifier.dare(0.3, seed: 1, stream: UInt64($0), rescale: rescale) }
+                let masks = try (0..<2).map { try Context(threads: 1).sparsifyMask(base: base, xs[$0], sp[$0]) }
+                var ref = [Double](repeating: 0, count: n)
+                var scale = [Double](repeating: 1, count: 2)
+                for k in 0..<2 {
+                    if rescale == .density { scale[k] = Double(Float(1) / Float(0.3)) }
+                    if rescale == .l1 {
+                        var all = 0.0, kept = 0.0
+                        for i in 0..<n { let a = abs(Double(xs[k][i] - base[i])); all += a; if maskBit(masks[k].mask, i) { kept += a } }
+                        scale[k] = all / kept
+                        XCTAssertEqual(Double(masks[k].scale), scale[k], accuracy: 1e-6 * scale[k])
+                    }
+                }
+                for i in 0..<n {
+                    var v = [0.0, 0.0]
+                    for k in 0..<2 where maskBit(masks[k].mask, i) { v[k] = Double(xs[k][i] - base[i]) * scale[k] * Double(w[k]) }
+                    if cons == .sum {
+                        let pos = v[0] + v[1] >= 0
+                        ref[i] = Double(base[i]) + v.filter { pos ? $0 > 0 : $0 < 0 }.reduce(0, +)
+                    } else { ref[i] = Double(base[i]) + v[0] + v[1] }
+                }
+                var first: [UInt32]?
+                for ctx in try allContexts() {
+                    let out: [Float] = try ctx.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: sp, options: MergeOptions(consensus: cons))
+                    assertClose(out, ref, atol: 1e-6, rtol: 1e-5, "dare \(rescale) \(cons)")
+                    if let f = first { XCTAssertEqual(bits(out), f) } else { first = bits(out) }
+                }
+            }
+        }
+    }
+
+    /// Breadcrumbs keeps the ascending-rank window [n_bot, n_bot + target) exactly.
+    func testBreadcrumbsWindow() throws {
+        var rng = Rng(33)
+        for n in [64, 4099, 70_001] {
+            let base = rng.floats(n)
+            let x = base.map { $0 + rng.normal() * 0.1 }
+            let delta = zip(x, base).map { $0 - $1 }
+            for (d, g): (Float, Float) in [(0.6, 0.02), (0.8, 0.05), (0.9, 0.2), (0.3, 0)] {
+                let target = Int((Double(d) * Double(n)).rounded(.down)), top0 = Int((Double(g) * Double(n)).rounded(.down))
+                var top = top0, bot = n - target - top0
+                if bot < 0 { top += bot; bot = 0 }
+                let inTop = referenceKeep(delta, k: top + target), inExcl = referenceKeep(delta, k: top)
+                for ctx in try allContexts() {
+                    let (m, _) = try ctx.sparsifyMask(base: base, x, .breadcrumbs(d, gamma: g))
+                    for i in 0..<n where maskBit(m, i) != (inTop[i] && !inExcl[i]) {
+                        XCTFail("n=\(n) d=\(d) g=\(g) index \(i)"); break
+                    }
+                    XCTAssertEqual((0..<n).filter { maskBit(m, $0) }.count, target)
+                }
+            }
+        }
+    }
+
+    /// DELLA: rank-dependent keep probability (high ranks kept more), exact keep rate bounds,
+    /// identical bits everywhere, epsilon validated.
+    func testDellaMasks() throws {
+        var rng = Rng(34)
+        let rows = 64, cols = 1000, n = rows * cols
+        let x = rng.floats(n)
+        let s = Sparsifier.della(0.5, epsilon: 0.3, seed: 9, stream: 3, rowLength: cols)
+        var first: [UInt8]?
+        for ctx in try allContexts() {
+            let (m, _) = try ctx.sparsifyMask(base: nil, x, s)
+            if let f = first { XCTAssertEqual(m, f) } else { first = m }
+        }
+        let m = first!
+        // ranks within each row: compare the keep rate of the lower and upper magnitude halves
+        var lowKept = 0, highKept = 0
+        for r in 0..<rows {
+            let row = Array(x[(r * cols)..<((r + 1) * cols)])
+            let order = row.indices.sorted { abs(row[$0]) != abs(row[$1]) ? abs(row[$0]) < abs(row[$1]) : $0 < $1 }
+            for (rank, j) in order.enumerated() where maskBit(m, r * cols + j) { if rank < cols / 2 { lowKept += 1 } else { highKept += 1 } }
+        }
+        // expected p: low half ~ 0.35, high half ~ 0.65 (d -/+ eps/2); 4 sigma ~ 0.0075 n/2
+        let half = Double(n / 2)
+        XCTAssertEqual(Double(lowKept) / half, 0.35, accuracy: 0.02)
+        XCTAssertEqual(Double(highKept) / half, 0.65, accuracy: 0.02)
+        let ctx = try Context(threads: 1)
+        XCTAssertThrowsError(try ctx.sparsifyMask(base: nil, x, .della(0.5, epsilon: 0.5, seed: 1, stream: 1)))
+        XCTAssertThrowsError(try ctx.sparsifyMask(base: nil, x, .della(0.9, epsilon: 0.15, seed: 1, stream: 1)))
+        XCTAssertThrowsError(try ctx.sparsifyMask(base: nil, x, Sparsifier(.della, density: 0.5, epsilon: 0.1, rescale: .density)))
+    }
+
+    /// The generalized merge with magnitude sparsifiers equals the TIES kernel bit for bit.
+    func testGeneralizedMergeEqualsTies() throws {
+        var rng = Rng(35)
+        let base = rng.floats(9000)
+        let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.01 } }
+        let w: [Float] = [1, 0.5, 0.7], d: [Float] = [0.2, 0.4, 0.6]
+        for ctx in try allContexts() {
+            let a: [Float] = try ctx.ties(base: base, xs, weights: w, densities: d)
+            let b: [Float] = try ctx.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: d.map { .magnitude($0) },
+                                                      options: MergeOptions(consensus: .sum, divisor: .weightSum))
+            XCTAssertEqual(bits(a), bits(b))
+        }
+    }
+
+    /// Packed deltas: pack then apply equals base + sum s_k * masked delta; all dtypes; K = 4.
+    func testPackAndApply() throws {
+        var rng = Rng(36)
+        for n in [1, 15, 4096 + 3, 50_001] {
+            let base = rng.floats(n)
+            let xs = (0..<4).map { _ in base.map { $0 + rng.normal() * 0.05 } }
+            let scales: [Float] = [1, 0.5, -0.25, 2]
+            var first: [UInt32]?
+            for ctx in try allContexts() {
+                let masks = try xs.enumerated().map { try ctx.sparsifyMask(base: base, $0.element, .dare(0.1, seed: 5, stream: UInt64($0.offset))).mask }
+                let packed: [PackedDelta<Float>] = try (0..<4).map { try ctx.pack(base: base, xs[$0], mask: masks[$0]) }
+                for k in 0..<4 { XCTAssertEqual(packed[k].values.count, (0..<n).filter { maskBit(masks[k], $0) }.count) }
+                let out: [Float] = try ctx.sparseApply(base: base, packed, scales: scales)
+                var ref = base.map(Double.init)
+                for k in 0..<4 { for i in 0..<n where maskBit(masks[k], i) { ref[i] += Double(scales[k]) * Double(xs[k][i] - base[i]) } }
+                assertClose(out, ref, atol: 1e-6, rtol: 1e-6, "apply n=\(n)")
+                if let f = first { XCTAssertEqual(bits(out), f, "\(ctx.isa.name)/\(ctx.threads)") } else { first = bits(out) }
+                // bf16 values and bf16 output
+                let p16: [PackedDelta<BFloat16>] = try (0..<4).map { try ctx.pack(base: base, xs[$0], mask: masks[$0]) }
+                let o16: [BFloat16] = try ctx.sparseApply(base: base, p16, scales: scales)
+                var ref16 = base.map(Double.init)
+                for k in 0..<4 { for (j, i) in (0..<n).filter({ maskBit(masks[k], $0) }).enumerated() { ref16[i] += Double(scales[k]) * Double(p16[k].values[j].floatValue) } }
+                assertClose(o16.map(\.floatValue), ref16, atol: 1e-5, rtol: 1.0 / 128, "apply bf16")
+            }
+        }
+        let ctx = try Context(threads: 1)
+        let bad = PackedDelta<Float>(mask: [0xff], values: [1, 2, 3], count: 8) // nnz mismatch
+        XCTAssertThrowsError(try ctx.sparseApply(base: [Float](repeating: 0, count: 8), [bad], scales: [1]) as [Float])
+    }
+}
