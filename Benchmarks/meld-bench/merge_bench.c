@@ -75,6 +75,48 @@ void merge_bench(const bench_cfg *c) {
         report(c, "ties_fused_pass", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.0, (K + 2) * tensor / t / 1e9 / triad);
         BEST_OF(c->reps, t, CHECK(meld_ties(ctx, b, K, m, w, dens, &opt, o)));
         report(c, "ties_end_to_end", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.40, (K + 2) * tensor / t / 1e9 / triad);
+
+        /* dare_ties: Philox masks generated inside the fused pass (no rescale pass) */
+        meld_sparsifier sp[3];
+        for (int k = 0; k < K; k++)
+            sp[k] = (meld_sparsifier){.method = MELD_SPARSIFY_RANDOM, .density = 0.3f, .rescale = MELD_RESCALE_DENSITY, .seed = 1, .stream = (uint64_t)k};
+        meld_merge_options mo = {.consensus = MELD_CONSENSUS_SUM, .divisor = MELD_DIVISOR_NONE, .lambda = 1.0f};
+        BEST_OF(c->reps, t, CHECK(meld_merge_task_vectors(ctx, b, K, m, w, sp, &mo, o)));
+        report(c, "dare_ties_fused", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.40, (K + 2) * tensor / t / 1e9 / triad);
+        for (int k = 0; k < K; k++) sp[k].rescale = MELD_RESCALE_L1;
+        BEST_OF(c->reps, t, CHECK(meld_merge_task_vectors(ctx, b, K, m, w, sp, &mo, o)));
+        report(c, "dare_ties_l1_rescale", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.0, (K + 2) * tensor / t / 1e9 / triad);
+
+        /* SLERP and Model Stock: a reduction pass plus a combine pass; bytes = inputs + output once */
+        BEST_OF(c->reps, t, CHECK(meld_slerp(ctx, 0.3f, m[0], m[1], o)));
+        report(c, "slerp", dn, t, 3 * tensor, triad, "triad_ratio", 0.50, 3 * tensor / t / 1e9 / triad);
+        BEST_OF(c->reps, t, CHECK(meld_model_stock(ctx, b, K, m, o, NULL)));
+        report(c, "model_stock", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.50, (K + 2) * tensor / t / 1e9 / triad);
+
+        /* K = 4 packed deltas of 10% density applied to the base */
+        {
+            enum { KP = 4 };
+            uint8_t *mask[KP];
+            void *vals[KP];
+            meld_packed_view pv[KP];
+            float sc[KP] = {1.0f, 0.5f, 0.25f, 0.75f};
+            double touched = 2.0 * tensor; /* base read + output written */
+            for (int k = 0; k < KP; k++) {
+                meld_sparsifier s1 = {.method = MELD_SPARSIFY_RANDOM, .density = 0.1f, .seed = 3, .stream = (uint64_t)k};
+                float scale;
+                mask[k] = xmalloc((n + 7) / 8);
+                CHECK(meld_sparsify_mask(ctx, b, m[k % K], &s1, mask[k], &scale));
+                size_t nnz;
+                CHECK(meld_mask_count(mask[k], n, &nnz));
+                vals[k] = xmalloc(nnz * es + 64);
+                CHECK(meld_pack(ctx, b, m[k % K], mask[k], 1.0f, (meld_span){vals[k], nnz, dt}));
+                pv[k] = (meld_packed_view){mask[k], vals[k], n, nnz, dt};
+                touched += (double)((n + 7) / 8) + (double)nnz * (double)es;
+            }
+            BEST_OF(c->reps, t, CHECK(meld_sparse_apply(ctx, b, KP, pv, sc, o)));
+            report(c, "sparse_apply_K4_10pct", dn, t, touched, triad, "triad_ratio", 0.60, touched / t / 1e9 / triad);
+            for (int k = 0; k < KP; k++) { free(mask[k]); free(vals[k]); }
+        }
     }
     free(base32); free(out32); free(base16); free(out16);
     for (int k = 0; k < K; k++) { free(x32[k]); free(x16[k]); }

@@ -365,21 +365,28 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
 }
 
 /* ---- packed sparse task vectors ------------------------------------------------------------- */
+/* popcount of bits [a, b) of mask, by 64-bit words where aligned */
+static size_t popcount_range(const uint8_t *mask, size_t a, size_t b) {
+    size_t c = 0, i = a;
+    for (; i < b && (i & 63); i++) c += (mask[i >> 3] >> (i & 7)) & 1;
+    for (; i + 64 <= b; i += 64) {
+        uint64_t w;
+        memcpy(&w, mask + (i >> 3), 8);
+        c += (size_t)__builtin_popcountll(w);
+    }
+    for (; i < b; i++) c += (mask[i >> 3] >> (i & 7)) & 1;
+    return c;
+}
+
 meld_status meld_mask_count(const uint8_t *mask, size_t n, size_t *nnz) {
     if (!nnz || (!mask && n)) return MELD_ERR_NULL_POINTER;
-    size_t c = 0, full = n / 8;
-    for (size_t i = 0; i < full; i++) c += (size_t)__builtin_popcount(mask[i]);
-    if (n & 7) c += (size_t)__builtin_popcount(mask[full] & ((1u << (n & 7)) - 1));
-    *nnz = c;
+    *nnz = popcount_range(mask, 0, n);
     return MELD_OK;
 }
 
 static size_t tile_popcount(const uint8_t *mask, size_t n, size_t tile) {
-    size_t a = tile * MELD_TILE / 8, end = n < (tile + 1) * MELD_TILE ? n : (tile + 1) * MELD_TILE, c = 0;
-    size_t full = end / 8;
-    for (size_t i = a; i < full; i++) c += (size_t)__builtin_popcount(mask[i]);
-    if (end & 7) c += (size_t)__builtin_popcount(mask[full] & ((1u << (end & 7)) - 1));
-    return c;
+    size_t a = tile * MELD_TILE, b = n < a + MELD_TILE ? n : a + MELD_TILE;
+    return popcount_range(mask, a, b);
 }
 
 meld_status meld_pack(meld_context *ctx, meld_view base, meld_view x, const uint8_t *mask, float scale, meld_span values) {
@@ -432,15 +439,13 @@ static void apply_tile(const meld_tile *t, void *opv) {
     const size_t tile0 = t->index * MELD_TILE;
     for (size_t k = 0; k < op->k; k++) {
         const meld_packed_view *d = &op->d[k];
-        size_t first = op->start[k * op->tiles + t->index];
-        for (size_t i = tile0; i < t->i0; i++) first += (d->mask[i >> 3] >> (i & 7)) & 1; /* tail call */
+        size_t first = op->start[k * op->tiles + t->index] + popcount_range(d->mask, tile0, t->i0); /* tail call */
         size_t bytes = (t->valid + 7) / 8;
         memset(bits[k], 0, t->n / 8);
         memcpy(bits[k], d->mask + t->i0 / 8, bytes);
         if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
         bp[k] = bits[k];
-        size_t used = 0;
-        for (size_t b = 0; b < t->n / 8; b++) used += (size_t)__builtin_popcount(bits[k][b]);
+        size_t used = popcount_range(bits[k], 0, t->n);
         /* the ukernel reads up to MELD_UK_ALIGN entries past the last one it uses: at the end of
          * the values, read a zero-padded f32 copy instead */
         if (first + used + MELD_UK_ALIGN > d->nnz && (pad[k] = calloc(used + MELD_UK_ALIGN, sizeof(float)))) {
@@ -474,9 +479,12 @@ meld_status meld_sparse_apply(meld_context *ctx, meld_view base, size_t k, const
     }
     size_t *start = malloc((k * tiles + 1) * sizeof *start);
     if (!start) return MELD_ERR_OUT_OF_MEMORY;
+    /* first packed entry of every tile: per-tile popcounts in parallel, then prefix sums */
+#pragma omp parallel for schedule(static) num_threads(ctx->threads)
+    for (size_t q = 0; q < k * tiles; q++) start[q] = tile_popcount(deltas[q / tiles].mask, n, q % tiles);
     for (size_t i = 0; i < k; i++) {
         size_t c = 0;
-        for (size_t t = 0; t < tiles; t++) { start[i * tiles + t] = c; c += tile_popcount(deltas[i].mask, n, t); }
+        for (size_t t = 0; t < tiles; t++) { size_t v = start[i * tiles + t]; start[i * tiles + t] = c; c += v; }
     }
     meld_stream s = {.n = n, .nin = 1, .nout = 1};
     s.in[0] = base.data;

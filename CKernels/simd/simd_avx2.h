@@ -99,5 +99,11 @@ static inline vf vf_expand(vm m, vf packed) {
     __m256i p = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)idx));
     return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, p), meld_avx2_lanes(m));
 }
+static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
+    __m256i even = _mm256_mul_epu32(a, b);
+    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
 #define MELD_ISA_SUFFIX avx2
 #endif

@@ -61,5 +61,10 @@ static inline vi vi_and(vi a, vi b) { return a & b; }
 static inline vi vi_sub(vi a, vi b) { return a - b; }
 /* Place the first popcount(m) packed values at the lanes set in m (others 0). */
 static inline vf vf_expand(vm m, vf packed) { return (m & 1u) ? packed : 0.0f; }
+static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
+    uint64_t p = (uint64_t)a * b;
+    *hi = (uint32_t)(p >> 32);
+    *lo = (uint32_t)p;
+}
 #define MELD_ISA_SUFFIX scalar
 #endif

@@ -3,8 +3,9 @@
 static inline void philox_rounds(vi c[4], uint32_t k0, uint32_t k1) {
     const vi m0 = vi_set1(0xD2511F53u), m1 = vi_set1(0xCD9E8D57u);
     for (int r = 0; r < 10; r++) {
-        vi hi0 = vi_mulhi(m0, c[0]), lo0 = vi_mullo(m0, c[0]);
-        vi hi1 = vi_mulhi(m1, c[2]), lo1 = vi_mullo(m1, c[2]);
+        vi hi0, lo0, hi1, lo1;
+        vi_mulhilo(m0, c[0], &hi0, &lo0); /* both halves from the same 64-bit products */
+        vi_mulhilo(m1, c[2], &hi1, &lo1);
         vi n0 = vi_xor(vi_xor(hi1, c[1]), vi_set1(k0));
         vi n2 = vi_xor(vi_xor(hi0, c[3]), vi_set1(k1));
         c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;

@@ -11,8 +11,8 @@ static inline double lanes_sum(const double *acc) {
     return s;
 }
 
-void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
-    const size_t K = a->k, P = K * (K + 1) / 2;
+static inline __attribute__((always_inline)) void gram_body(size_t n, const meld_uk_gram_args *a, const size_t K) {
+    const size_t P = K * (K + 1) / 2;
     double acc[MELD_GRAM_MAX * (MELD_GRAM_MAX + 1) / 2][16];
     float v[MELD_GRAM_MAX][16], b[16];
     for (size_t p = 0; p < P; p++) for (int j = 0; j < 16; j++) acc[p][j] = 0.0;
@@ -28,6 +28,17 @@ void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
                 for (int j = 0; j < 16; j++) acc[p][j] += (double)v[q][j] * (double)v[r][j];
     }
     for (size_t p = 0; p < P; p++) a->out[p] += lanes_sum(acc[p]);
+}
+
+/* constant K for the common sizes, so the accumulators stay in registers */
+void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
+    switch (a->k) {
+    case 1: gram_body(n, a, 1); return;
+    case 2: gram_body(n, a, 2); return;
+    case 3: gram_body(n, a, 3); return;
+    case 4: gram_body(n, a, 4); return;
+    default: gram_body(n, a, a->k); return;
+    }
 }
 
 void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
@@ -57,8 +68,7 @@ void UK(meld_xf32_sparse_apply)(size_t n, const meld_uk_apply_args *a) {
     for (size_t i = 0; i < n; i += MELD_W) {
         vf acc = a->base.p ? load_dt(a->base.p, a->base.dt, i) : vf_zero();
         for (size_t k = 0; k < a->k; k++) {
-            vm m = load_bits(a->bits[k], i);
-            if (!m) continue;
+            vm m = load_bits(a->bits[k], i); /* no skip when empty: unpredictable at 10% density */
             vf v = vf_expand(m, load_dt(a->values[k].p, a->values[k].dt, pos[k]));
             pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
             /* lanes without a value stay untouched (identical on every vector width) */
