@@ -30,16 +30,18 @@ let package = Package(
             linkerSettings: [.linkedLibrary("omp5"), .linkedLibrary("m")]
         ),
         .target(name: "Meld", dependencies: ["CMeld"], path: "Sources/Meld"),
+        // The command-line tool's engine: safetensors I/O, mergekit configs, streaming merges.
+        .target(
+            name: "MeldTool",
+            dependencies: ["Meld", .product(name: "Yams", package: "Yams")],
+            path: "Sources/MeldTool"
+        ),
         .executableTarget(
             name: "meld",
-            dependencies: [
-                "Meld",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Yams", package: "Yams"),
-            ],
+            dependencies: ["MeldTool", "Meld", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/meld"
         ),
-        .testTarget(name: "MeldTests", dependencies: ["Meld", "CMeld"], path: "Tests/MeldTests"),
+        .testTarget(name: "MeldTests", dependencies: ["Meld", "CMeld", "MeldTool"], path: "Tests/MeldTests"),
     ],
     cLanguageStandard: .gnu2x
 )

@@ -30,7 +30,8 @@ int main(void) {
     }
     meld_view b = {base, N, MELD_F32};
     meld_view m[3] = {{x[0], N, MELD_F32}, {x[1], N, MELD_F32}, {x[2], N, MELD_F32}};
-    float w[3] = {1.0f, 0.6f, 0.8f}, density[3] = {0.2f, 0.5f, 0.35f};
+    float w[3] = {1.0f, 0.6f, 0.8f};
+    double density[3] = {0.2, 0.5, 0.35};
     meld_ties_options opt = meld_ties_options_default();
     check(meld_ties(ctx, b, 3, m, w, density, &opt, (meld_span){out, N, MELD_F32}), "ties");
 
@@ -43,7 +44,7 @@ int main(void) {
     printf("TIES merged %d tensors of %d elements: mean |out - base| = %.3g\n", 3, N, moved / N);
 
     /* bad input gets a status, not a crash */
-    meld_status s = meld_ties(ctx, b, 3, m, w, (float[]){0.2f, 1.5f, 0.3f}, &opt, (meld_span){out, N, MELD_F32});
+    meld_status s = meld_ties(ctx, b, 3, m, w, (double[]){0.2, 1.5, 0.3}, &opt, (meld_span){out, N, MELD_F32});
     printf("density 1.5 -> %s\n", meld_status_string(s));
     meld_context_destroy(ctx);
     return s == MELD_ERR_INVALID_ARGUMENT ? 0 : 1;

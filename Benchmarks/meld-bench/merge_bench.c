@@ -45,7 +45,8 @@ void merge_bench(const bench_cfg *c) {
         x16[k] = xmalloc(n * 2);
         CHECK(meld_convert(ctx, (meld_view){x32[k], n, MELD_F32}, (meld_span){x16[k], n, MELD_BF16}));
     }
-    float w[3] = {1.0f, 0.6f, 0.8f}, dens[3] = {0.2f, 0.5f, 0.35f};
+    float w[3] = {1.0f, 0.6f, 0.8f};
+    double dens[3] = {0.2, 0.5, 0.35};
     meld_ties_options opt = meld_ties_options_default();
 
     for (int pass = 0; pass < 2; pass++) {

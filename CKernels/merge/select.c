@@ -358,7 +358,7 @@ meld_status meld_select_many(meld_context *ctx, meld_view base, size_t count, co
 }
 
 meld_status meld_task_select(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
-                             const float *densities, meld_selection *out) {
+                             const double *densities, meld_selection *out) {
     if (!ctx || !densities || !out) return MELD_ERR_NULL_POINTER;
     MELD_TRY(meld_check_view(base, base.numel));
     MELD_TRY(meld_check_models(k, models, base.numel));

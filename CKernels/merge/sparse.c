@@ -60,10 +60,10 @@ static meld_status check_sparsifier(const meld_sparsifier *s) {
     if (!s) return MELD_ERR_NULL_POINTER;
     if (s->method < MELD_SPARSIFY_NONE || s->method > MELD_SPARSIFY_MASK) return MELD_ERR_INVALID_ARGUMENT;
     if (s->rescale < MELD_RESCALE_NONE || s->rescale > MELD_RESCALE_L1) return MELD_ERR_INVALID_ARGUMENT;
-    if (!(s->density >= 0.0f && s->density <= 1.0f)) return MELD_ERR_INVALID_ARGUMENT;
-    if (s->method == MELD_SPARSIFY_MAGNITUDE_OUTLIERS && !(s->gamma >= 0.0f && s->gamma <= 1.0f)) return MELD_ERR_INVALID_ARGUMENT;
-    if (s->method == MELD_SPARSIFY_DELLA && s->density < 1.0f && s->density > 0.0f) {
-        if (!(s->epsilon >= 0.0f) || !(s->density - s->epsilon > 0.0f) || !(s->density + s->epsilon < 1.0f))
+    if (!(s->density >= 0.0 && s->density <= 1.0)) return MELD_ERR_INVALID_ARGUMENT;
+    if (s->method == MELD_SPARSIFY_MAGNITUDE_OUTLIERS && !(s->gamma >= 0.0 && s->gamma <= 1.0)) return MELD_ERR_INVALID_ARGUMENT;
+    if (s->method == MELD_SPARSIFY_DELLA && s->density < 1.0 && s->density > 0.0) {
+        if (!(s->epsilon >= 0.0) || !(s->density - s->epsilon > 0.0) || !(s->density + s->epsilon < 1.0))
             return MELD_ERR_INVALID_ARGUMENT;
         if (s->rescale == MELD_RESCALE_DENSITY) return MELD_ERR_UNSUPPORTED;
     }
@@ -75,7 +75,7 @@ static meld_status check_sparsifier(const meld_sparsifier *s) {
 typedef struct della_job {
     meld_view base, x;
     size_t n, row;
-    float d, eps;
+    double d, eps;
     uint32_t k0, k1;
     uint8_t *mask;
 } della_job;
@@ -118,7 +118,7 @@ static meld_status della_mask(meld_context *ctx, const della_job *j) {
                 memcpy(idx, i2, m * sizeof *idx);
             }
             for (size_t q = 0; q < m; q++) { /* q = rank - 1 */
-                double p = m > 1 ? (double)(j->d - j->eps) + 2.0 * (double)j->eps * (double)q / (double)(m - 1) : (double)j->d;
+                double p = m > 1 ? (j->d - j->eps) + 2.0 * j->eps * (double)q / (double)(m - 1) : j->d;
                 size_t i = a + idx[q];
                 if (uniform24(j->k0, j->k1, i) < p24_of(p)) {
 #pragma omp atomic update
@@ -229,7 +229,7 @@ static meld_status build_rules(meld_context *ctx, meld_view base, size_t k, cons
             break;
         case MELD_SPARSIFY_MAGNITUDE_OUTLIERS: {
             if (ns + 2 > MELD_MAX_MODELS) return MELD_ERR_INVALID_ARGUMENT;
-            int64_t target = (int64_t)floor(d * (double)n), top = (int64_t)floor((double)s->gamma * (double)n);
+            int64_t target = (int64_t)floor(d * (double)n), top = (int64_t)floor(s->gamma * (double)n);
             int64_t bot = (int64_t)n - target - top;
             if (bot < 0) { top += bot; bot = 0; }
             /* ascending ranks [bot, bot + target) = the top (top + target) minus the top (top) */
@@ -242,7 +242,7 @@ static meld_status build_rules(meld_context *ctx, meld_view base, size_t k, cons
             r->kind = TV_BERNOULLI;
             rng_key(s->seed, s->stream, &r->key0, &r->key1);
             r->p24 = p24_of(d);
-            if (s->rescale == MELD_RESCALE_DENSITY) r->scale = 1.0f / s->density;
+            if (s->rescale == MELD_RESCALE_DENSITY) r->scale = (float)(1.0 / s->density);
             break;
         case MELD_SPARSIFY_DELLA: {
             plan->owned[i] = malloc((n + 7) / 8);

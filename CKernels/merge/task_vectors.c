@@ -150,7 +150,7 @@ meld_status meld_ties_fused(meld_context *ctx, meld_view base, size_t k, const m
 }
 
 meld_status meld_ties(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
-                      const float *weights, const float *densities, const meld_ties_options *options,
+                      const float *weights, const double *densities, const meld_ties_options *options,
                       meld_span out) {
     if (!weights || !densities) return MELD_ERR_NULL_POINTER;
     MELD_TRY(check_common(ctx, base, k, models, weights, out));

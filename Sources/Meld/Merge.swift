@@ -51,7 +51,7 @@ extension Context {
         try run(meld_task_arithmetic(raw, base.c, v.count, v, weights, lambda, normalize ? 1 : 0, out.c))
     }
 
-    public func ties(base: TensorView, _ models: [TensorView], weights: [Float], densities: [Float],
+    public func ties(base: TensorView, _ models: [TensorView], weights: [Float], densities: [Double],
                      options: TiesOptions = .mergekit, into out: MutableTensorView) throws {
         let v = models.map(\.c)
         guard weights.count == v.count, densities.count == v.count else { try mismatch() }
@@ -80,7 +80,7 @@ extension Context {
     }
 
     /// Selections on the task vectors x_k - base, all in one pass.
-    public func taskSelect(base: TensorView, _ models: [TensorView], densities: [Float]) throws -> [Selection] {
+    public func taskSelect(base: TensorView, _ models: [TensorView], densities: [Double]) throws -> [Selection] {
         let v = models.map(\.c)
         guard densities.count == v.count else { try mismatch() }
         var out = [meld_selection](repeating: meld_selection(), count: v.count)
@@ -139,7 +139,7 @@ extension Context {
         } }
     }
 
-    public func ties<T: MeldScalar, U: MeldScalar>(base: [T], _ models: [[T]], weights: [Float], densities: [Float],
+    public func ties<T: MeldScalar, U: MeldScalar>(base: [T], _ models: [[T]], weights: [Float], densities: [Double],
                                                    options: TiesOptions = .mergekit, as: U.Type = U.self) throws -> [U] {
         guard weights.count == models.count, densities.count == models.count else { try mismatch() }
         var o = options.c
@@ -156,7 +156,7 @@ extension Context {
         try x.withUnsafeBufferPointer { try select(TensorView($0), topK: k) }
     }
 
-    public func taskSelect<T: MeldScalar>(base: [T], _ models: [[T]], densities: [Float]) throws -> [Selection] {
+    public func taskSelect<T: MeldScalar>(base: [T], _ models: [[T]], densities: [Double]) throws -> [Selection] {
         guard densities.count == models.count else { try mismatch() }
         return try withView(base) { b in try withViews(models) { v in
             var out = [meld_selection](repeating: meld_selection(), count: v.count)

@@ -5,27 +5,27 @@ public struct Sparsifier: Sendable {
     public enum Method: UInt32, Sendable { case none = 0, magnitude = 1, random = 2, magnitudeOutliers = 3, della = 4, mask = 5 }
     public enum Rescale: UInt32, Sendable { case none = 0, density = 1, l1 = 2 }
     public var method: Method
-    public var density: Float
-    public var gamma: Float = 0.01
-    public var epsilon: Float = 0.15
+    public var density: Double
+    public var gamma: Double = 0.01
+    public var epsilon: Double = 0.15
     public var rescale: Rescale = .none
     public var seed: UInt64 = 0
     public var stream: UInt64 = 0
     public var rowLength: Int = 0
     public var mask: [UInt8]? = nil
 
-    public init(_ method: Method, density: Float = 1, gamma: Float = 0.01, epsilon: Float = 0.15, rescale: Rescale = .none,
+    public init(_ method: Method, density: Double = 1, gamma: Double = 0.01, epsilon: Double = 0.15, rescale: Rescale = .none,
                 seed: UInt64 = 0, stream: UInt64 = 0, rowLength: Int = 0, mask: [UInt8]? = nil) {
         self.method = method; self.density = density; self.gamma = gamma; self.epsilon = epsilon; self.rescale = rescale
         self.seed = seed; self.stream = stream; self.rowLength = rowLength; self.mask = mask
     }
     public static let none = Sparsifier(.none)
-    public static func magnitude(_ d: Float) -> Sparsifier { Sparsifier(.magnitude, density: d) }
-    public static func dare(_ d: Float, seed: UInt64, stream: UInt64, rescale: Rescale = .l1) -> Sparsifier {
+    public static func magnitude(_ d: Double) -> Sparsifier { Sparsifier(.magnitude, density: d) }
+    public static func dare(_ d: Double, seed: UInt64, stream: UInt64, rescale: Rescale = .l1) -> Sparsifier {
         Sparsifier(.random, density: d, rescale: rescale, seed: seed, stream: stream)
     }
-    public static func breadcrumbs(_ d: Float, gamma: Float) -> Sparsifier { Sparsifier(.magnitudeOutliers, density: d, gamma: gamma) }
-    public static func della(_ d: Float, epsilon: Float, seed: UInt64, stream: UInt64, rowLength: Int = 0, rescale: Rescale = .l1) -> Sparsifier {
+    public static func breadcrumbs(_ d: Double, gamma: Double) -> Sparsifier { Sparsifier(.magnitudeOutliers, density: d, gamma: gamma) }
+    public static func della(_ d: Double, epsilon: Double, seed: UInt64, stream: UInt64, rowLength: Int = 0, rescale: Rescale = .l1) -> Sparsifier {
         Sparsifier(.della, density: d, epsilon: epsilon, rescale: rescale, seed: seed, stream: stream, rowLength: rowLength)
     }
 

@@ -1,2 +1,126 @@
+import ArgumentParser
+import Foundation
 import Meld
-print("meld \(Version.string)")
+import MeldTool
+
+@main
+struct MeldCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meld",
+        abstract: "Merge expert models with Meld's kernels (mergekit-compatible configs).",
+        version: Version.string,
+        subcommands: [Merge.self, Example.self, Generate.self]
+    )
+}
+
+/// Parses sizes as mergekit does: a number with an optional K, M or B (thousand, million,
+/// billion) suffix, or KB/MB/GB/KiB/MiB/GiB.
+func parseSize(_ s: String) throws -> Int {
+    let t = s.trimmingCharacters(in: .whitespaces).uppercased()
+    let units: [(String, Double)] = [("KIB", 1024), ("MIB", 1_048_576), ("GIB", 1_073_741_824), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9),
+                                     ("K", 1e3), ("M", 1e6), ("B", 1e9), ("G", 1e9)]
+    for (u, m) in units where t.hasSuffix(u) {
+        if let v = Double(t.dropLast(u.count)), v > 0 { return Int(v * m) }
+    }
+    if let v = Int(t), v > 0 { return v }
+    throw ValidationError("--out-shard-size \(s): expected a size such as 5B, 500M or 2GiB")
+}
+
+struct Merge: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Merge the models of a mergekit YAML config into OUT_DIR.")
+    @Argument(help: "The mergekit YAML config (model paths resolve against the working directory).") var config: String
+    @Argument(help: "The output folder (written under a temporary name, renamed when complete).") var outDir: String
+    @Option(name: .customLong("random-seed"), help: "Seed of the random sparsifiers (DARE, DELLA).") var seed: UInt64 = 0
+    @Option(name: .customLong("out-shard-size"), help: "Largest output shard, e.g. 5B (default), 500M.") var shardSize = "5B"
+    @Option(help: "Threads (0 = all cores).") var threads = 0
+    @Flag(help: "No progress output.") var quiet = false
+    @Flag(help: "Replace OUT_DIR if it exists.") var overwrite = false
+
+    func run() throws {
+        var req = MergeRequest(configPath: config, outDir: outDir)
+        req.seed = seed
+        req.shardSize = try parseSize(shardSize)
+        req.threads = threads
+        req.quiet = quiet
+        req.overwrite = overwrite
+        do {
+            let s = try Merger.run(req)
+            if !quiet {
+                print(String(format: "meld: %@ merge of %d tensors (%.1f MB read, %.1f MB written) in %.2f s -> %@",
+                             s.method, s.tensors, Double(s.bytesRead) / 1e6, Double(s.bytesWritten) / 1e6, s.seconds, s.outDir))
+            }
+        } catch let e as ToolError {
+            FileHandle.standardError.write("meld: error: \(e.message)\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        } catch let e as MeldError {
+            FileHandle.standardError.write("meld: error: \(e)\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Example: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate small example checkpoints and TIES-merge them (no downloads needed).")
+    @Argument(help: "Working folder for the example models and the merged output.") var dir = "meld-example"
+
+    func run() throws {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var g = CheckpointGenerator()
+        g.experts = 3
+        try g.write(to: dir + "/models")
+        let yaml = """
+        merge_method: ties
+        base_model: \(dir)/models/base
+        models:
+          - model: \(dir)/models/expert0
+            parameters: {weight: 1.0, density: 0.2}
+          - model: \(dir)/models/expert1
+            parameters: {weight: 0.6, density: 0.5}
+          - model: \(dir)/models/expert2
+            parameters: {weight: 0.8, density: 0.35}
+        dtype: float32
+        out_dtype: bfloat16
+
+        """
+        try yaml.write(toFile: dir + "/ties.yml", atomically: true, encoding: .utf8)
+        var req = MergeRequest(configPath: dir + "/ties.yml", outDir: dir + "/merged")
+        req.overwrite = true
+        req.quiet = true
+        let s = try Merger.run(req)
+        print("""
+        meld example: generated a Llama-shaped base and 3 fine-tuned experts (\(g.parameterCount) parameters each) in \(dir)/models,
+        TIES-merged them with \(dir)/ties.yml (densities 0.2/0.5/0.35, sum vote, normalized, bf16 output):
+        \(s.tensors) tensors, \(String(format: "%.1f", Double(s.bytesRead) / 1e6)) MB read, \(String(format: "%.1f", Double(s.bytesWritten) / 1e6)) MB written in \(String(format: "%.3f", s.seconds)) s -> \(s.outDir)
+        Merge your own models with: meld merge CONFIG.yml OUT_DIR
+        """)
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write Llama-shaped base + expert checkpoints (for benchmarks).")
+    @Argument var dir: String
+    @Option var hidden = 1024
+    @Option var layers = 8
+    @Option var vocab = 32000
+    @Option var intermediate = 2048
+    @Option var heads = 16
+    @Option(name: .customLong("kv-heads")) var kvHeads = 16
+    @Option var experts = 3
+    @Option(help: "f32, bf16 or f16") var dtype = "f32"
+
+    func run() throws {
+        var g = CheckpointGenerator()
+        g.hidden = hidden; g.layers = layers; g.vocab = vocab; g.intermediate = intermediate
+        g.heads = heads; g.kvHeads = kvHeads; g.experts = experts
+        switch dtype {
+        case "f32": g.dtype = .F32
+        case "bf16": g.dtype = .BF16
+        case "f16": g.dtype = .F16
+        default: throw ValidationError("--dtype must be f32, bf16 or f16")
+        }
+        try g.write(to: dir)
+        print("meld generate: base + \(experts) experts of \(g.parameterCount) parameters (\(dtype)) in \(dir)")
+    }
+}

@@ -25,7 +25,7 @@ final class ErrorTests: XCTestCase {
             let vb = meld_view(data: bp.baseAddress, numel: 4, dtype: MELD_F32)
             let out = meld_span(data: op.baseAddress, numel: 3, dtype: MELD_F32)
             var w: [Float] = [1, 1]
-            var dens: [Float] = [0.5, 0.5]
+            var dens: [Double] = [0.5, 0.5]
             var opt = meld_ties_options_default()
             // n mismatch
             XCTAssertEqual(meld_linear(ctx, 2, [va, vb], &w, 1, out), MELD_ERR_SIZE_MISMATCH)

@@ -64,7 +64,7 @@ final class MergeTests: XCTestCase {
             let base = rng.floats(n)
             // dense small noise plus a sparse larger perturbation, as real fine-tunes
             let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.01 + (rng.uniform() < 0.1 ? rng.normal() * 0.1 : 0) } }
-            let w: [Float] = [1.0, 0.6, -0.8], dens: [Float] = [0.2, 0.5, 0.35]
+            let w: [Float] = [1.0, 0.6, -0.8], dens: [Double] = [0.2, 0.5, 0.35]
             for opt in variants {
                 let (ref, clear) = tiesReference(base: base, models: xs, weights: w, densities: dens, options: opt)
                 var first: [UInt32]?
@@ -83,7 +83,7 @@ final class MergeTests: XCTestCase {
         for n in [1, 17, 4096 + 33, 70_001] {
             let base = rng.floats(n)
             let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.05 } }
-            let w: [Float] = [0.5, 1.0, 0.75], dens: [Float] = [0.3, 0.6, 0.1]
+            let w: [Float] = [0.5, 1.0, 0.75], dens: [Double] = [0.3, 0.6, 0.1]
             for ctx in try allContexts() {
                 for opt in [TiesOptions.mergekit, .paper] {
                     let fused: [Float] = try ctx.ties(base: base, xs, weights: w, densities: dens, options: opt)
@@ -148,7 +148,7 @@ final class MergeTests: XCTestCase {
         let n = 4096 + 45
         let base = rng.floats(n).map { BFloat16($0) }
         let xs = (0..<3).map { _ in base.map { BFloat16($0.floatValue + rng.normal() * 0.02) } }
-        let w: [Float] = [1, 1, 1], d: [Float] = [0.25, 0.25, 0.25]
+        let w: [Float] = [1, 1, 1], d: [Double] = [0.25, 0.25, 0.25]
         var first: [UInt16]?
         for ctx in try allContexts() {
             let f32: [Float] = try ctx.ties(base: base, xs, weights: w, densities: d)

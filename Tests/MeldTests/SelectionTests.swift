@@ -92,11 +92,11 @@ final class SelectionTests: XCTestCase {
         for n in [33, 70_001] {
             let base = rng.floats(n)
             let xs = (0..<4).map { _ in base.map { $0 + rng.normal() * 0.01 } }
-            let dens: [Float] = [0.1, 0.5, 0, 1]
+            let dens: [Double] = [0.1, 0.5, 0, 1]
             for ctx in try allContexts() {
                 let many = try ctx.taskSelect(base: base, xs, densities: dens)
                 for k in 0..<4 {
-                    let one = try ctx.select(zip(xs[k], base).map { $0 - $1 }, density: Double(dens[k]))
+                    let one = try ctx.select(zip(xs[k], base).map { $0 - $1 }, density: dens[k])
                     XCTAssertEqual(many[k], one)
                 }
             }

@@ -28,12 +28,12 @@ final class SparseTests: XCTestCase {
         var rng = Rng(31)
         for n in [1, 17, 4096 + 5, 100_003] {
             let x = rng.floats(n)
-            for d: Float in [0.1, 0.5, 0.9] {
+            for d: Double in [0.1, 0.5, 0.9] {
                 let s = Sparsifier.dare(d, seed: 42, stream: 7, rescale: .density)
                 var first: [UInt8]?
                 for ctx in try allContexts() {
                     let (m, scale) = try ctx.sparsifyMask(base: nil, x, s)
-                    XCTAssertEqual(scale, 1 / d)
+                    XCTAssertEqual(scale, Float(1 / d))
                     if let f = first { XCTAssertEqual(m, f, "\(ctx.isa.name)/\(ctx.threads)") } else { first = m }
                 }
                 let m = first!
@@ -64,7 +64,7 @@ final class SparseTests: XCTestCase {
                 var ref = [Double](repeating: 0, count: n)
                 var scale = [Double](repeating: 1, count: 2)
                 for k in 0..<2 {
-                    if rescale == .density { scale[k] = Double(Float(1) / Float(0.3)) }
+                    if rescale == .density { scale[k] = Double(Float(1.0 / 0.3)) }
                     if rescale == .l1 {
                         var all = 0.0, kept = 0.0
                         for i in 0..<n { let a = abs(Double(xs[k][i] - base[i])); all += a; if maskBit(masks[k].mask, i) { kept += a } }
@@ -97,8 +97,8 @@ final class SparseTests: XCTestCase {
             let base = rng.floats(n)
             let x = base.map { $0 + rng.normal() * 0.1 }
             let delta = zip(x, base).map { $0 - $1 }
-            for (d, g): (Float, Float) in [(0.6, 0.02), (0.8, 0.05), (0.9, 0.2), (0.3, 0)] {
-                let target = Int((Double(d) * Double(n)).rounded(.down)), top0 = Int((Double(g) * Double(n)).rounded(.down))
+            for (d, g): (Double, Double) in [(0.6, 0.02), (0.8, 0.05), (0.9, 0.2), (0.3, 0)] {
+                let target = Int((d * Double(n)).rounded(.down)), top0 = Int((g * Double(n)).rounded(.down))
                 var top = top0, bot = n - target - top0
                 if bot < 0 { top += bot; bot = 0 }
                 let inTop = referenceKeep(delta, k: top + target), inExcl = referenceKeep(delta, k: top)
@@ -148,7 +148,7 @@ final class SparseTests: XCTestCase {
         var rng = Rng(35)
         let base = rng.floats(9000)
         let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.01 } }
-        let w: [Float] = [1, 0.5, 0.7], d: [Float] = [0.2, 0.4, 0.6]
+        let w: [Float] = [1, 0.5, 0.7], d: [Double] = [0.2, 0.4, 0.6]
         for ctx in try allContexts() {
             let a: [Float] = try ctx.ties(base: base, xs, weights: w, densities: d)
             let b: [Float] = try ctx.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: d.map { .magnitude($0) },

@@ -70,12 +70,12 @@ func densityCount(_ d: Double, _ n: Int) -> Int { d >= 1 ? n : d <= 0 || n == 0 
 
 /// mergekit TIES semantics in f64 (selection on the f32 deltas, as the kernels define it).
 /// Returns the reference and, per element, whether the vote was clear (|sum| well above rounding).
-func tiesReference(base: [Float], models: [[Float]], weights: [Float], densities: [Float], options: TiesOptions) -> ([Double], [Bool]) {
+func tiesReference(base: [Float], models: [[Float]], weights: [Float], densities: [Double], options: TiesOptions) -> ([Double], [Bool]) {
     let n = base.count, K = models.count
     var kept: [[Bool]] = []
     for k in 0..<K {
         let d = (0..<n).map { models[k][$0] - base[$0] }
-        kept.append(referenceKeep(d, k: densityCount(Double(densities[k]), n)))
+        kept.append(referenceKeep(d, k: densityCount(densities[k], n)))
     }
     var out = [Double](repeating: 0, count: n), clear = [Bool](repeating: true, count: n)
     for i in 0..<n {

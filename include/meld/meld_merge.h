@@ -57,7 +57,7 @@ MELD_API meld_status meld_magnitude_select(meld_context *ctx, meld_view v, doubl
 /* Select on the task vectors delta_k = x_k - base of k models at once, in one pass over the
  * inputs (no delta is materialized). densities[k] in [0, 1]. */
 MELD_API meld_status meld_task_select(meld_context *ctx, meld_view base, size_t k,
-                                      const meld_view *models, const float *densities,
+                                      const meld_view *models, const double *densities,
                                       meld_selection *out);
 /* out = v where selected, else v * 0 (so NaN/Inf stay visible, as torch's tensor * mask). */
 MELD_API meld_status meld_apply_selection(meld_context *ctx, meld_view v,
@@ -103,7 +103,7 @@ MELD_API meld_ties_options meld_ties_options_default(void);
 /* TIES end to end: per-expert thresholds (meld_task_select), then the fused pass. */
 MELD_API meld_status meld_ties(meld_context *ctx, meld_view base, size_t k,
                                const meld_view *models, const float *weights,
-                               const float *densities, const meld_ties_options *options,
+                               const double *densities, const meld_ties_options *options,
                                meld_span out);
 
 /* The fused pass alone: one streaming pass over base and the k models, given selections

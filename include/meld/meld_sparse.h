@@ -42,9 +42,9 @@ typedef enum meld_rescale {
 
 typedef struct meld_sparsifier {
     meld_sparsify_method method;
-    float density;       /* in [0, 1] */
-    float gamma;         /* MAGNITUDE_OUTLIERS: fraction of the largest entries dropped, in [0, 1] */
-    float epsilon;       /* DELLA: 0 < density - epsilon and density + epsilon < 1 */
+    double density;      /* in [0, 1]; double, as mergekit computes k = int(density * n) */
+    double gamma;         /* MAGNITUDE_OUTLIERS: fraction of the largest entries dropped, in [0, 1] */
+    double epsilon;      /* DELLA: 0 < density - epsilon and density + epsilon < 1 */
     meld_rescale rescale;
     uint64_t seed;       /* RANDOM, DELLA */
     uint64_t stream;     /* RANDOM, DELLA: meld_rng_stream(name, expert) */

@@ -1,0 +1,85 @@
+import Foundation
+import Meld
+
+/// Writes Llama-shaped checkpoints: a base and experts = base + small dense noise + a sparse
+/// larger perturbation on ~10% of entries (so trimming and sign conflicts both matter).
+/// Deterministic: values are a hash of (seed, model, tensor, index).
+public struct CheckpointGenerator: Sendable {
+    public var hidden = 64, layers = 2, vocab = 256, intermediate = 160, heads = 4, kvHeads = 2
+    public var experts = 3
+    public var dtype: STDType = .F32
+    public var seed: UInt64 = 1
+    public init() {}
+
+    public var tensorShapes: [(String, [Int])] {
+        let headDim = hidden / heads
+        var t: [(String, [Int])] = [("model.embed_tokens.weight", [vocab, hidden]), ("lm_head.weight", [vocab, hidden]), ("model.norm.weight", [hidden])]
+        for l in 0..<layers {
+            let p = "model.layers.\(l)."
+            t += [(p + "input_layernorm.weight", [hidden]), (p + "post_attention_layernorm.weight", [hidden]),
+                  (p + "self_attn.q_proj.weight", [heads * headDim, hidden]), (p + "self_attn.k_proj.weight", [kvHeads * headDim, hidden]),
+                  (p + "self_attn.v_proj.weight", [kvHeads * headDim, hidden]), (p + "self_attn.o_proj.weight", [hidden, heads * headDim]),
+                  (p + "mlp.gate_proj.weight", [intermediate, hidden]), (p + "mlp.up_proj.weight", [intermediate, hidden]),
+                  (p + "mlp.down_proj.weight", [hidden, intermediate])]
+        }
+        return t.sorted { $0.0 < $1.0 }
+    }
+
+    public var parameterCount: Int { tensorShapes.reduce(0) { $0 + $1.1.reduce(1, *) } }
+
+    @inline(__always) static func mix(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Writes `base` and `expert0...` folders under dir; returns their paths.
+    @discardableResult
+    public func write(to dir: String) throws -> [String] {
+        let names = ["base"] + (0..<experts).map { "expert\($0)" }
+        let shapes = tensorShapes
+        for (m, name) in names.enumerated() {
+            let path = dir + "/" + name
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            let writer = try ShardedWriter(directory: path, plan: shapes.map { .init(name: $0.0, dtype: dtype, shape: $0.1) }, shardSize: Int.max)
+            let ctx = try Context()
+            for (ti, (tname, shape)) in shapes.enumerated() {
+                let n = shape.reduce(1, *)
+                let isNorm = shape.count == 1
+                let tkey = Self.mix(seed ^ UInt64(ti) &* 0x1000_0001)
+                let buf = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+                defer { buf.deallocate() }
+                let addr = Int(bitPattern: buf) // chunks write disjoint ranges
+                let chunks = max(1, min(64, n / 65536))
+                DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                    let buf = UnsafeMutablePointer<Float>(bitPattern: addr)!
+                    let a = n * c / chunks, b = n * (c + 1) / chunks
+                    for i in a..<b {
+                        let r = Self.mix(tkey ^ UInt64(i))
+                        // base: sum of two uniforms, centred; norms around 1
+                        let u = Float(r & 0xFFFFFF) * 0x1p-24 + Float((r >> 24) & 0xFFFFFF) * 0x1p-24 - 1
+                        var v = isNorm ? 1 + 0.1 * u : 0.04 * u
+                        if m > 0 {
+                            let e = Self.mix(r ^ UInt64(m) &* 0xD6E8_FEB8_6659_FD93)
+                            v += 0.002 * (Float(e & 0xFFFF) * 0x1p-16 - 0.5)
+                            if (e >> 16) & 0xFF < 26 { v += 0.02 * (Float((e >> 24) & 0xFFFF) * 0x1p-16 - 0.5) }
+                        }
+                        buf[i] = v
+                    }
+                }
+                try ctx.convert(TensorView(data: UnsafeRawPointer(buf), count: n, dtype: .f32), into: writer.output(tname, dtype: dtype.meld!, count: n))
+                writer.finish(tname)
+            }
+            try writer.close()
+            let cfg: [String: Any] = [
+                "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": intermediate,
+                "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kvHeads, "vocab_size": vocab,
+                "hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": false,
+                "torch_dtype": dtype == .F32 ? "float32" : dtype == .BF16 ? "bfloat16" : "float16",
+            ]
+            try JSONSerialization.data(withJSONObject: cfg, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path + "/config.json"))
+        }
+        return names.map { dir + "/" + $0 }
+    }
+}

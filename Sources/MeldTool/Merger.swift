@@ -1,0 +1,303 @@
+import Foundation
+import Meld
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct MergeRequest: Sendable {
+    public var configPath: String
+    public var outDir: String
+    public var seed: UInt64 = 0
+    public var shardSize: Int = 5_000_000_000
+    public var threads: Int = 0
+    public var quiet = false
+    public var overwrite = false
+    public var isa: ISA = .auto
+    public init(configPath: String, outDir: String) { self.configPath = configPath; self.outDir = outDir }
+}
+
+public struct MergeSummary: Sendable {
+    public var method: String
+    public var tensors: Int
+    public var bytesRead: Int
+    public var bytesWritten: Int
+    public var seconds: Double
+    public var outDir: String
+}
+
+/// Runs a mergekit-style merge: one tensor at a time, inputs mmap'ed, outputs written in place
+/// into mmap'ed shards, pages dropped after each tensor, so memory does not grow with the model.
+public enum Merger {
+    static let tokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                                 "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json"]
+
+    public static func run(_ req: MergeRequest) throws -> MergeSummary {
+        let start = Date()
+        guard let text = try? String(contentsOfFile: req.configPath, encoding: .utf8) else {
+            throw ToolError("cannot read config \(req.configPath)")
+        }
+        let cfg = try MergeConfig(yaml: text, source: req.configPath)
+        let fm = FileManager.default
+        let out = absolute(req.outDir)
+        if fm.fileExists(atPath: out) && !req.overwrite {
+            throw ToolError("output folder \(req.outDir) already exists (pass --overwrite to replace it)")
+        }
+        // models resolve against the working directory, as in mergekit
+        var folders: [String: ModelFolder] = [:]
+        func folder(_ p: String) throws -> ModelFolder {
+            if let f = folders[p] { return f }
+            let f = try ModelFolder(path: absolute(p))
+            folders[p] = f
+            return f
+        }
+        let base = try cfg.baseModel.map(folder)
+        let models = try cfg.models.map { try folder($0.model) }
+        let plan = try Plan(cfg: cfg, base: base, models: models)
+
+        let parent = (out as NSString).deletingLastPathComponent
+        let tmp = parent + "/.meld-tmp-\(getpid())-" + (out as NSString).lastPathComponent
+        try? fm.removeItem(atPath: tmp)
+        do { try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true) } catch {
+            throw ToolError("cannot create \(tmp): \(error.localizedDescription)")
+        }
+        do {
+            let summary = try execute(plan: plan, cfg: cfg, req: req, dir: tmp, start: start)
+            try writeConfig(plan: plan, dir: tmp)
+            for f in tokenizerFiles where fm.fileExists(atPath: plan.reference.path + "/" + f) {
+                try fm.copyItem(atPath: plan.reference.path + "/" + f, toPath: tmp + "/" + f)
+            }
+            if fm.fileExists(atPath: out) {
+                let old = parent + "/.meld-old-\(getpid())-" + (out as NSString).lastPathComponent
+                try fm.moveItem(atPath: out, toPath: old)
+                try fm.moveItem(atPath: tmp, toPath: out)
+                try? fm.removeItem(atPath: old)
+            } else {
+                try fm.moveItem(atPath: tmp, toPath: out)
+            }
+            var s = summary
+            s.outDir = out
+            s.seconds = Date().timeIntervalSince(start)
+            return s
+        } catch {
+            try? fm.removeItem(atPath: tmp)
+            throw error
+        }
+    }
+
+    static func absolute(_ p: String) -> String {
+        p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
+    }
+
+    /// What to merge: the tensor list, per-tensor dtypes, and which folders play which role.
+    struct Plan {
+        var method: String
+        var base: ModelFolder?
+        var entries: [(entry: ModelEntry, folder: ModelFolder)]
+        var experts: [(entry: ModelEntry, folder: ModelFolder)]   // models other than the base
+        var reference: ModelFolder
+        var names: [String]
+        var outDtype: [String: STDType]
+        var layers: Int
+        var global: [String: ParamValue]
+
+        init(cfg: MergeConfig, base: ModelFolder?, models: [ModelFolder]) throws {
+            method = cfg.method
+            self.base = base
+            entries = Array(zip(cfg.models, models))
+            experts = entries.filter { base == nil || $0.folder !== base! }
+            reference = base ?? models[0]
+            global = cfg.parameters
+            let needsBase = !["linear", "nuslerp"].contains(cfg.method)
+            if needsBase && base == nil { throw ToolError("\(cfg.method) needs base_model") }
+            switch cfg.method {
+            case "slerp":
+                guard entries.count == 2, base != nil, entries.contains(where: { $0.folder === base! }) else {
+                    throw ToolError("slerp needs exactly two models, one of them base_model")
+                }
+            case "nuslerp":
+                guard experts.count == 2 else { throw ToolError("nuslerp needs exactly two models besides base_model") }
+                if case .bool(true)? = cfg.parameters["nuslerp_row_wise"] { throw ToolError("nuslerp_row_wise is not supported (supported: the flattened form)") }
+            case "model_stock":
+                guard experts.count >= 2 else { throw ToolError("model_stock needs base_model and at least two other models") }
+            default:
+                guard !experts.isEmpty else { throw ToolError("\(cfg.method) needs at least one model besides base_model") }
+            }
+            // every model has every tensor of the reference, with the same shape and dtype
+            names = reference.tensorNames
+            var od: [String: STDType] = [:]
+            let all = [reference] + models
+            for n in names {
+                let ri = reference.info(n)!
+                guard ri.dtype.meld != nil else {
+                    throw ToolError("tensor \(n) of \(reference.path) has dtype \(ri.dtype.rawValue); meld merges F32, F16 and BF16 only")
+                }
+                for m in all where m !== reference {
+                    guard let mi = m.info(n) else { throw ToolError("tensor \(n) is missing from \(m.path)") }
+                    guard mi.shape == ri.shape else { throw ToolError("tensor \(n) has shape \(mi.shape) in \(m.path) but \(ri.shape) in \(reference.path)") }
+                    guard mi.dtype == ri.dtype else { throw ToolError("tensor \(n) has dtype \(mi.dtype.rawValue) in \(m.path) but \(ri.dtype.rawValue) in \(reference.path)") }
+                }
+                od[n] = cfg.outDtype ?? cfg.dtype ?? ri.dtype
+            }
+            outDtype = od
+            let maxLayer = names.compactMap(Plan.layerIndex).max().map { $0 + 1 } ?? 1
+            layers = reference.numLayers ?? maxLayer
+        }
+
+        static func layerIndex(_ name: String) -> Int? {
+            for marker in [".layers.", ".h.", ".blocks."] {
+                guard let r = name.range(of: marker) else { continue }
+                let digits = name[r.upperBound...].prefix { $0.isNumber }
+                if !digits.isEmpty { return Int(digits) }
+            }
+            return nil
+        }
+
+        /// Position of a tensor in the layer stack for gradients: i / (L - 1), 0 outside layers.
+        func t(_ name: String) -> Double {
+            guard let i = Plan.layerIndex(name) else { return 0 }
+            return layers > 1 ? Double(i) / Double(layers - 1) : 1
+        }
+
+        func param(_ key: String, entry: ModelEntry?, tensor: String) -> Double? {
+            if let e = entry, let v = e.parameters[key], let r = v.resolve(tensor: tensor, t: t(tensor)) { return r }
+            if let v = global[key], let r = v.resolve(tensor: tensor, t: t(tensor)) { return r }
+            return nil
+        }
+    }
+
+    static func execute(plan: Plan, cfg: MergeConfig, req: MergeRequest, dir: String, start: Date) throws -> MergeSummary {
+        let ctx = try Context(threads: req.threads, isa: req.isa)
+        let planned = plan.names.map { ShardedWriter.Planned(name: $0, dtype: plan.outDtype[$0]!, shape: plan.reference.info($0)!.shape) }
+        let writer = try ShardedWriter(directory: dir, plan: planned, shardSize: req.shardSize)
+        let inputFolders = plan.entries.map(\.folder) + (plan.base.map { [$0] } ?? [])
+        var uniqueInputs: [ModelFolder] = []
+        for f in inputFolders where !uniqueInputs.contains(where: { $0 === f }) { uniqueInputs.append(f) }
+        let totalIn = plan.names.reduce(0) { acc, n in acc + uniqueInputs.reduce(0) { $0 + ($1.info(n).map { $0.end - $0.begin } ?? 0) } }
+        let progress = Progress(total: totalIn + writer.totalBytes, tensors: plan.names.count, enabled: !req.quiet && isatty(2) != 0)
+        var done = 0
+        for (i, name) in plan.names.enumerated() {
+            let info = plan.reference.info(name)!
+            let od = plan.outDtype[name]!.meld!
+            let out = writer.output(name, dtype: od, count: info.count)
+            try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, out: out)
+            for f in uniqueInputs { f.release(name) }
+            writer.finish(name)
+            done += uniqueInputs.reduce(0) { $0 + ($1.info(name).map { $0.end - $0.begin } ?? 0) } + info.count * plan.outDtype[name]!.size
+            progress.update(tensors: i + 1, bytes: done, seconds: Date().timeIntervalSince(start))
+        }
+        try writer.close()
+        progress.finish()
+        return MergeSummary(method: cfg.method, tensors: plan.names.count, bytesRead: totalIn, bytesWritten: writer.totalBytes,
+                            seconds: Date().timeIntervalSince(start), outDir: dir)
+    }
+
+    /// Inputs in the configured compute dtype: mergekit casts to `dtype` first, so a narrower
+    /// dtype rounds the inputs (a temporary copy); a wider one is exact and needs no copy.
+    final class Inputs {
+        var keep: [UnsafeMutableRawPointer] = []
+        func view(_ v: TensorView, dtype: STDType?) throws -> TensorView {
+            guard let d = dtype?.meld, d != v.dtype, d.size < v.dtype.size || (d.size == v.dtype.size && d != v.dtype) else { return v }
+            let p = UnsafeMutableRawPointer.allocate(byteCount: max(v.count * d.size, 1), alignment: 64)
+            keep.append(p)
+            let ctx = try Context(threads: 1)
+            try ctx.convert(v, into: MutableTensorView(data: p, count: v.count, dtype: d))
+            return TensorView(data: UnsafeRawPointer(p), count: v.count, dtype: d)
+        }
+        deinit { keep.forEach { $0.deallocate() } }
+    }
+
+    static func required(_ v: Double?, _ key: String, model: String, tensor: String) throws -> Double {
+        guard let v else { throw ToolError("model \(model) has no \(key) for tensor \(tensor)") }
+        return v
+    }
+
+    static func mergeTensor(_ name: String, info: TensorInfo, plan: Plan, cfg: MergeConfig, seed: UInt64, ctx: Context,
+                            out: MutableTensorView) throws {
+        let inputs = Inputs()
+        func v(_ f: ModelFolder) throws -> TensorView { try inputs.view(try f.view(name), dtype: cfg.dtype) }
+        func p(_ key: String, _ e: ModelEntry? = nil) -> Double? { plan.param(key, entry: e, tensor: name) }
+        func flag(_ key: String, _ def: Bool) -> Bool { p(key).map { $0 != 0 } ?? def }
+        func check(_ x: Double, _ key: String, _ range: ClosedRange<Double>, _ model: String) throws -> Float {
+            guard range.contains(x) else { throw ToolError("\(key) = \(x) for model \(model), tensor \(name): must lie in [\(range.lowerBound), \(range.upperBound)]") }
+            return Float(x)
+        }
+        switch plan.method {
+        case "linear":
+            let w = try plan.entries.map { Float(try required(p("weight", $0.entry), "weight", model: $0.entry.model, tensor: name)) }
+            try ctx.linear(try plan.entries.map { try v($0.folder) }, weights: w, normalize: flag("normalize", true), into: out)
+        case "slerp":
+            let t = try required(p("t"), "t", model: "(global)", tensor: name)
+            let other = plan.entries.first { $0.folder !== plan.base! }!.folder
+            try ctx.slerp(t: try check(t, "t", 0...1, "(global)"), try v(plan.base!), try v(other), into: out)
+        case "nuslerp":
+            let e = plan.experts
+            let w = try e.map { try required(p("weight", $0.entry), "weight", model: $0.entry.model, tensor: name) }
+            try ctx.nuslerp(base: try plan.base.map(v), try v(e[0].folder), try v(e[1].folder), weights: (Float(w[0]), Float(w[1])), into: out)
+        case "model_stock":
+            _ = try ctx.modelStock(base: try v(plan.base!), try plan.experts.map { try v($0.folder) }, into: out)
+        default:
+            let m = plan.method
+            let sparsify: Sparsifier.Method = switch m {
+            case "ties": .magnitude
+            case "dare_ties", "dare_linear": .random
+            case "breadcrumbs", "breadcrumbs_ties": .magnitudeOutliers
+            case "della", "della_linear": .della
+            default: .none
+            }
+            let consensus: Consensus = ["ties", "dare_ties", "breadcrumbs_ties", "della"].contains(m) ? .sum : .none
+            let normalize = flag("normalize", ["ties", "della"].contains(m))
+            let rescale = flag("rescale", ["dare_ties", "dare_linear", "della", "della_linear"].contains(m))
+            let lambda = p("lambda") ?? 1
+            var weights: [Float] = [], sp: [Sparsifier] = []
+            for (k, e) in plan.experts.enumerated() {
+                let model = e.entry.model
+                weights.append(Float(try required(p("weight", e.entry), "weight", model: model, tensor: name)))
+                var s = Sparsifier(sparsify)
+                s.density = p("density", e.entry) ?? 1; _ = try check(s.density, "density", 0...1, model)
+                s.gamma = p("gamma", e.entry) ?? 0.01; _ = try check(s.gamma, "gamma", 0...1, model)
+                s.epsilon = p("epsilon", e.entry) ?? 0.15; _ = try check(s.epsilon, "epsilon", 0...1, model)
+                if sparsify == .della, s.density < 1, s.density > 0, !(s.density - s.epsilon > 0 && s.density + s.epsilon < 1) {
+                    throw ToolError("epsilon = \(s.epsilon) with density = \(s.density) for model \(model), tensor \(name): density ± epsilon must lie in (0, 1)")
+                }
+                s.rescale = rescale && sparsify != .none ? .l1 : .none
+                s.seed = seed
+                s.stream = Sparsifier.stream(tensor: name, expert: k)
+                s.rowLength = info.shape.count >= 2 ? info.shape.dropFirst().reduce(1, *) : 0
+                sp.append(s)
+            }
+            let opts = MergeOptions(consensus: consensus, divisor: normalize ? .weightSum : .none, lambda: Float(lambda))
+            try ctx.mergeTaskVectors(base: try v(plan.base!), try plan.experts.map { try v($0.folder) }, weights: weights,
+                                     sparsifiers: sp, options: opts, into: out)
+        }
+    }
+
+    static func writeConfig(plan: Plan, dir: String) throws {
+        var cfg = plan.reference.config
+        guard !cfg.isEmpty else { return }
+        let dts = Set(plan.outDtype.values)
+        if let d = dts.first, dts.count == 1 {
+            let s = d == .F32 ? "float32" : d == .F16 ? "float16" : "bfloat16"
+            cfg["torch_dtype"] = s
+            if cfg["dtype"] != nil { cfg["dtype"] = s }
+        }
+        let data = try JSONSerialization.data(withJSONObject: cfg, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: dir + "/config.json"))
+    }
+}
+
+/// Progress on stderr when it is a terminal: tensors, bytes, throughput, time left.
+final class Progress {
+    let total: Int, tensors: Int, enabled: Bool
+    var last = 0.0
+    init(total: Int, tensors: Int, enabled: Bool) { self.total = total; self.tensors = tensors; self.enabled = enabled }
+    func update(tensors done: Int, bytes: Int, seconds: Double) {
+        guard enabled, seconds - last > 0.1 || done == tensors else { return }
+        last = seconds
+        let rate = Double(bytes) / max(seconds, 1e-9)
+        let left = rate > 0 ? Double(total - bytes) / rate : 0
+        let line = String(format: "\r[%d/%d tensors] %.2f of %.2f GB, %.2f GB/s, %.0fs left   ", done, tensors,
+                          Double(bytes) / 1e9, Double(total) / 1e9, rate / 1e9, left)
+        FileHandle.standardError.write(line.data(using: .utf8)!)
+    }
+    func finish() { if enabled { FileHandle.standardError.write("\n".data(using: .utf8)!) } }
+}

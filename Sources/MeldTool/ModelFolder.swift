@@ -1,0 +1,61 @@
+import Foundation
+import Meld
+
+/// A Hugging Face model folder: config.json plus model.safetensors, or shards listed in
+/// model.safetensors.index.json (checked for consistency both ways).
+public final class ModelFolder {
+    public let path: String
+    public let config: [String: Any]
+    public let files: [SafeTensorsFile]
+    public let tensorFile: [String: SafeTensorsFile]
+
+    public init(path: String) throws {
+        self.path = path
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+            throw ToolError("model folder \(path) does not exist")
+        }
+        let cfgPath = path + "/config.json"
+        if let d = FileManager.default.contents(atPath: cfgPath) {
+            guard let c = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else { throw ToolError("\(cfgPath) is not a JSON object") }
+            config = c
+        } else {
+            config = [:]
+        }
+        let index = path + "/model.safetensors.index.json"
+        var map: [String: SafeTensorsFile] = [:]
+        if let d = FileManager.default.contents(atPath: index) {
+            guard let obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any],
+                  let wm = obj["weight_map"] as? [String: Any] else { throw ToolError("\(index): no weight_map object") }
+            var opened: [String: SafeTensorsFile] = [:]
+            for (tensor, fileAny) in wm {
+                guard let file = fileAny as? String, !file.contains("/") else { throw ToolError("\(index): weight_map[\(tensor)] is not a file name") }
+                if opened[file] == nil { opened[file] = try SafeTensorsFile(path: path + "/" + file) }
+                guard opened[file]!.tensors[tensor] != nil else { throw ToolError("\(index): \(tensor) is mapped to \(file), which does not contain it") }
+                map[tensor] = opened[file]!
+            }
+            for (file, f) in opened {
+                for t in f.tensors.keys where map[t] !== f {
+                    throw ToolError("\(index): \(file) holds \(t), which the index does not map to it")
+                }
+            }
+            files = Array(opened.values)
+        } else if FileManager.default.fileExists(atPath: path + "/model.safetensors") {
+            let f = try SafeTensorsFile(path: path + "/model.safetensors")
+            for t in f.tensors.keys { map[t] = f }
+            files = [f]
+        } else {
+            throw ToolError("\(path): no model.safetensors or model.safetensors.index.json")
+        }
+        tensorFile = map
+    }
+
+    public var tensorNames: [String] { tensorFile.keys.sorted() }
+    public func info(_ name: String) -> TensorInfo? { tensorFile[name]?.tensors[name] }
+    public func view(_ name: String) throws -> TensorView {
+        guard let f = tensorFile[name] else { throw ToolError("\(path) has no tensor \(name)") }
+        return try f.view(name)
+    }
+    public func release(_ name: String) { tensorFile[name]?.release(name) }
+    public var numLayers: Int? { config["num_hidden_layers"] as? Int }
+}

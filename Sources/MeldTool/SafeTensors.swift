@@ -1,0 +1,241 @@
+import Foundation
+import Meld
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// safetensors element types. Meld merges the float ones; the rest are named in errors.
+public enum STDType: String, CaseIterable, Sendable {
+    case F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, U16, U32, U64, F8_E4M3, F8_E5M2
+    public var size: Int {
+        switch self {
+        case .F64, .I64, .U64: 8
+        case .F32, .I32, .U32: 4
+        case .F16, .BF16, .I16, .U16: 2
+        case .I8, .U8, .BOOL, .F8_E4M3, .F8_E5M2: 1
+        }
+    }
+    public var meld: DType? {
+        switch self { case .F32: .f32; case .F16: .f16; case .BF16: .bf16; default: nil }
+    }
+    public init(_ d: DType) { self = d == .f32 ? .F32 : d == .f16 ? .F16 : .BF16 }
+}
+
+public struct TensorInfo: Sendable, Equatable {
+    public var name: String
+    public var dtype: STDType
+    public var shape: [Int]
+    public var begin: Int   // byte offsets within the data section
+    public var end: Int
+    public var count: Int { shape.reduce(1, *) }
+}
+
+/// A read-only safetensors file over mmap, with a fully validated header: well-formed JSON,
+/// known dtypes, offsets in bounds and not overlapping, byte counts matching dtype and shape.
+public final class SafeTensorsFile {
+    public let path: String
+    public let tensors: [String: TensorInfo]
+    public let metadata: [String: String]
+    let base: UnsafeMutableRawPointer?
+    let mapped: Int
+    let dataStart: Int
+
+    static let maxHeader = 100 << 20
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw ToolError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw ToolError("cannot stat \(path)") }
+        let size = Int(st.st_size)
+        guard size >= 8 else { throw ToolError("\(path): truncated safetensors file (\(size) bytes, no header)") }
+        var p: UnsafeMutableRawPointer? = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
+        if p == MAP_FAILED { p = nil }
+        guard let map = p else { throw ToolError("cannot map \(path)") }
+        do {
+            let n = map.loadUnaligned(as: UInt64.self).littleEndian
+            guard n <= UInt64(Self.maxHeader), Int(n) <= size - 8 else {
+                throw ToolError("\(path): header length \(n) exceeds the file (\(size) bytes): truncated or not a safetensors file")
+            }
+            let header = Data(bytes: map + 8, count: Int(n))
+            (tensors, metadata) = try Self.parseHeader(header, dataSize: size - 8 - Int(n), path: path)
+            dataStart = 8 + Int(n)
+        } catch {
+            munmap(map, size)
+            throw error
+        }
+        base = map
+        mapped = size
+    }
+
+    deinit { if let base { munmap(base, mapped) } }
+
+    static func parseHeader(_ data: Data, dataSize: Int, path: String) throws -> ([String: TensorInfo], [String: String]) {
+        guard let obj = try? JSONSerialization.jsonObject(with: data, options: []), let dict = obj as? [String: Any] else {
+            throw ToolError("\(path): header is not a JSON object")
+        }
+        var out: [String: TensorInfo] = [:], meta: [String: String] = [:]
+        for (name, value) in dict {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else { throw ToolError("\(path): __metadata__ is not an object") }
+                for (k, v) in m {
+                    guard let s = v as? String else { throw ToolError("\(path): __metadata__.\(k) is not a string") }
+                    meta[k] = s
+                }
+                continue
+            }
+            guard let e = value as? [String: Any] else { throw ToolError("\(path): tensor \(name): entry is not an object") }
+            guard let ds = e["dtype"] as? String, let dt = STDType(rawValue: ds) else {
+                throw ToolError("\(path): tensor \(name): unknown dtype \(String(describing: e["dtype"] ?? "none"))")
+            }
+            guard let shapeAny = e["shape"] as? [Any], shapeAny.count <= 16 else { throw ToolError("\(path): tensor \(name): shape is not a list of at most 16 integers") }
+            var shape: [Int] = []
+            var count = 1
+            for s in shapeAny {
+                guard let v = exactInt(s), v >= 0 else { throw ToolError("\(path): tensor \(name): shape entry \(s) is not a non-negative integer") }
+                shape.append(v)
+                let (c, o) = count.multipliedReportingOverflow(by: v)
+                guard !o, c <= Int(Int32.max) * 64 else { throw ToolError("\(path): tensor \(name): shape \(shape) is too large") }
+                count = c
+            }
+            guard let offs = e["data_offsets"] as? [Any], offs.count == 2, let b = exactInt(offs[0]), let en = exactInt(offs[1]) else {
+                throw ToolError("\(path): tensor \(name): data_offsets is not a pair of integers")
+            }
+            guard b >= 0, b <= en, en <= dataSize else {
+                throw ToolError("\(path): tensor \(name): data_offsets [\(b), \(en)] out of bounds (data section is \(dataSize) bytes; truncated file?)")
+            }
+            guard en - b == count * dt.size else {
+                throw ToolError("\(path): tensor \(name): \(en - b) bytes, but \(dt.rawValue) \(shape) needs \(count * dt.size)")
+            }
+            out[name] = TensorInfo(name: name, dtype: dt, shape: shape, begin: b, end: en)
+        }
+        let sorted = out.values.filter { $0.end > $0.begin }.sorted { $0.begin < $1.begin }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where b.begin < a.end {
+            throw ToolError("\(path): tensors \(a.name) and \(b.name) overlap")
+        }
+        return (out, meta)
+    }
+
+    static func exactInt(_ v: Any) -> Int? {
+        if let i = v as? Int { return i }
+        if let d = v as? Double, d == d.rounded(), abs(d) < 9e15 { return Int(d) }
+        if let n = v as? NSNumber { let d = n.doubleValue; if d == d.rounded(), abs(d) < 9e15 { return Int(d) } }
+        return nil
+    }
+
+    /// A zero-copy view of a float tensor.
+    public func view(_ name: String) throws -> TensorView {
+        guard let t = tensors[name] else { throw ToolError("\(path): no tensor \(name)") }
+        guard let d = t.dtype.meld else { throw ToolError("\(path): tensor \(name) has dtype \(t.dtype.rawValue); meld merges F32, F16 and BF16 only") }
+        return TensorView(data: UnsafeRawPointer(base! + dataStart + t.begin), count: t.count, dtype: d)
+    }
+
+    /// Drops the tensor's pages from this process (they stay in the page cache).
+    public func release(_ name: String) {
+        guard let t = tensors[name], let base, t.end > t.begin else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let a = (dataStart + t.begin) / page * page, b = dataStart + t.end
+        madvise(base + a, b - a, MADV_DONTNEED)
+    }
+}
+
+/// Writes safetensors shards through a shared mmap, so kernels write output in place: the
+/// plan (names, dtypes, shapes) is known up front, headers are written first. Files are
+/// created inside a temporary folder that the caller renames when everything succeeded.
+public final class ShardedWriter {
+    public struct Planned { public var name: String; public var dtype: STDType; public var shape: [Int] }
+    struct Shard { var file: String; var names: [String]; var fd: Int32; var map: UnsafeMutableRawPointer?; var size: Int; var dataStart: Int }
+    var shards: [Shard] = []
+    var location: [String: (shard: Int, begin: Int, bytes: Int)] = [:]
+    public let directory: String
+    public let totalBytes: Int
+
+    public init(directory: String, plan: [Planned], shardSize: Int) throws {
+        self.directory = directory
+        var groups: [[Planned]] = [[]]
+        var acc = 0
+        for p in plan {
+            let bytes = p.shape.reduce(1, *) * p.dtype.size
+            if acc > 0 && acc + bytes > shardSize { groups.append([]); acc = 0 }
+            groups[groups.count - 1].append(p)
+            acc += bytes
+        }
+        totalBytes = plan.reduce(0) { $0 + $1.shape.reduce(1, *) * $1.dtype.size }
+        let n = groups.count
+        for (i, g) in groups.enumerated() {
+            let file = n == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", i + 1, n)
+            var header: [String: Any] = ["__metadata__": ["format": "pt"]]
+            var off = 0
+            for p in g {
+                let bytes = p.shape.reduce(1, *) * p.dtype.size
+                header[p.name] = ["dtype": p.dtype.rawValue, "shape": p.shape, "data_offsets": [off, off + bytes]]
+                location[p.name] = (i, off, bytes)
+                off += bytes
+            }
+            var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+            while (8 + json.count) % 8 != 0 { json.append(0x20) }
+            let path = directory + "/" + file
+            let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+            guard fd >= 0 else { throw ToolError("cannot create \(path): \(String(cString: strerror(errno)))") }
+            let size = 8 + json.count + off
+            guard ftruncate(fd, off_t(size)) == 0 else { Glibc.close(fd); throw ToolError("cannot size \(path) to \(size) bytes (disk full?)") }
+            var len = UInt64(json.count).littleEndian
+            var head = Data(bytes: &len, count: 8)
+            head.append(json)
+            let w = head.withUnsafeBytes { pwrite(fd, $0.baseAddress, head.count, 0) }
+            guard w == head.count else { Glibc.close(fd); throw ToolError("cannot write \(path)") }
+            var map: UnsafeMutableRawPointer? = nil
+            if size > 0 {
+                map = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                if map == MAP_FAILED { Glibc.close(fd); throw ToolError("cannot map \(path) for writing") }
+            }
+            shards.append(Shard(file: file, names: g.map(\.name), fd: fd, map: map, size: size, dataStart: 8 + json.count))
+        }
+    }
+
+    /// Where the kernels write a planned tensor.
+    public func output(_ name: String, dtype: DType, count: Int) -> MutableTensorView {
+        let l = location[name]!
+        let s = shards[l.shard]
+        return MutableTensorView(data: s.map.map { $0 + s.dataStart + l.begin }, count: count, dtype: dtype)
+    }
+
+    /// Flushes a finished tensor and drops its pages from this process.
+    public func finish(_ name: String) {
+        guard let l = location[name], l.bytes > 0, let map = shards[l.shard].map else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let a = (shards[l.shard].dataStart + l.begin) / page * page, b = shards[l.shard].dataStart + l.begin + l.bytes
+        msync(map + a, b - a, MS_ASYNC)
+        madvise(map + a, b - a, MADV_DONTNEED)
+    }
+
+    /// Syncs and closes every shard and writes the index when there are several.
+    public func close() throws {
+        for s in shards {
+            if let m = s.map {
+                guard msync(m, s.size, MS_SYNC) == 0 else { throw ToolError("cannot flush \(directory)/\(s.file): \(String(cString: strerror(errno)))") }
+                munmap(m, s.size)
+            }
+            guard fsync(s.fd) == 0 else { throw ToolError("cannot sync \(directory)/\(s.file)") }
+            Glibc.close(s.fd)
+        }
+        let opened = shards
+        shards = []
+        if opened.count > 1 {
+            var map: [String: String] = [:]
+            for s in opened { for n in s.names { map[n] = s.file } }
+            let index: [String: Any] = ["metadata": ["total_size": totalBytes], "weight_map": map]
+            let data = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: URL(fileURLWithPath: directory + "/model.safetensors.index.json"))
+        }
+    }
+
+    deinit {
+        for s in shards {
+            if let m = s.map { munmap(m, s.size) }
+            Glibc.close(s.fd)
+        }
+    }
+}

@@ -1,0 +1,317 @@
+import XCTest
+import Foundation
+@testable import Meld
+@testable import MeldTool
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+let conformanceRoot = repoRoot + "/../shared/conformance/mergekit"
+
+func tempDir(_ tag: String) -> String {
+    let d = NSTemporaryDirectory() + "meld-test-\(tag)-\(getpid())"
+    try? FileManager.default.removeItem(atPath: d)
+    try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    return d
+}
+
+/// Float values of a tensor (any float dtype).
+func floats(_ f: ModelFolder, _ name: String) throws -> [Float] {
+    let v = try f.view(name)
+    let ctx = try Context(threads: 1)
+    var out = [Float](repeating: 0, count: v.count)
+    try out.withUnsafeMutableBufferPointer { try ctx.convert(v, into: MutableTensorView($0)) }
+    return out
+}
+
+func runMerge(_ config: String, _ out: String, in dir: String, threads: Int = 2, seed: UInt64 = 1, shard: Int = 5_000_000_000) throws -> MergeSummary {
+    let cwd = FileManager.default.currentDirectoryPath
+    FileManager.default.changeCurrentDirectoryPath(dir)
+    defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+    var r = MergeRequest(configPath: config, outDir: out)
+    r.threads = threads; r.seed = seed; r.quiet = true; r.overwrite = true; r.shardSize = shard
+    return try Merger.run(r)
+}
+
+/// `meld merge` against mergekit 0.1.5's outputs (../shared/conformance/mergekit): F32 within
+/// |a - e| <= 1e-6 + 1e-5 |e|, BF16 within 1 ulp; random cases by their properties; and the
+/// same bytes on 1 and 2 threads.
+final class ConformanceTests: XCTestCase {
+    func cases() throws -> [String] {
+        let dir = conformanceRoot + "/cases"
+        guard let c = try? FileManager.default.contentsOfDirectory(atPath: dir), !c.isEmpty else {
+            throw XCTSkip("no conformance fixtures at \(dir)")
+        }
+        return c.sorted()
+    }
+
+    func testEveryCase() throws {
+        for name in try cases() {
+            let caseDir = conformanceRoot + "/cases/" + name
+            let out1 = tempDir("conf-\(name)-1"), out2 = tempDir("conf-\(name)-2")
+            _ = try runMerge("config.yml", out1 + "/m", in: caseDir, threads: 1)
+            _ = try runMerge("config.yml", out2 + "/m", in: caseDir, threads: 2)
+            let a = try Data(contentsOf: URL(fileURLWithPath: out1 + "/m/model.safetensors"))
+            let b = try Data(contentsOf: URL(fileURLWithPath: out2 + "/m/model.safetensors"))
+            XCTAssertEqual(a, b, "\(name): 1 and 2 threads differ")
+            let got = try ModelFolder(path: out1 + "/m"), want = try ModelFolder(path: caseDir + "/expected")
+            XCTAssertEqual(got.tensorNames, want.tensorNames, name)
+            if name.hasPrefix("dare") { try checkDare(name, caseDir: caseDir, got: got); continue }
+            for t in want.tensorNames {
+                let g = try floats(got, t), e = try floats(want, t)
+                XCTAssertEqual(got.info(t)?.dtype, want.info(t)?.dtype, "\(name) \(t) dtype")
+                var bad = 0
+                if want.info(t)?.dtype == .BF16 {
+                    for (x, y) in zip(g, e) where abs(Int(x.bitPattern >> 16) - Int(y.bitPattern >> 16)) > 1 { bad += 1 }
+                } else {
+                    for (x, y) in zip(g, e) where abs(Double(x) - Double(y)) > 1e-6 + 1e-5 * abs(Double(y)) { bad += 1 }
+                }
+                XCTAssertEqual(bad, 0, "\(name): \(t) has \(bad) entries out of tolerance")
+            }
+            let cfg = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out1 + "/m/config.json"))) as! [String: Any]
+            let exp = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: caseDir + "/expected/config.json"))) as! [String: Any]
+            XCTAssertEqual(cfg["dtype"] as? String, exp["dtype"] as? String, "\(name) config dtype")
+        }
+    }
+
+    /// DARE: every entry of out - base is a sum over a subset of the experts' weighted
+    /// (rescaled) deltas; each expert keeps a fraction within 4 sigma of its density.
+    func checkDare(_ name: String, caseDir: String, got: ModelFolder) throws {
+        let text = try String(contentsOfFile: caseDir + "/config.yml", encoding: .utf8)
+        let cfg = try MergeConfig(yaml: text)
+        let cwd = FileManager.default.currentDirectoryPath
+        FileManager.default.changeCurrentDirectoryPath(caseDir)
+        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        let base = try ModelFolder(path: cfg.baseModel!)
+        let experts = try cfg.models.map { try ModelFolder(path: $0.model) }
+        let rescale = { if case .bool(false)? = cfg.parameters["rescale"] { return false }; return true }()
+        let ctx = try Context(threads: 1)
+        for t in base.tensorNames {
+            let b = try floats(base, t), o = try floats(got, t)
+            var terms: [[Double]] = []
+            for (k, e) in experts.enumerated() {
+                let x = try floats(e, t)
+                guard case .number(let w)? = cfg.models[k].parameters["weight"], case .number(let d)? = cfg.models[k].parameters["density"] else { return XCTFail("config") }
+                let (mask, scale) = try ctx.sparsifyMask(base: b, x, .dare(d, seed: 1, stream: Sparsifier.stream(tensor: t, expert: k), rescale: rescale ? .l1 : .none))
+                let kept = (0..<b.count).filter { maskBit(mask, $0) }.count
+                let sigma = (Double(b.count) * d * (1 - d)).squareRoot()
+                XCTAssertLessThanOrEqual(abs(Double(kept) - d * Double(b.count)), 4 * sigma + 1, "\(name) \(t) expert \(k) kept \(kept)")
+                terms.append((0..<b.count).map { Double(x[$0] - b[$0]) * Double(scale) * w })
+            }
+            var bad = 0
+            for i in 0..<b.count {
+                let diff = Double(o[i]) - Double(b[i])
+                var best = Double.infinity
+                for s in 0..<(1 << terms.count) {
+                    var sum = 0.0
+                    for k in 0..<terms.count where s & (1 << k) != 0 { sum += terms[k][i] }
+                    best = min(best, abs(diff - sum))
+                }
+                if best > 1e-6 + 1e-5 * abs(Double(o[i])) { bad += 1 }
+            }
+            XCTAssertEqual(bad, 0, "\(name) \(t): \(bad) entries are no subset sum of the weighted deltas")
+        }
+    }
+}
+
+/// The tool's own behaviour: errors, sharding, bounded output protocol, parameters.
+final class ToolTests: XCTestCase {
+    func models(_ dir: String, experts: Int = 2, hidden: Int = 32, dtype: STDType = .F32) throws {
+        var g = CheckpointGenerator()
+        g.hidden = hidden; g.intermediate = 48; g.vocab = 64; g.experts = experts; g.dtype = dtype
+        try g.write(to: dir)
+    }
+
+    func write(_ text: String, _ path: String) { try! text.write(toFile: path, atomically: true, encoding: .utf8) }
+
+    func ties(_ extra: String = "") -> String {
+        """
+        merge_method: ties
+        base_model: models/base
+        models:
+          - model: models/expert0
+            parameters: {weight: 1.0, density: 0.5}
+          - model: models/expert1
+            parameters: {weight: 0.5, density: 0.3}
+        dtype: float32
+        \(extra)
+        """
+    }
+
+    func expectError(_ config: String, in dir: String, contains: String, file: StaticString = #filePath, line: UInt = #line) {
+        write(config, dir + "/c.yml")
+        XCTAssertThrowsError(try runMerge("c.yml", "out", in: dir), file: file, line: line) { e in
+            let m = (e as? ToolError)?.message ?? "\(e)"
+            XCTAssertTrue(m.contains(contains), "message \"\(m)\" lacks \"\(contains)\"", file: file, line: line)
+        }
+        // nothing that looks like a finished model is left behind
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        XCTAssertFalse(left.contains("out"), file: file, line: line)
+        XCTAssertFalse(left.contains { $0.hasPrefix(".meld-tmp") }, file: file, line: line)
+    }
+
+    func testConfigErrors() throws {
+        let d = tempDir("cfg")
+        try models(d + "/models")
+        expectError("merge_method: fancy\nmodels:\n  - model: models/base\n", in: d, contains: "supported: linear, task_arithmetic, ties")
+        expectError(ties("colour: blue"), in: d, contains: "unknown key colour")
+        expectError(ties().replacingOccurrences(of: "density: 0.5", with: "density: 1.5"), in: d, contains: "density = 1.5")
+        expectError(ties().replacingOccurrences(of: "density: 0.5", with: "densty: 0.5"), in: d, contains: "parameter densty")
+        expectError(ties().replacingOccurrences(of: "models/expert1", with: "models/nope"), in: d, contains: "models/nope does not exist")
+        expectError(ties().replacingOccurrences(of: "weight: 1.0, ", with: ""), in: d, contains: "has no weight")
+        expectError(ties("out_dtype: int8"), in: d, contains: "out_dtype")
+        expectError("merge_method: [ties\n", in: d, contains: "not valid YAML")
+        expectError(ties().replacingOccurrences(of: "merge_method: ties", with: "merge_method: slerp").replacingOccurrences(of: "{weight: 1.0, density: 0.5}", with: "{}").replacingOccurrences(of: "{weight: 0.5, density: 0.3}", with: "{}"), in: d, contains: "slerp needs")
+    }
+
+    func testModelMismatches() throws {
+        let d = tempDir("mis")
+        try models(d + "/models")
+        try models(d + "/wide", hidden: 48)
+        try models(d + "/half", dtype: .BF16)
+        expectError(ties().replacingOccurrences(of: "models/expert1", with: "wide/expert1"), in: d, contains: "has shape")
+        expectError(ties().replacingOccurrences(of: "models/expert1", with: "half/expert1"), in: d, contains: "has dtype BF16")
+        // a model without one of the tensors
+        let f = try ModelFolder(path: d + "/models/expert0")
+        let names = f.tensorNames.filter { $0 != "model.norm.weight" }
+        try FileManager.default.createDirectory(atPath: d + "/partial", withIntermediateDirectories: true)
+        let w = try ShardedWriter(directory: d + "/partial", plan: names.map { .init(name: $0, dtype: .F32, shape: f.info($0)!.shape) }, shardSize: .max)
+        try w.close()
+        expectError(ties().replacingOccurrences(of: "models/expert1", with: "partial"), in: d, contains: "model.norm.weight is missing")
+    }
+
+    func testExistingOutputIsRefused() throws {
+        let d = tempDir("exist")
+        try models(d + "/models")
+        write(ties(), d + "/c.yml")
+        try FileManager.default.createDirectory(atPath: d + "/out", withIntermediateDirectories: true)
+        let cwd = FileManager.default.currentDirectoryPath
+        FileManager.default.changeCurrentDirectoryPath(d)
+        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        var r = MergeRequest(configPath: "c.yml", outDir: "out")
+        r.quiet = true
+        XCTAssertThrowsError(try Merger.run(r)) { XCTAssertTrue("\($0)".contains("already exists")) }
+        r.overwrite = true
+        XCTAssertNoThrow(try Merger.run(r))
+        XCTAssertNoThrow(try ModelFolder(path: d + "/out"))
+    }
+
+    /// Small shards + index give the same tensors as one file; the index is consistent.
+    func testShardingAndIndex() throws {
+        let d = tempDir("shard")
+        try models(d + "/models")
+        write(ties(), d + "/c.yml")
+        _ = try runMerge("c.yml", "one", in: d)
+        _ = try runMerge("c.yml", "many", in: d, shard: 20_000)
+        let one = try ModelFolder(path: d + "/one"), many = try ModelFolder(path: d + "/many")
+        XCTAssertGreaterThan(many.files.count, 2)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d + "/many/model.safetensors.index.json"))
+        XCTAssertEqual(one.tensorNames, many.tensorNames)
+        for t in one.tensorNames { XCTAssertEqual(try floats(one, t), try floats(many, t)) }
+        // merged shards can be merged again (the reader accepts the index)
+        write(ties().replacingOccurrences(of: "models/expert1", with: "many"), d + "/c2.yml")
+        XCTAssertNoThrow(try runMerge("c2.yml", "again", in: d))
+    }
+
+    /// Truncated and corrupt safetensors: clear errors naming the file, never a crash.
+    func testCorruptFiles() throws {
+        let d = tempDir("corrupt")
+        try models(d + "/models")
+        let path = d + "/models/expert1/model.safetensors"
+        let good = try Data(contentsOf: URL(fileURLWithPath: path))
+        try good.prefix(good.count - 100).write(to: URL(fileURLWithPath: path))
+        expectError(ties(), in: d, contains: "out of bounds")
+        try good.prefix(5).write(to: URL(fileURLWithPath: path))
+        expectError(ties(), in: d, contains: "truncated")
+        var bad = good
+        bad[8] = UInt8(ascii: "[")
+        try bad.write(to: URL(fileURLWithPath: path))
+        expectError(ties(), in: d, contains: "not a JSON object")
+    }
+
+    /// Fuzz the header parser with random and mutated headers: errors, never crashes.
+    func testHeaderFuzz() throws {
+        let d = tempDir("fuzz")
+        try models(d + "/m", experts: 0)
+        let good = try Data(contentsOf: URL(fileURLWithPath: d + "/m/base/model.safetensors"))
+        let hlen = Int(good.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+        var rng = Rng(77)
+        var accepted = 0
+        for iter in 0..<400 {
+            var data = good
+            switch iter % 4 {
+            case 0: // flip bytes in the header
+                for _ in 0..<(1 + Int(rng.next() % 4)) { data[8 + Int(rng.next() % UInt64(hlen))] = UInt8(truncatingIfNeeded: rng.next()) }
+            case 1: // random header bytes of a random length
+                let n = Int(rng.next() % 200)
+                var h = Data(count: 8)
+                h.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(n).littleEndian, as: UInt64.self) }
+                h.append(Data((0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }))
+                data = h
+            case 2: // digits mutated: offsets and shapes
+                let s = String(decoding: good[8..<(8 + hlen)], as: UTF8.self)
+                let mutated = String(s.map { c in c.isNumber && rng.next() % 5 == 0 ? Character(String(rng.next() % 10)) : c })
+                data = good.prefix(8) + Data(mutated.utf8) + good.suffix(from: 8 + hlen)
+            default: // wrong header length
+                data.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(rng.next() % UInt64(good.count * 2)).littleEndian, as: UInt64.self) }
+            }
+            let p = d + "/f.safetensors"
+            try data.write(to: URL(fileURLWithPath: p))
+            if (try? SafeTensorsFile(path: p)) != nil { accepted += 1 }
+        }
+        XCTAssertLessThan(accepted, 400) // most mutations are caught; none crashed
+    }
+
+    func testParameterResolution() throws {
+        let cfg = try MergeConfig(yaml: """
+        merge_method: ties
+        base_model: b
+        models:
+          - model: x
+            parameters:
+              weight: [0.2, 0.8]
+              density:
+                - filter: mlp
+                  value: [0.6, 0.2, 0.4]
+                - value: 0.3
+        parameters: {lambda: 2}
+        """)
+        let d = cfg.models[0].parameters["density"]!, w = cfg.models[0].parameters["weight"]!
+        XCTAssertEqual(d.resolve(tensor: "model.layers.0.mlp.up_proj.weight", t: 0), 0.6)
+        XCTAssertEqual(d.resolve(tensor: "model.layers.1.mlp.up_proj.weight", t: 0.5)!, 0.2, accuracy: 1e-12)
+        XCTAssertEqual(d.resolve(tensor: "model.layers.1.mlp.up_proj.weight", t: 0.75)!, 0.3, accuracy: 1e-12)
+        XCTAssertEqual(d.resolve(tensor: "model.layers.0.self_attn.q_proj.weight", t: 0), 0.3)
+        XCTAssertEqual(w.resolve(tensor: "x", t: 0.25)!, 0.35, accuracy: 1e-12)
+        XCTAssertEqual(cfg.parameters["lambda"], .number(2))
+        XCTAssertEqual(Merger.Plan.layerIndex("model.layers.12.mlp.up_proj.weight"), 12)
+        XCTAssertNil(Merger.Plan.layerIndex("model.embed_tokens.weight"))
+    }
+
+    /// Every method runs end to end on generated models, in f32 and bf16, and bf16 output
+    /// keeps the input's dtype in config.json.
+    func testAllMethodsRun() throws {
+        let d = tempDir("all")
+        try models(d + "/models", experts: 3)
+        try models(d + "/bf", experts: 3, dtype: .BF16)
+        let two = "  - model: M/expert0\n    parameters: {weight: 0.6, density: 0.5}\n  - model: M/expert1\n    parameters: {weight: 0.4, density: 0.6}\n"
+        for dir in ["models", "bf"] {
+            for m in ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"] {
+                var body = two
+                if m == "linear" || m == "task_arithmetic" { body = body.replacingOccurrences(of: ", density: 0.5", with: "").replacingOccurrences(of: ", density: 0.6", with: "") }
+                let yaml = "merge_method: \(m)\nbase_model: M/base\nmodels:\n" + body
+                write(yaml.replacingOccurrences(of: "M/", with: dir + "/"), d + "/c.yml")
+                let s = try runMerge("c.yml", "out-\(m)", in: d)
+                XCTAssertEqual(s.tensors, 21, m)
+                let out = try ModelFolder(path: d + "/out-\(m)")
+                XCTAssertEqual(out.info("lm_head.weight")?.dtype, dir == "bf" ? .BF16 : .F32)
+            }
+            let rest = [
+                "merge_method: slerp\nbase_model: M/base\nmodels:\n  - model: M/base\n  - model: M/expert0\nparameters: {t: [0, 1]}\n",
+                "merge_method: nuslerp\nbase_model: M/base\nmodels:\n  - model: M/expert0\n    parameters: {weight: 1}\n  - model: M/expert1\n    parameters: {weight: 2}\n",
+                "merge_method: model_stock\nbase_model: M/base\nmodels:\n  - model: M/expert0\n  - model: M/expert1\n  - model: M/expert2\n",
+            ]
+            for (i, y) in rest.enumerated() {
+                write(y.replacingOccurrences(of: "M/", with: dir + "/"), d + "/c.yml")
+                XCTAssertEqual(try runMerge("c.yml", "out-r\(i)", in: d).tensors, 21)
+            }
+        }
+    }
+}
