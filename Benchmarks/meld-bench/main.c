@@ -1,5 +1,5 @@
 /* meld-bench: the plain benchmark executable.
- *   meld-bench [merge|all] [--n N] [--reps R] [--threads T] [--quick] [--json] */
+ *   meld-bench [merge|triad|all] [--n N] [--reps R] [--threads T] [--quick] [--json] */
 #include <meld.h>
 #include "bench_util.h"
 
@@ -16,9 +16,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--quick")) { c.n = (size_t)1 << 20; c.reps = 2; }
         else if (!strcmp(argv[i], "--json")) c.json = 1;
         else if (argv[i][0] != '-') which = argv[i];
-        else { fprintf(stderr, "usage: meld-bench [merge|all] [--n N] [--reps R] [--threads T] [--quick] [--json]\n"); return 2; }
+        else { fprintf(stderr, "usage: meld-bench [merge|triad|all] [--n N] [--reps R] [--threads T] [--quick] [--json]\n"); return 2; }
     }
     printf("meld-bench, libmeld %s\n", meld_version_string());
+    if (!strcmp(which, "triad")) { printf("triad_gbs %.2f\n", triad_gbs(c.n, c.reps, c.threads)); return 0; }
     if (!strcmp(which, "merge") || !strcmp(which, "all")) merge_bench(&c);
     return 0;
 }

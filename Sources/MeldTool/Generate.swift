@@ -69,7 +69,7 @@ public struct CheckpointGenerator: Sendable {
                     }
                 }
                 try ctx.convert(TensorView(data: UnsafeRawPointer(buf), count: n, dtype: .f32), into: writer.output(tname, dtype: dtype.meld!, count: n))
-                writer.finish(tname)
+                try writer.finish(tname)
             }
             try writer.close()
             let cfg: [String: Any] = [

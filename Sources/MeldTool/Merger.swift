@@ -175,18 +175,30 @@ public enum Merger {
         let totalIn = plan.names.reduce(0) { acc, n in acc + uniqueInputs.reduce(0) { $0 + ($1.info(n).map { $0.end - $0.begin } ?? 0) } }
         let progress = Progress(total: totalIn + writer.totalBytes, tensors: plan.names.count, enabled: !req.quiet && isatty(2) != 0)
         var done = 0
+        let timing = ProcessInfo.processInfo.environment["MELD_TIMING"] != nil
+        var tKernel = 0.0, tRelease = 0.0
         for (i, name) in plan.names.enumerated() {
             let info = plan.reference.info(name)!
             let od = plan.outDtype[name]!.meld!
             let out = writer.output(name, dtype: od, count: info.count)
+            let t0 = Date()
+            for f in uniqueInputs { f.prefetch(name) }
             try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, out: out)
+            let t1 = Date()
             for f in uniqueInputs { f.release(name) }
-            writer.finish(name)
+            try writer.finish(name)
+            tKernel += t1.timeIntervalSince(t0)
+            tRelease += Date().timeIntervalSince(t1)
             done += uniqueInputs.reduce(0) { $0 + ($1.info(name).map { $0.end - $0.begin } ?? 0) } + info.count * plan.outDtype[name]!.size
             progress.update(tensors: i + 1, bytes: done, seconds: Date().timeIntervalSince(start))
         }
+        let tc = Date()
         try writer.close()
         progress.finish()
+        if timing {
+            FileHandle.standardError.write(String(format: "timing: setup %.3f s, kernels %.3f s, release %.3f s, close %.3f s\n",
+                tc.timeIntervalSince(start) - tKernel - tRelease, tKernel, tRelease, Date().timeIntervalSince(tc)).data(using: .utf8)!)
+        }
         return MergeSummary(method: cfg.method, tensors: plan.names.count, bytesRead: totalIn, bytesWritten: writer.totalBytes,
                             seconds: Date().timeIntervalSince(start), outDir: dir)
     }

@@ -57,5 +57,6 @@ public final class ModelFolder {
         return try f.view(name)
     }
     public func release(_ name: String) { tensorFile[name]?.release(name) }
+    public func prefetch(_ name: String) { tensorFile[name]?.prefetch(name) }
     public var numLayers: Int? { config["num_hidden_layers"] as? Int }
 }
