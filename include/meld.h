@@ -4,4 +4,5 @@
 #include "meld/meld_base.h"
 #include "meld/meld_merge.h"
 #include "meld/meld_sparse.h"
+#include "meld/meld_moe.h"
 #endif

@@ -12,5 +12,6 @@
 #include "../ukernels/select.tpl.h"
 #include "../ukernels/philox.tpl.h"
 #include "../ukernels/reduce.tpl.h"
+#include "../ukernels/gemm.tpl.h"
 #include "../ukernels/registry.tpl.h"
 #pragma clang attribute pop

@@ -105,5 +105,7 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
     *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
     *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
+/* GEMM register block: MELD_MR rows x 2 vectors of columns */
+#define MELD_MR 6
 #define MELD_ISA_SUFFIX avx2
 #endif

@@ -91,5 +91,7 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
     *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
     *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
+/* GEMM register block: MELD_MR rows x 2 vectors of columns */
+#define MELD_MR 8
 #define MELD_ISA_SUFFIX avx512
 #endif

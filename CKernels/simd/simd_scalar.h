@@ -66,5 +66,7 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
     *hi = (uint32_t)(p >> 32);
     *lo = (uint32_t)p;
 }
+/* GEMM register block: MELD_MR rows x 2 vectors of columns */
+#define MELD_MR 4
 #define MELD_ISA_SUFFIX scalar
 #endif

@@ -18,4 +18,7 @@ const meld_ukernels MELD_REG_NAME = {
     .gram = UK(meld_f64_gram),
     .l1 = UK(meld_f64_l1),
     .apply = UK(meld_xf32_sparse_apply),
+    .gemm = UK(meld_f32_gemm),
+    .gemm_mr = MELD_MR,
+    .gemm_nr = 2 * MELD_W,
 };

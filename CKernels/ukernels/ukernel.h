@@ -136,6 +136,14 @@ typedef struct meld_uk_apply_args {
     int out_dt;
 } meld_uk_apply_args;
 
+/* GEMM microkernel: C[mr x nr] (+)= A[mr x kc] * B[kc x NR], f32 accumulation.
+ *  - a: MELD_MR row pointers at the first k of the block (rows >= mr repeat a valid row);
+ *  - b: packed panel, kc x NR, k-major, in b_dt (zero-padded past the matrix's last column);
+ *  - c: mr row pointers at the panel's first column; nr <= NR columns are stored;
+ *  - accumulate: C = C + A*B (else C = A*B). NR = gemm_nr, MR = gemm_mr of the registry. */
+typedef void (*meld_gemm_ukernel)(size_t kc, const float *const *a, const void *b, int b_dt, float *const *c,
+                                  size_t mr, size_t nr, int accumulate);
+
 typedef struct meld_ukernels {
     meld_isa isa;
     const char *name;
@@ -148,6 +156,8 @@ typedef struct meld_ukernels {
     void (*gram)(size_t n, const meld_uk_gram_args *a);
     void (*l1)(size_t n, size_t i0, const meld_uk_l1_args *a);
     void (*apply)(size_t n, const meld_uk_apply_args *a);
+    meld_gemm_ukernel gemm;
+    size_t gemm_mr, gemm_nr;
 } meld_ukernels;
 
 extern const meld_ukernels meld_ukernels_scalar;

@@ -1,0 +1,276 @@
+/* Packed expert weights, the grouped matmul (offsets and gather forms) and the fused MoE FFN.
+ * The framework (blocking, task list, threading) is here; the arithmetic is the ISA's GEMM
+ * microkernel (ukernels/gemm.tpl.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "../core/internal.h"
+
+/* Blocking: a task is MC rows x NC columns of one expert; inside it, KC-deep slices of one NR
+ * panel (KC x NR weights, ~32 KiB in f32) are reused across the task's rows. */
+#define GM_KC 256
+#define GM_MC_BLOCKS 8  /* MC = 8 * MR */
+#define GM_NC_PANELS 8  /* NC = 8 * NR */
+
+struct meld_moe_weights {
+    meld_isa isa;
+    meld_dtype dtype;
+    size_t E, N, K, nr, panels;
+    void *data; /* [E][panels][K][nr] */
+    size_t bytes;
+};
+
+meld_status meld_moe_weights_pack(meld_context *ctx, const void *w, meld_dtype dtype, size_t E, size_t N, size_t K,
+                                  size_t ld, meld_moe_weights **out) {
+    if (!ctx || !out || !w) return MELD_ERR_NULL_POINTER;
+    *out = NULL;
+    if (!meld_dtype_valid(dtype)) return MELD_ERR_UNSUPPORTED_DTYPE;
+    if (E == 0 || N == 0 || K == 0 || ld < K) return MELD_ERR_INVALID_ARGUMENT;
+    const size_t nr = ctx->uk->gemm_nr, panels = (N + nr - 1) / nr, es = meld_dtype_size(dtype);
+    meld_moe_weights *p = calloc(1, sizeof *p);
+    if (!p) return MELD_ERR_OUT_OF_MEMORY;
+    *p = (meld_moe_weights){.isa = ctx->isa, .dtype = dtype, .E = E, .N = N, .K = K, .nr = nr, .panels = panels};
+    p->bytes = E * panels * K * nr * es;
+    p->data = aligned_alloc(64, (p->bytes + 63) / 64 * 64);
+    if (!p->data) { free(p); return MELD_ERR_OUT_OF_MEMORY; }
+#pragma omp parallel for schedule(static) num_threads(ctx->threads)
+    for (size_t q = 0; q < E * panels; q++) {
+        const size_t e = q / panels, n0 = (q % panels) * nr;
+        char *dst = (char *)p->data + q * K * nr * es;
+        const char *src = (const char *)w + e * N * ld * es;
+        for (size_t k = 0; k < K; k++)
+            for (size_t j = 0; j < nr; j++) {
+                char *d = dst + (k * nr + j) * es;
+                if (n0 + j < N) memcpy(d, src + ((n0 + j) * ld + k) * es, es);
+                else memset(d, 0, es);
+            }
+    }
+    *out = p;
+    return MELD_OK;
+}
+
+meld_status meld_moe_weights_destroy(meld_moe_weights *w) {
+    if (!w) return MELD_ERR_NULL_POINTER;
+    free(w->data);
+    free(w);
+    return MELD_OK;
+}
+
+size_t meld_moe_weights_bytes(const meld_moe_weights *w) { return w ? w->bytes : 0; }
+
+/* ---- the grouped core ------------------------------------------------------------------------
+ * rows of expert e are positions start[e] .. start[e+1]-1 of arow/crow (row pointers, so both
+ * forms and the FFN's sorted intermediates share it). */
+typedef struct gm_task { uint32_t e, m0, n0; } gm_task;
+
+static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, const size_t *start,
+                                const float *const *arow, float *const *crow) {
+    const meld_ukernels *uk = ctx->uk;
+    const size_t MR = uk->gemm_mr, NR = w->nr, MC = GM_MC_BLOCKS * MR, N = w->N, K = w->K;
+    const size_t es = meld_dtype_size(w->dtype);
+    size_t rows_max = 0, ntasks = 0;
+    for (size_t e = 0; e < w->E; e++) {
+        size_t r = start[e + 1] - start[e];
+        rows_max = r > rows_max ? r : rows_max;
+    }
+    /* few rows per expert (decode): narrower column tiles so every thread gets work */
+    size_t nc = GM_NC_PANELS * NR;
+    if (rows_max <= MR) nc = 2 * NR;
+    for (size_t e = 0; e < w->E; e++) {
+        size_t r = start[e + 1] - start[e];
+        if (r) ntasks += ((r + MC - 1) / MC) * ((N + nc - 1) / nc);
+    }
+    if (!ntasks) return MELD_OK;
+    gm_task *tasks = malloc(ntasks * sizeof *tasks);
+    if (!tasks) return MELD_ERR_OUT_OF_MEMORY;
+    size_t q = 0;
+    for (size_t e = 0; e < w->E; e++) /* one flat list across all experts */
+        for (size_t m0 = 0; m0 < start[e + 1] - start[e]; m0 += MC)
+            for (size_t n0 = 0; n0 < N; n0 += nc) tasks[q++] = (gm_task){(uint32_t)e, (uint32_t)m0, (uint32_t)n0};
+#pragma omp parallel for schedule(static, 1) num_threads(ctx->threads) if (ntasks > 1)
+    for (size_t i = 0; i < ntasks; i++) {
+        const gm_task t = tasks[i];
+        const size_t rows = start[t.e + 1] - start[t.e], m1 = t.m0 + MC < rows ? t.m0 + MC : rows;
+        const size_t n1 = t.n0 + nc < N ? t.n0 + nc : N;
+        const float *a[16];
+        float *c[16];
+        for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
+            const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
+            for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
+                const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
+                const char *b = (const char *)w->data + (((size_t)t.e * w->panels + panel) * K + k0) * NR * es;
+                for (size_t m = t.m0; m < m1; m += MR) {
+                    const size_t mr = m1 - m < MR ? m1 - m : MR;
+                    for (size_t r = 0; r < MR; r++) {
+                        size_t row = start[t.e] + m + (r < mr ? r : mr - 1);
+                        a[r] = arow[row] + k0;
+                        c[r] = crow[row] + n0;
+                    }
+                    uk->gemm(kc, a, b, w->dtype, c, mr, nr, k0 > 0);
+                }
+            }
+        }
+    }
+    free(tasks);
+    return MELD_OK;
+}
+
+static meld_status check_weights(meld_context *ctx, const meld_moe_weights *w) {
+    if (!w) return MELD_ERR_NULL_POINTER;
+    if (w->isa != ctx->isa) {
+        meld_set_error(ctx, "weights were packed for %s, this context runs %s: pack them with this context",
+                       meld_isa_name(w->isa), meld_isa_name(ctx->isa));
+        return MELD_ERR_INVALID_ARGUMENT;
+    }
+    return MELD_OK;
+}
+
+meld_status meld_grouped_matmul(meld_context *ctx, const float *x, size_t ldx, const int32_t *offsets,
+                                const meld_moe_weights *w, float *y, size_t ldy) {
+    if (!ctx || !offsets) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(check_weights(ctx, w));
+    if (offsets[0] != 0) return MELD_ERR_INVALID_ARGUMENT;
+    for (size_t e = 0; e < w->E; e++)
+        if (offsets[e + 1] < offsets[e]) return MELD_ERR_INVALID_ARGUMENT;
+    const size_t M = (size_t)offsets[w->E];
+    if (M && (!x || !y)) return MELD_ERR_NULL_POINTER;
+    if (ldx < w->K || ldy < w->N) return MELD_ERR_INVALID_ARGUMENT;
+    size_t *start = malloc((w->E + 1) * sizeof *start);
+    const float **a = malloc((M + 1) * sizeof *a);
+    float **c = malloc((M + 1) * sizeof *c);
+    meld_status st = MELD_ERR_OUT_OF_MEMORY;
+    if (start && a && c) {
+        for (size_t e = 0; e <= w->E; e++) start[e] = (size_t)offsets[e];
+        for (size_t r = 0; r < M; r++) { a[r] = x + r * ldx; c[r] = y + r * ldy; }
+        st = grouped_core(ctx, w, start, a, c);
+    }
+    free(start); free(a); free(c);
+    return st;
+}
+
+meld_status meld_grouped_matmul_gather(meld_context *ctx, const float *x, size_t M, size_t ldx, const int32_t *ids,
+                                       const meld_moe_weights *w, float *y, size_t ldy) {
+    if (!ctx) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(check_weights(ctx, w));
+    if (M && (!x || !y || !ids)) return MELD_ERR_NULL_POINTER;
+    if (ldx < w->K || ldy < w->N) return MELD_ERR_INVALID_ARGUMENT;
+    meld_moe_plan *plan;
+    MELD_TRY(meld_moe_plan_create(ctx, ids, M, 1, w->E, &plan));
+    const int32_t *off = meld_moe_plan_offsets(plan), *order = meld_moe_plan_order(plan);
+    size_t *start = malloc((w->E + 1) * sizeof *start);
+    const float **a = malloc((M + 1) * sizeof *a);
+    float **c = malloc((M + 1) * sizeof *c);
+    meld_status st = MELD_ERR_OUT_OF_MEMORY;
+    if (start && a && c) {
+        for (size_t e = 0; e <= w->E; e++) start[e] = (size_t)off[e];
+        for (size_t s = 0; s < M; s++) { a[s] = x + (size_t)order[s] * ldx; c[s] = y + (size_t)order[s] * ldy; }
+        st = grouped_core(ctx, w, start, a, c);
+    }
+    free(start); free(a); free(c);
+    meld_moe_plan_destroy(plan);
+    return st;
+}
+
+/* ---- fused FFN -------------------------------------------------------------------------------- */
+static inline float act(const meld_moe_ffn_options *o, float g, float u) {
+    switch (o->activation) {
+    case MELD_ACT_SILU: return g / (1.0f + expf(-g)) * u;
+    case MELD_ACT_GELU_TANH: {
+        float c = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+        return 0.5f * g * (1.0f + tanhf(c)) * u;
+    }
+    default: {
+        float gg = g < o->limit ? g : o->limit;
+        float uu = u < -o->limit ? -o->limit : u > o->limit ? o->limit : u;
+        return (uu + 1.0f) * (gg / (1.0f + expf(-o->alpha * gg)));
+    }
+    }
+}
+
+/* gate_up over the rows (row pointers), activation, down: h[rows x H] */
+static meld_status expert_ffn(meld_context *ctx, const meld_moe_weights *gu, const meld_moe_weights *dn,
+                              const size_t *start, const float *const *xrow, size_t M, const meld_moe_ffn_options *o,
+                              float *h1, float *a, float *out) {
+    const size_t I = dn->K, H = dn->N;
+    float **c = malloc((M + 1) * sizeof *c);
+    const float **ar = malloc((M + 1) * sizeof *ar);
+    if (!c || !ar) { free(c); free(ar); return MELD_ERR_OUT_OF_MEMORY; }
+    for (size_t s = 0; s < M; s++) c[s] = h1 + s * 2 * I;
+    meld_status st = grouped_core(ctx, gu, start, xrow, c);
+    if (st == MELD_OK) {
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (M * I > 65536)
+        for (size_t s = 0; s < M; s++) {
+            const float *r = h1 + s * 2 * I;
+            for (size_t i = 0; i < I; i++) {
+                float g = o->interleaved_gate_up ? r[2 * i] : r[i], u = o->interleaved_gate_up ? r[2 * i + 1] : r[I + i];
+                a[s * I + i] = act(o, g, u);
+            }
+        }
+        for (size_t s = 0; s < M; s++) { ar[s] = a + s * I; c[s] = out + s * H; }
+        st = grouped_core(ctx, dn, start, ar, c);
+    }
+    free(c); free(ar);
+    return st;
+}
+
+meld_status meld_moe_ffn(meld_context *ctx, const float *x, size_t T, size_t ldx, const int32_t *ids, const float *weights,
+                         size_t k, const meld_moe_weights *gate_up, const meld_moe_weights *down,
+                         const meld_moe_weights *shared_gate_up, const meld_moe_weights *shared_down,
+                         const meld_moe_ffn_options *o, float *out, size_t ldo) {
+    if (!ctx || !o) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(check_weights(ctx, gate_up));
+    MELD_TRY(check_weights(ctx, down));
+    if (T && (!x || !ids || !weights || !out)) return MELD_ERR_NULL_POINTER;
+    const size_t E = gate_up->E, H = gate_up->K, I = down->K;
+    if (down->E != E || gate_up->N != 2 * I || down->N != H || k == 0 || k > E || ldx < H || ldo < H)
+        return MELD_ERR_SIZE_MISMATCH;
+    if (o->activation < MELD_ACT_SILU || o->activation > MELD_ACT_SWIGLU_OAI) return MELD_ERR_INVALID_ARGUMENT;
+    if (!!shared_gate_up != !!shared_down) return MELD_ERR_NULL_POINTER;
+    if (shared_gate_up) {
+        MELD_TRY(check_weights(ctx, shared_gate_up));
+        MELD_TRY(check_weights(ctx, shared_down));
+        if (shared_gate_up->E != 1 || shared_down->E != 1 || shared_gate_up->K != H || shared_down->N != H ||
+            shared_gate_up->N != 2 * shared_down->K)
+            return MELD_ERR_SIZE_MISMATCH;
+    }
+    for (size_t i = 0; i < T * k; i++)
+        if (!isfinite(weights[i])) return MELD_ERR_INVALID_ARGUMENT;
+    if (T == 0) return MELD_OK;
+    meld_moe_plan *plan;
+    MELD_TRY(meld_moe_plan_create(ctx, ids, T, k, E, &plan));
+    const size_t M = T * k, Is = shared_down ? shared_down->K : 0;
+    const size_t inter = (M > T ? M : T) * (2 * (I > Is ? I : Is) + (I > Is ? I : Is));
+    float *scratch = malloc((inter + (M + (shared_down ? T : 0)) * H) * sizeof(float));
+    const float **xrow = malloc((M + 1) * sizeof *xrow);
+    size_t *start = malloc((E + 2) * sizeof *start);
+    meld_status st = MELD_ERR_OUT_OF_MEMORY;
+    if (scratch && xrow && start) {
+        const int32_t *off = meld_moe_plan_offsets(plan), *order = meld_moe_plan_order(plan), *inv = meld_moe_plan_inverse(plan);
+        float *h1 = scratch, *a = scratch + (M > T ? M : T) * 2 * (I > Is ? I : Is), *y = scratch + inter;
+        float *ys = y + M * H;
+        for (size_t e = 0; e <= E; e++) start[e] = (size_t)off[e];
+        for (size_t s = 0; s < M; s++) xrow[s] = x + (size_t)(order[s] / (int32_t)k) * ldx;
+        st = expert_ffn(ctx, gate_up, down, start, xrow, M, o, h1, a, y);
+        if (st == MELD_OK && shared_down) {
+            size_t sstart[2] = {0, T};
+            for (size_t t = 0; t < T; t++) xrow[t] = x + t * ldx;
+            st = expert_ffn(ctx, shared_gate_up, shared_down, sstart, xrow, T, o, h1, a, ys);
+        }
+        if (st == MELD_OK) {
+            /* combine in ascending j: bit-identical whatever the thread count */
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (T * H > 65536)
+            for (size_t t = 0; t < T; t++) {
+                float *dst = out + t * ldo;
+                for (size_t hh = 0; hh < H; hh++) {
+                    float acc = o->accumulate ? dst[hh] : 0.0f;
+                    for (size_t j = 0; j < k; j++) acc = acc + weights[t * k + j] * y[(size_t)inv[t * k + j] * H + hh];
+                    if (shared_down) acc = acc + ys[t * H + hh];
+                    dst[hh] = acc;
+                }
+            }
+        }
+    }
+    free(scratch); free(xrow); free(start);
+    meld_moe_plan_destroy(plan);
+    return st;
+}
