@@ -10,6 +10,8 @@
 #include <time.h>
 
 int omp_get_max_threads(void);
+void omp_set_num_threads(int);
+#include <immintrin.h>
 
 static inline double now_s(void) {
     struct timespec ts;

@@ -16,9 +16,15 @@ struct meld_moe_weights {
     meld_isa isa;
     meld_dtype dtype;
     size_t E, N, K, nr, panels;
-    void *data; /* [E][panels][K][nr] */
+    void *data; /* [E][K / KC blocks][panels][kc][nr]: one KC slice of adjacent panels is contiguous */
     size_t bytes;
 };
+
+/* element offset of the kc x nr slice of (expert e, k block starting at k0, panel) */
+static inline size_t panel_offset(const meld_moe_weights *w, size_t e, size_t k0, size_t panel) {
+    const size_t kc = w->K - k0 < GM_KC ? w->K - k0 : GM_KC;
+    return (e * w->K + k0) * w->panels * w->nr + panel * kc * w->nr;
+}
 
 meld_status meld_moe_weights_pack(meld_context *ctx, const void *w, meld_dtype dtype, size_t E, size_t N, size_t K,
                                   size_t ld, meld_moe_weights **out) {
@@ -35,15 +41,18 @@ meld_status meld_moe_weights_pack(meld_context *ctx, const void *w, meld_dtype d
     if (!p->data) { free(p); return MELD_ERR_OUT_OF_MEMORY; }
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
     for (size_t q = 0; q < E * panels; q++) {
-        const size_t e = q / panels, n0 = (q % panels) * nr;
-        char *dst = (char *)p->data + q * K * nr * es;
+        const size_t e = q / panels, panel = q % panels, n0 = panel * nr;
         const char *src = (const char *)w + e * N * ld * es;
-        for (size_t k = 0; k < K; k++)
-            for (size_t j = 0; j < nr; j++) {
-                char *d = dst + (k * nr + j) * es;
-                if (n0 + j < N) memcpy(d, src + ((n0 + j) * ld + k) * es, es);
-                else memset(d, 0, es);
-            }
+        for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
+            const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
+            char *dst = (char *)p->data + panel_offset(p, e, k0, panel) * es;
+            for (size_t k = 0; k < kc; k++)
+                for (size_t j = 0; j < nr; j++) {
+                    char *d = dst + (k * nr + j) * es;
+                    if (n0 + j < N) memcpy(d, src + ((n0 + j) * ld + k0 + k) * es, es);
+                    else memset(d, 0, es);
+                }
+        }
     }
     *out = p;
     return MELD_OK;
@@ -98,7 +107,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
             const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
             for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
                 const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
-                const char *b = (const char *)w->data + (((size_t)t.e * w->panels + panel) * K + k0) * NR * es;
+                const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
                 for (size_t m = t.m0; m < m1; m += MR) {
                     const size_t mr = m1 - m < MR ? m1 - m : MR;
                     for (size_t r = 0; r < MR; r++) {
