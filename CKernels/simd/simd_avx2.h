@@ -107,5 +107,10 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
 }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 6
+static inline void vf_stream(float *p, vf v) {
+    if (((uintptr_t)p & 31) == 0) _mm256_stream_ps(p, v); else _mm256_storeu_ps(p, v);
+}
+static inline void vf_stream_u16(uint16_t *p, vf v, int f16) { if (f16) vf_store_f16(p, v); else vf_store_bf16(p, v); }
+static inline void stream_fence(void) { _mm_sfence(); }
 #define MELD_ISA_SUFFIX avx2
 #endif

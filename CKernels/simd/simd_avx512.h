@@ -16,17 +16,9 @@ static inline vf vf_load_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
 }
 static inline vf vf_load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-static inline void vf_store_bf16(uint16_t *p, vf v) {
-    /* integer RNE rather than VCVTNEPS2BF16, which flushes denormal inputs to zero */
-    __m512i b = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    __m512i abs = _mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff));
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7f800000));
-    __m512i q = _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40));
-    r = _mm512_mask_mov_epi32(r, nan, q);
-    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(r));
-}
+static inline __m256i meld_bf16_bits(vf v);
+/* integer RNE rather than VCVTNEPS2BF16, which flushes denormal inputs to zero */
+static inline void vf_store_bf16(uint16_t *p, vf v) { _mm256_storeu_si256((__m256i *)p, meld_bf16_bits(v)); }
 static inline void vf_store_f16(uint16_t *p, vf v) {
     _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
@@ -93,5 +85,21 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
 }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 8
+static inline void vf_stream(float *p, vf v) {
+    if (((uintptr_t)p & 63) == 0) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);
+}
+static inline __m256i meld_bf16_bits(vf v) {
+    __m512i b = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40)));
+    return _mm512_cvtepi32_epi16(r);
+}
+static inline void vf_stream_u16(uint16_t *p, vf v, int f16) {
+    __m256i h = f16 ? _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) : meld_bf16_bits(v);
+    if (((uintptr_t)p & 31) == 0) _mm256_stream_si256((__m256i *)p, h); else _mm256_storeu_si256((__m256i *)p, h);
+}
+static inline void stream_fence(void) { _mm_sfence(); }
 #define MELD_ISA_SUFFIX avx512
 #endif

@@ -68,5 +68,9 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
 }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 4
+/* Non-temporal store where the ISA has one (else a plain store); callers fence after a batch. */
+static inline void vf_stream(float *p, vf v) { *p = v; }
+static inline void vf_stream_u16(uint16_t *p, vf v, int f16) { if (f16) vf_store_f16(p, v); else vf_store_bf16(p, v); }
+static inline void stream_fence(void) {}
 #define MELD_ISA_SUFFIX scalar
 #endif

@@ -20,6 +20,16 @@ static inline void store_dt(void *p, int dt, size_t i, vf v) {
     }
 }
 
+/* Output stores of the streaming kernels: non-temporal (no read-for-ownership of lines that
+ * are about to be overwritten whole); the kernel calls stream_fence() before returning. */
+static inline void stream_dt(void *p, int dt, size_t i, vf v) {
+    switch (dt) {
+    case MELD_F32: vf_stream((float *)p + i, v); break;
+    case MELD_F16: vf_stream_u16((uint16_t *)p + i, v, 1); break;
+    default: vf_stream_u16((uint16_t *)p + i, v, 0); break;
+    }
+}
+
 /* W keep bits for the lanes starting at local index j (a multiple of MELD_W). */
 static inline vm load_bits(const uint8_t *p, size_t j) {
     uint32_t w = p[j >> 3];

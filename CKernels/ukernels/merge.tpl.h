@@ -2,7 +2,8 @@
  * Contract: ukernel.h. */
 
 void UK(meld_xf32_convert)(size_t n, meld_uk_in src, void *dst, int dst_dt) {
-    for (size_t i = 0; i < n; i += MELD_W) store_dt(dst, dst_dt, i, load_dt(src.p, src.dt, i));
+    for (size_t i = 0; i < n; i += MELD_W) stream_dt(dst, dst_dt, i, load_dt(src.p, src.dt, i));
+    stream_fence();
 }
 
 /* out = (sum_k w_k * x_k) [/ div]; div == 0 means no division. */
@@ -12,8 +13,9 @@ void UK(meld_xf32_linear)(size_t n, size_t k, const meld_uk_in *x, const float *
         vf acc = vf_zero();
         for (size_t j = 0; j < k; j++) acc = vf_add(acc, vf_mul(load_dt(x[j].p, x[j].dt, i), vf_set1(w[j])));
         if (div != 0.0f) acc = vf_div(acc, vf_set1(div));
-        store_dt(out, out_dt, i, acc);
+        stream_dt(out, out_dt, i, acc);
     }
+    stream_fence();
 }
 
 /* The body, inlined with compile-time K, input dtype (-1: per input), consensus and divisor in
@@ -74,8 +76,9 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
         if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, vf_select(vf_eq(div, zero), one, div));
         mixed = vf_mul(mixed, lambda);
         if (bp) mixed = vf_add(b, mixed);
-        store_dt(a->out, a->out_dt, i, mixed);
+        stream_dt(a->out, a->out_dt, i, mixed);
     }
+    stream_fence();
 }
 
 #define TV_K(KK, DT, C, D) case KK: tv_body(n, i0, a, KK, DT, C, D); return

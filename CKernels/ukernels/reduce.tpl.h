@@ -61,19 +61,40 @@ void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
     for (size_t k = 0; k < a->k; k++) { a->out[2 * k] += lanes_sum(all[k]); a->out[2 * k + 1] += lanes_sum(kept[k]); }
 }
 
-void UK(meld_xf32_sparse_apply)(size_t n, const meld_uk_apply_args *a) {
+static inline __attribute__((always_inline)) void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K,
+                                                             const int vdt) {
     size_t pos[MELD_MAX_MODELS];
     vf sc[MELD_MAX_MODELS];
-    for (size_t k = 0; k < a->k; k++) { pos[k] = 0; sc[k] = vf_set1(a->scale[k]); }
+    const void *vp[MELD_MAX_MODELS];
+    const uint8_t *bits[MELD_MAX_MODELS];
+    for (size_t k = 0; k < K; k++) { pos[k] = 0; sc[k] = vf_set1(a->scale[k]); vp[k] = a->values[k].p; bits[k] = a->bits[k]; }
     for (size_t i = 0; i < n; i += MELD_W) {
         vf acc = a->base.p ? load_dt(a->base.p, a->base.dt, i) : vf_zero();
-        for (size_t k = 0; k < a->k; k++) {
-            vm m = load_bits(a->bits[k], i); /* no skip when empty: unpredictable at 10% density */
-            vf v = vf_expand(m, load_dt(a->values[k].p, a->values[k].dt, pos[k]));
+        for (size_t k = 0; k < K; k++) {
+            vm m = load_bits(bits[k], i); /* no skip when empty: unpredictable at 10% density */
+            vf v = vf_expand(m, load_dt(vp[k], vdt >= 0 ? vdt : a->values[k].dt, pos[k]));
             pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
             /* lanes without a value stay untouched (identical on every vector width) */
             acc = vf_select(m, vf_add(acc, vf_mul(sc[k], v)), acc);
         }
-        store_dt(a->out, a->out_dt, i, acc);
+        stream_dt(a->out, a->out_dt, i, acc);
     }
+    stream_fence();
+}
+
+void UK(meld_xf32_sparse_apply)(size_t n, const meld_uk_apply_args *a) {
+    int dt = a->values[0].dt;
+    for (size_t k = 1; k < a->k; k++) if (a->values[k].dt != dt) dt = -1;
+    if (dt == MELD_F32) {
+        switch (a->k) {
+        case 1: apply_body(n, a, 1, MELD_F32); return;
+        case 2: apply_body(n, a, 2, MELD_F32); return;
+        case 4: apply_body(n, a, 4, MELD_F32); return;
+        default: break;
+        }
+    } else if (dt == MELD_BF16 && a->k == 4) {
+        apply_body(n, a, 4, MELD_BF16);
+        return;
+    }
+    apply_body(n, a, a->k, -1);
 }
