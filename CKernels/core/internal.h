@@ -40,7 +40,7 @@ meld_status meld_check_floats(const float *w, size_t k); /* finite values */
  * Splits [0, n) into tiles of MELD_TILE elements (a multiple of MELD_UK_ALIGN), runs them in one
  * OpenMP parallel-for with a static schedule, and gives the last partial vector group to the
  * callback through zero-padded f32 copies, so ukernels only ever see n % MELD_UK_ALIGN == 0. */
-#define MELD_TILE 4096
+#define MELD_TILE 16384
 #define MELD_STREAM_MAX 72
 
 typedef enum meld_elem { MELD_ELEM_F32 = MELD_F32, MELD_ELEM_F16 = MELD_F16, MELD_ELEM_BF16 = MELD_BF16, MELD_ELEM_I8 = 100 } meld_elem;

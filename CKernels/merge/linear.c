@@ -1,12 +1,9 @@
 /* dtype conversion and the linear merge (model soup). */
 #include <math.h>
-#include "../core/internal.h"
+#include "task_vectors.h"
 
 typedef struct lin_op {
     const meld_ukernels *uk;
-    size_t k;
-    const float *w;
-    float div;
 } lin_op;
 
 static void convert_tile(const meld_tile *t, void *opv) {
@@ -25,13 +22,8 @@ meld_status meld_convert(meld_context *ctx, meld_view src, meld_span dst) {
     return meld_stream_run(ctx, &s, convert_tile, &op);
 }
 
-static void linear_tile(const meld_tile *t, void *opv) {
-    lin_op *op = opv;
-    meld_uk_in x[MELD_MAX_MODELS];
-    for (size_t k = 0; k < op->k; k++) x[k] = (meld_uk_in){t->in[k], t->in_dt[k]};
-    op->uk->linear(t->n, op->k, x, op->w, op->div, t->out[0], t->out_dt[0]);
-}
-
+/* Linear is the task-vector pass with no base, every rule "keep all" and no vote:
+ * sum_k x_k * w_k, then / sum_k w_k when normalizing (the same operations, one kernel). */
 meld_status meld_linear(meld_context *ctx, size_t k, const meld_view *models, const float *weights,
                         int normalize, meld_span out) {
     if (!ctx || !weights) return MELD_ERR_NULL_POINTER;
@@ -41,9 +33,10 @@ meld_status meld_linear(meld_context *ctx, size_t k, const meld_view *models, co
     float wsum = 0.0f;
     for (size_t i = 0; i < k; i++) wsum += weights[i];
     if (normalize && wsum == 0.0f) return MELD_ERR_INVALID_ARGUMENT;
-    meld_stream s = {.n = out.numel, .nin = (int)k, .nout = 1};
-    for (size_t i = 0; i < k; i++) { s.in[i] = models[i].data; s.in_dt[i] = models[i].dtype; }
-    s.out[0] = out.data; s.out_dt[0] = out.dtype;
-    lin_op op = {.uk = ctx->uk, .k = k, .w = weights, .div = normalize ? wsum : 0.0f};
-    return meld_stream_run(ctx, &s, linear_tile, &op);
+    tv_rule rules[MELD_MAX_MODELS];
+    for (size_t i = 0; i < k; i++) rules[i] = (tv_rule){.kind = TV_ALL, .scale = 1.0f};
+    tv_request r = {.k = k, .x = models, .x_are_deltas = 1, .rule = rules, .w = weights,
+                    .consensus = MELD_CONSENSUS_NONE, .divisor = normalize ? MELD_DIVISOR_WEIGHT_SUM : MELD_DIVISOR_NONE,
+                    .fixed_div = wsum, .lambda = 1.0f, .out = out, .n = out.numel};
+    return meld_tv_run(ctx, &r);
 }

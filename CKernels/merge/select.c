@@ -51,23 +51,43 @@ static uint32_t pick_digit(const uint64_t *hist, uint32_t bins, uint64_t *rank, 
 }
 
 /* Exact rank-th largest (1-based) among arrays of bits; returns the value and the rank of the
- * wanted entry among those equal to it. */
+ * wanted entry among those equal to it. After the first digit only the entries of the chosen
+ * bin are kept (copied once), so the later digits scan a small array. */
 static uint32_t radix_small(uint32_t *const *lists, const size_t *lens, int nlists, uint64_t rank,
                             uint64_t *tie_rank) {
-    uint32_t prefix = 0, pmask = 0;
-    uint64_t hist[2048], above = 0;
-    for (int d = 0; d < 3; d++) {
+    uint64_t hist[2048], above = 0, total = 0;
+    memset(hist, 0, sizeof hist);
+    for (int l = 0; l < nlists; l++) {
+        total += lens[l];
+        for (size_t i = 0; i < lens[l]; i++) hist[lists[l][i] >> digit_shift[0]]++;
+    }
+    uint32_t prefix = pick_digit(hist, digit_mask[0] + 1, &rank, &above) << digit_shift[0];
+    uint32_t pmask = digit_mask[0] << digit_shift[0];
+    size_t m = (size_t)hist[prefix >> digit_shift[0]];
+    uint32_t *bin = malloc((m ? m : 1) * sizeof *bin);
+    if (bin) {
+        size_t q = 0;
+        for (int l = 0; l < nlists; l++)
+            for (size_t i = 0; i < lens[l]; i++)
+                if ((lists[l][i] & pmask) == prefix) bin[q++] = lists[l][i];
+    }
+    for (int d = 1; d < 3; d++) {
         uint32_t bins = digit_mask[d] + 1;
         memset(hist, 0, bins * sizeof hist[0]);
-        for (int l = 0; l < nlists; l++)
-            for (size_t i = 0; i < lens[l]; i++) {
-                uint32_t b = lists[l][i];
-                if ((b & pmask) == prefix) hist[(b >> digit_shift[d]) & digit_mask[d]]++;
-            }
+        if (bin) {
+            for (size_t i = 0; i < m; i++)
+                if ((bin[i] & pmask) == prefix) hist[(bin[i] >> digit_shift[d]) & digit_mask[d]]++;
+        } else {
+            for (int l = 0; l < nlists; l++)
+                for (size_t i = 0; i < lens[l]; i++)
+                    if ((lists[l][i] & pmask) == prefix) hist[(lists[l][i] >> digit_shift[d]) & digit_mask[d]]++;
+        }
         uint32_t dg = pick_digit(hist, bins, &rank, &above);
         prefix |= dg << digit_shift[d];
         pmask |= digit_mask[d] << digit_shift[d];
     }
+    free(bin);
+    (void)total;
     *tie_rank = rank;
     return prefix;
 }
@@ -98,7 +118,7 @@ static void hist_tile(const meld_tile *t, void *opv) {
             uint32_t b = src_bits(op->s, op->e, i);
             if (b >= a.lo && b <= a.hi) a.hist[(b - a.lo) >> a.shift]++;
         }
-    if (op->per_tile) op->per_tile[t->index] = one;
+    if (op->per_tile) op->per_tile[t->index] += one; /* a tile's body and padded tail both add */
 }
 
 static meld_status radix_range(meld_context *ctx, const sel_src *s, size_t e, uint64_t k, uint32_t lo,
@@ -133,6 +153,7 @@ static meld_status radix_range(meld_context *ctx, const sel_src *s, size_t e, ui
     /* rank = how many entries equal to T = lo are kept */
     op.proto = (meld_uk_hist_args){.lo = lo, .hi = lo, .shift = 0};
     op.per_tile = mem + (size_t)nt * 2048;
+    memset(op.per_tile, 0, tiles * sizeof *op.per_tile);
     MELD_TRY(meld_stream_run(ctx, &str, hist_tile, &op));
     uint64_t cutoff = n;
     for (size_t tile = 0; tile < tiles; tile++) {
@@ -267,15 +288,17 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     for (size_t j = 0; j < ne; j++) { str.in[1 + j] = s->x[active[j]].data; str.in_dt[1 + j] = s->x[active[j]].dtype; }
     MELD_TRY(meld_stream_run(ctx, &str, collect_tile, &op));
 
-    typedef struct { size_t e; uint32_t lo, hi; uint64_t above; } range_job;
+    typedef struct { size_t e; uint32_t lo, hi; uint64_t above; int needed; } range_job;
     range_job fallback[MELD_MAX_MODELS];
-    size_t nf = 0;
+    /* experts finish independently: in parallel when there are several */
+#pragma omp parallel for schedule(static, 1) num_threads(nt < (int)ne ? nt : (int)ne) if (ne > 1)
     for (size_t j = 0; j < ne; j++) {
         size_t e = active[j];
         uint64_t k = kk[e], G = 0, C = 0;
         int stored = 1;
         uint32_t *lp[4096];
         size_t lens[4096];
+        fallback[j].needed = 0;
         for (int t = 0; t < nt && t < 4096; t++) {
             size_t sl = (size_t)t * ne + j;
             G += op.gt[sl];
@@ -286,9 +309,9 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         }
         /* the bracket missed, or held too many distinct candidates to store: radix over the
          * range that must hold the k-th largest */
-        if (nt > 4096 || G >= k) { fallback[nf++] = (range_job){e, hi[j] == 0x7fffffffu ? 0 : hi[j] + 1, 0x7fffffffu, 0}; continue; }
-        if (k > G + C) { fallback[nf++] = (range_job){e, 0, lo[j] ? lo[j] - 1 : 0, G + C}; continue; }
-        if (!stored && lo[j] != hi[j]) { fallback[nf++] = (range_job){e, lo[j], hi[j], G}; continue; }
+        if (nt > 4096 || G >= k) { fallback[j] = (range_job){e, hi[j] == 0x7fffffffu ? 0 : hi[j] + 1, 0x7fffffffu, 0, 1}; continue; }
+        if (k > G + C) { fallback[j] = (range_job){e, 0, lo[j] ? lo[j] - 1 : 0, G + C, 1}; continue; }
+        if (!stored && lo[j] != hi[j]) { fallback[j] = (range_job){e, lo[j], hi[j], G, 1}; continue; }
         uint64_t tie_rank = k - G;
         uint32_t T = lo[j];
         if (stored) T = radix_small(lp, lens, nt, k - G, &tie_rank);
@@ -316,9 +339,9 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         out[e] = (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
     }
     /* the fallback reuses the scratch that held the candidate lists */
-    for (size_t f = 0; f < nf; f++) {
-        const range_job *r = &fallback[f];
-        MELD_TRY(radix_range(ctx, s, r->e, kk[r->e], r->lo, r->hi, r->above, &out[r->e]));
+    for (size_t j = 0; j < ne; j++) {
+        const range_job *r = &fallback[j];
+        if (r->needed) MELD_TRY(radix_range(ctx, s, r->e, kk[r->e], r->lo, r->hi, r->above, &out[r->e]));
     }
     return MELD_OK;
 }

@@ -13,7 +13,11 @@ static void tv_tile(const meld_tile *t, void *opv) {
     const tv_request *r = op->r;
     meld_uk_in x[MELD_MAX_MODELS];
     meld_uk_rule rules[MELD_MAX_MODELS];
-    uint8_t bits[MELD_MAX_MODELS][MELD_TILE / 8];
+    /* per-tile keep bits only for the experts that need them (a large fixed frame costs) */
+    size_t nbits = 0;
+    for (size_t k = 0; k < r->k; k++) nbits += r->rule[k].kind == TV_MASK || r->rule[k].kind == TV_BERNOULLI;
+    uint8_t bits[nbits ? nbits : 1][MELD_TILE / 8];
+    size_t b = 0;
     for (size_t k = 0; k < r->k; k++) {
         x[k] = (meld_uk_in){t->in[1 + k], t->in_dt[1 + k]};
         const tv_rule *src = &r->rule[k];
@@ -23,16 +27,16 @@ static void tv_tile(const meld_tile *t, void *opv) {
         if (src->kind == TV_MASK) {
             /* copy the tile's bits (the tail gets zero padding) */
             size_t bytes = (t->valid + 7) / 8;
-            memset(bits[k], 0, t->n / 8);
-            memcpy(bits[k], src->mask + t->i0 / 8, bytes);
-            if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+            memset(bits[b], 0, t->n / 8);
+            memcpy(bits[b], src->mask + t->i0 / 8, bytes);
+            if (t->valid & 7) bits[b][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
             d->kind = MELD_RULE_BITS;
-            d->bits = bits[k];
+            d->bits = bits[b++];
         } else if (src->kind == TV_BERNOULLI) {
-            meld_uk_philox_args pa = {src->key0, src->key1, src->p24, bits[k]};
+            meld_uk_philox_args pa = {src->key0, src->key1, src->p24, bits[b]};
             op->uk->philox_bits(t->n, t->i0, &pa);
             d->kind = MELD_RULE_BITS;
-            d->bits = bits[k];
+            d->bits = bits[b++];
         }
     }
     meld_uk_tv_args a = {

@@ -6,18 +6,6 @@ void UK(meld_xf32_convert)(size_t n, meld_uk_in src, void *dst, int dst_dt) {
     stream_fence();
 }
 
-/* out = (sum_k w_k * x_k) [/ div]; div == 0 means no division. */
-void UK(meld_xf32_linear)(size_t n, size_t k, const meld_uk_in *x, const float *w, float div,
-                          void *out, int out_dt) {
-    for (size_t i = 0; i < n; i += MELD_W) {
-        vf acc = vf_zero();
-        for (size_t j = 0; j < k; j++) acc = vf_add(acc, vf_mul(load_dt(x[j].p, x[j].dt, i), vf_set1(w[j])));
-        if (div != 0.0f) acc = vf_div(acc, vf_set1(div));
-        stream_dt(out, out_dt, i, acc);
-    }
-    stream_fence();
-}
-
 /* The body, inlined with compile-time K, input dtype (-1: per input), consensus and divisor in
  * the common cases so loops unroll and branches fold; the generic call passes runtime values.
  * Every variant performs the same operations in the same order (bit-identical results). */

@@ -10,7 +10,6 @@ const meld_ukernels MELD_REG_NAME = {
     .isa = MELD_ISA_ID,
     .name = MELD_STR(MELD_ISA_SUFFIX),
     .convert = UK(meld_xf32_convert),
-    .linear = UK(meld_xf32_linear),
     .tv_merge = UK(meld_xf32_tv_merge),
     .collect = UK(meld_xf32_collect),
     .hist = UK(meld_xf32_hist),

@@ -148,7 +148,6 @@ typedef struct meld_ukernels {
     meld_isa isa;
     const char *name;
     void (*convert)(size_t n, meld_uk_in src, void *dst, int dst_dt);
-    void (*linear)(size_t n, size_t k, const meld_uk_in *x, const float *w, float div, void *out, int out_dt);
     void (*tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a);
     void (*collect)(size_t n, size_t i0, const meld_uk_collect_args *a);
     void (*hist)(size_t n, const meld_uk_hist_args *a);
