@@ -10,7 +10,7 @@ PREFIX ?= /usr/local
 VERSION := $(shell sed -n 's/^\#define MELD_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/meld/meld_base.h | paste -sd.)
 CFLAGS ?= -O3 -DNDEBUG
 CFLAGS += -std=gnu2x -fPIC -fopenmp -ffp-contract=off -fno-math-errno -fvisibility=hidden -Wall -Iinclude
-LDLIBS := -lomp5 -lm
+LDLIBS := -lomp5 -lOpenCL -lm
 SRC := $(shell find CKernels -name '*.c' -not -path 'CKernels/opencl/*')
 OBJ := $(patsubst %.c,build/obj/%.o,$(SRC))
 DEPS := $(shell find CKernels include -name '*.h' -o -name '*.tpl.h' -o -name '*.cl')

@@ -27,7 +27,7 @@ let package = Package(
             sources: ["CKernels"],
             publicHeadersPath: "include",
             cSettings: cFlags,
-            linkerSettings: [.linkedLibrary("omp5"), .linkedLibrary("m")]
+            linkerSettings: [.linkedLibrary("omp5"), .linkedLibrary("OpenCL"), .linkedLibrary("m")]
         ),
         .target(name: "Meld", dependencies: ["CMeld"], path: "Sources/Meld"),
         // The command-line tool's engine: safetensors I/O, mergekit configs, streaming merges.

@@ -5,4 +5,5 @@
 #include "meld/meld_merge.h"
 #include "meld/meld_sparse.h"
 #include "meld/meld_moe.h"
+#include "meld/meld_device.h"
 #endif

@@ -125,11 +125,11 @@ meld_status meld_context_create(int threads, meld_context **out) {
     return meld_context_create_ex(&o, out);
 }
 
-void meld_opencl_release(meld_context *ctx) __attribute__((weak));
+void meld_opencl_release(meld_context *ctx);
 
 meld_status meld_context_destroy(meld_context *ctx) {
     if (!ctx) return MELD_ERR_NULL_POINTER;
-    if (ctx->opencl && meld_opencl_release) meld_opencl_release(ctx);
+    meld_opencl_release(ctx);
     free(ctx->scratch);
     free(ctx);
     return MELD_OK;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "task_vectors.h"
+#include "../device/opencl.h"
 
 typedef struct gram_op {
     const meld_ukernels *uk;
@@ -25,6 +26,8 @@ meld_status meld_gram(meld_context *ctx, meld_view base, size_t k, const meld_vi
     const size_t n = x[0].numel;
     MELD_TRY(meld_check_models(k, x, n));
     if (base.data || base.numel) MELD_TRY(meld_check_view(base, n));
+    MELD_TRY(meld_cl_reject_buffers(ctx, (const void *[]){base.data}, 1, "the geometric merges"));
+    for (size_t i = 0; i < k; i++) MELD_TRY(meld_cl_reject_buffers(ctx, (const void *[]){x[i].data}, 1, "the geometric merges"));
     const size_t pairs = k * (k + 1) / 2, tiles = meld_stream_tiles(n);
     double *partial = calloc(tiles * pairs + 1, sizeof(double));
     if (!partial) return MELD_ERR_OUT_OF_MEMORY;

@@ -1,6 +1,7 @@
 /* dtype conversion and the linear merge (model soup). */
 #include <math.h>
 #include "task_vectors.h"
+#include "../device/opencl.h"
 
 typedef struct lin_op {
     const meld_ukernels *uk;
@@ -15,6 +16,7 @@ meld_status meld_convert(meld_context *ctx, meld_view src, meld_span dst) {
     if (!ctx) return MELD_ERR_NULL_POINTER;
     MELD_TRY(meld_check_span(dst, dst.numel));
     MELD_TRY(meld_check_view(src, dst.numel));
+    if (meld_cl_active(ctx)) return meld_cl_convert(ctx, src, dst);
     meld_stream s = {.n = dst.numel, .nin = 1, .nout = 1};
     s.in[0] = src.data; s.in_dt[0] = src.dtype;
     s.out[0] = dst.data; s.out_dt[0] = dst.dtype;

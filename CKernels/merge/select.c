@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "../core/internal.h"
+#include "../device/opencl.h"
 
 #define SEL_SMALL 65536      /* below this, every entry is a candidate */
 #define SEL_BLOCKS 256       /* sample: SEL_BLOCKS contiguous runs of SEL_RUN entries */
@@ -227,6 +228,7 @@ static size_t find_tie(const sel_src *s, size_t e, uint32_t T, size_t i0, size_t
 }
 
 static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64_t *kk, meld_selection *out) {
+    if (meld_cl_active(ctx)) return meld_cl_select(ctx, s->base, s->k, s->x, kk, out);
     const size_t n = s->n;
     size_t active[MELD_MAX_MODELS], ne = 0;
     for (size_t e = 0; e < s->k; e++) {
@@ -263,7 +265,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
             hi[j] = rhi < 1.0 ? 0x7fffffffu : kth_largest(sample, S, (uint64_t)rhi);
             lo[j] = rlo > (double)S ? 0u : kth_largest(sample, S, (uint64_t)rlo);
         }
-        cap = (size_t)(0.04 * (double)n / nt) + 4096;
+        cap = (size_t)(0.16 * (double)n / nt) + 4096; /* 4 bytes a candidate: heavy ties fit */
     }
 
     const size_t slots = (size_t)nt * ne, tiles = meld_stream_tiles(n);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "task_vectors.h"
+#include "../device/opencl.h"
 
 /* ---- RNG ---------------------------------------------------------------------------------- */
 static inline uint64_t splitmix64(uint64_t z) {
@@ -303,6 +304,12 @@ meld_status meld_merge_task_vectors(meld_context *ctx, meld_view base, size_t k,
     MELD_TRY(meld_check_models(k, models, out.numel));
     MELD_TRY(meld_check_floats(weights, k));
     for (size_t i = 0; i < k; i++) MELD_TRY(check_sparsifier(&sparsifiers[i]));
+    for (size_t i = 0; i < k && meld_cl_active(ctx); i++)
+        if (sparsifiers[i].method == MELD_SPARSIFY_DELLA || sparsifiers[i].rescale == MELD_RESCALE_L1) {
+            /* DELLA's row ranks and L1 norms are computed on the host */
+            const void *p[2] = {base.data, models[i].data};
+            MELD_TRY(meld_cl_reject_buffers(ctx, p, 2, "DELLA and L1 rescaling"));
+        }
     if (options->consensus < MELD_CONSENSUS_NONE || options->consensus > MELD_CONSENSUS_COUNT ||
         options->divisor < MELD_DIVISOR_NONE || options->divisor > MELD_DIVISOR_COUNT || !isfinite(options->lambda))
         return MELD_ERR_INVALID_ARGUMENT;
@@ -327,6 +334,7 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
     MELD_TRY(meld_check_view(x, x.numel));
     if (base.data || base.numel) MELD_TRY(meld_check_view(base, x.numel));
     MELD_TRY(check_sparsifier(sparsifier));
+    MELD_TRY(meld_cl_reject_buffers(ctx, (const void *[]){base.data, x.data}, 2, "meld_sparsify_mask"));
     const size_t n = x.numel;
     meld_view b = base.data ? base : (meld_view){NULL, n, x.dtype};
     rule_plan plan;
@@ -397,6 +405,7 @@ meld_status meld_pack(meld_context *ctx, meld_view base, meld_view x, const uint
     MELD_TRY(meld_mask_count(mask, x.numel, &nnz));
     MELD_TRY(meld_check_span(values, nnz));
     if (!isfinite(scale)) return MELD_ERR_INVALID_ARGUMENT;
+    MELD_TRY(meld_cl_reject_buffers(ctx, (const void *[]){base.data, x.data, values.data}, 3, "meld_pack"));
     const size_t n = x.numel, tiles = meld_stream_tiles(n), es = meld_dtype_size(values.dtype);
     size_t *start = malloc((tiles + 1) * sizeof *start);
     if (!start) return MELD_ERR_OUT_OF_MEMORY;
@@ -477,6 +486,7 @@ meld_status meld_sparse_apply(meld_context *ctx, meld_view base, size_t k, const
         MELD_TRY(meld_mask_count(deltas[i].mask, n, &nnz));
         if (nnz != deltas[i].nnz) return MELD_ERR_SIZE_MISMATCH;
     }
+    if (meld_cl_active(ctx)) return meld_cl_sparse_apply(ctx, base, k, deltas, scales, out);
     size_t *start = malloc((k * tiles + 1) * sizeof *start);
     if (!start) return MELD_ERR_OUT_OF_MEMORY;
     /* first packed entry of every tile: per-tile popcounts in parallel, then prefix sums */

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <string.h>
 #include "task_vectors.h"
+#include "../device/opencl.h"
 
 typedef struct tv_op {
     const tv_request *r;
@@ -60,6 +61,7 @@ static void tv_tile(const meld_tile *t, void *opv) {
 }
 
 meld_status meld_tv_run(meld_context *ctx, const tv_request *r) {
+    if (meld_cl_active(ctx)) return meld_cl_tv_run(ctx, r);
     meld_stream s = {.n = r->n, .nin = (int)r->k + 1 + (r->sign_in ? 1 : 0), .nout = 2};
     s.in[0] = r->base.data;
     s.in_dt[0] = r->base.data ? (int)r->base.dtype : MELD_F32;

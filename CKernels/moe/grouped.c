@@ -4,21 +4,14 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "../core/internal.h"
+#include "moe_internal.h"
+#include "../device/opencl.h"
 
 /* Blocking: a task is MC rows x NC columns of one expert; inside it, KC-deep slices of one NR
  * panel (KC x NR weights, ~32 KiB in f32) are reused across the task's rows. */
 #define GM_KC 256
 #define GM_MC_BLOCKS 8  /* MC = 8 * MR */
 #define GM_NC_PANELS 8  /* NC = 8 * NR */
-
-struct meld_moe_weights {
-    meld_isa isa;
-    meld_dtype dtype;
-    size_t E, N, K, nr, panels;
-    void *data; /* [E][K / KC blocks][panels][kc][nr]: one KC slice of adjacent panels is contiguous */
-    size_t bytes;
-};
 
 /* element offset of the kc x nr slice of (expert e, k block starting at k0, panel) */
 static inline size_t panel_offset(const meld_moe_weights *w, size_t e, size_t k0, size_t panel) {
@@ -32,6 +25,15 @@ meld_status meld_moe_weights_pack(meld_context *ctx, const void *w, meld_dtype d
     *out = NULL;
     if (!meld_dtype_valid(dtype)) return MELD_ERR_UNSUPPORTED_DTYPE;
     if (E == 0 || N == 0 || K == 0 || ld < K) return MELD_ERR_INVALID_ARGUMENT;
+    if (meld_cl_active(ctx)) { /* the device keeps the dense layout; its kernel tiles it in local memory */
+        meld_moe_weights *p = calloc(1, sizeof *p);
+        if (!p) return MELD_ERR_OUT_OF_MEMORY;
+        *p = (meld_moe_weights){.isa = ctx->isa, .dtype = dtype, .E = E, .N = N, .K = K};
+        meld_status s = meld_cl_weights_upload(ctx, w, dtype, E, N, K, ld, p);
+        if (s != MELD_OK) { free(p); return s; }
+        *out = p;
+        return MELD_OK;
+    }
     const size_t nr = ctx->uk->gemm_nr, panels = (N + nr - 1) / nr, es = meld_dtype_size(dtype);
     meld_moe_weights *p = calloc(1, sizeof *p);
     if (!p) return MELD_ERR_OUT_OF_MEMORY;
@@ -60,6 +62,7 @@ meld_status meld_moe_weights_pack(meld_context *ctx, const void *w, meld_dtype d
 
 meld_status meld_moe_weights_destroy(meld_moe_weights *w) {
     if (!w) return MELD_ERR_NULL_POINTER;
+    meld_cl_weights_release(w);
     free(w->data);
     free(w);
     return MELD_OK;
@@ -126,6 +129,10 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
 
 static meld_status check_weights(meld_context *ctx, const meld_moe_weights *w) {
     if (!w) return MELD_ERR_NULL_POINTER;
+    if (meld_cl_active(ctx) != (w->device != NULL) || (w->device && w->owner != ctx)) {
+        meld_set_error(ctx, "expert weights were packed for another device: pack them with this context");
+        return MELD_ERR_INVALID_ARGUMENT;
+    }
     if (w->isa != ctx->isa) {
         meld_set_error(ctx, "weights were packed for %s, this context runs %s: pack them with this context",
                        meld_isa_name(w->isa), meld_isa_name(ctx->isa));
@@ -148,7 +155,12 @@ meld_status meld_grouped_matmul(meld_context *ctx, const float *x, size_t ldx, c
     const float **a = malloc((M + 1) * sizeof *a);
     float **c = malloc((M + 1) * sizeof *c);
     meld_status st = MELD_ERR_OUT_OF_MEMORY;
-    if (start && a && c) {
+    if (start && a && c && meld_cl_active(ctx)) {
+        int32_t *rows = (int32_t *)a; /* row r at position r */
+        for (size_t e = 0; e <= w->E; e++) start[e] = (size_t)offsets[e];
+        for (size_t r = 0; r < M; r++) rows[r] = (int32_t)r;
+        st = meld_cl_grouped(ctx, w, start, rows, x, ldx, M, rows, y, ldy, M);
+    } else if (start && a && c) {
         for (size_t e = 0; e <= w->E; e++) start[e] = (size_t)offsets[e];
         for (size_t r = 0; r < M; r++) { a[r] = x + r * ldx; c[r] = y + r * ldy; }
         st = grouped_core(ctx, w, start, a, c);
@@ -170,7 +182,10 @@ meld_status meld_grouped_matmul_gather(meld_context *ctx, const float *x, size_t
     const float **a = malloc((M + 1) * sizeof *a);
     float **c = malloc((M + 1) * sizeof *c);
     meld_status st = MELD_ERR_OUT_OF_MEMORY;
-    if (start && a && c) {
+    if (start && a && c && meld_cl_active(ctx)) {
+        for (size_t e = 0; e <= w->E; e++) start[e] = (size_t)off[e];
+        st = meld_cl_grouped(ctx, w, start, order, x, ldx, M, order, y, ldy, M);
+    } else if (start && a && c) {
         for (size_t e = 0; e <= w->E; e++) start[e] = (size_t)off[e];
         for (size_t s = 0; s < M; s++) { a[s] = x + (size_t)order[s] * ldx; c[s] = y + (size_t)order[s] * ldy; }
         st = grouped_core(ctx, w, start, a, c);
@@ -242,9 +257,12 @@ meld_status meld_moe_ffn(meld_context *ctx, const float *x, size_t T, size_t ldx
             shared_gate_up->N != 2 * shared_down->K)
             return MELD_ERR_SIZE_MISMATCH;
     }
+    MELD_TRY(meld_cl_reject_buffers(ctx, (const void *[]){ids, weights}, 2, "the MoE routing arrays"));
     for (size_t i = 0; i < T * k; i++)
         if (!isfinite(weights[i])) return MELD_ERR_INVALID_ARGUMENT;
     if (T == 0) return MELD_OK;
+    if (meld_cl_active(ctx))
+        return meld_cl_moe_ffn(ctx, x, T, ldx, ids, weights, k, gate_up, down, shared_gate_up, shared_down, o, out, ldo);
     meld_moe_plan *plan;
     MELD_TRY(meld_moe_plan_create(ctx, ids, T, k, E, &plan));
     const size_t M = T * k, Is = shared_down ? shared_down->K : 0;

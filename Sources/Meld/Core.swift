@@ -12,6 +12,10 @@ public struct MeldError: Error, Equatable, CustomStringConvertible {
     public static let sizeMismatch = Int32(MELD_ERR_SIZE_MISMATCH.rawValue)
     public static let unsupportedDType = Int32(MELD_ERR_UNSUPPORTED_DTYPE.rawValue)
     public static let indexOutOfRange = Int32(MELD_ERR_INDEX_OUT_OF_RANGE.rawValue)
+    public static let outOfMemory = Int32(MELD_ERR_OUT_OF_MEMORY.rawValue)
+    public static let unsupported = Int32(MELD_ERR_UNSUPPORTED.rawValue)
+    public static let noDevice = Int32(MELD_ERR_NO_DEVICE.rawValue)
+    public static let buildFailed = Int32(MELD_ERR_BUILD_FAILED.rawValue)
 }
 
 @inline(__always)

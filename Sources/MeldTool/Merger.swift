@@ -13,6 +13,8 @@ public struct MergeRequest: Sendable {
     public var quiet = false
     public var overwrite = false
     public var isa: ISA = .auto
+    /// nil: the CPU; otherwise the OpenCL device index (-1: MELD_CL_DEVICE or 0)
+    public var openCLDevice: Int? = nil
     public init(configPath: String, outDir: String) { self.configPath = configPath; self.outDir = outDir }
 }
 
@@ -167,6 +169,7 @@ public enum Merger {
 
     static func execute(plan: Plan, cfg: MergeConfig, req: MergeRequest, dir: String, start: Date) throws -> MergeSummary {
         let ctx = try Context(threads: req.threads, isa: req.isa)
+        if let dev = req.openCLDevice { try ctx.useOpenCL(device: dev) }
         let planned = plan.names.map { ShardedWriter.Planned(name: $0, dtype: plan.outDtype[$0]!, shape: plan.reference.info($0)!.shape) }
         let writer = try ShardedWriter(directory: dir, plan: planned, shardSize: req.shardSize)
         let inputFolders = plan.entries.map(\.folder) + (plan.base.map { [$0] } ?? [])

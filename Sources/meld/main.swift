@@ -35,9 +35,17 @@ struct Merge: ParsableCommand {
     @Option(help: "Threads (0 = all cores).") var threads = 0
     @Flag(help: "No progress output.") var quiet = false
     @Flag(help: "Replace OUT_DIR if it exists.") var overwrite = false
+    @Option(help: "cpu (default), or opencl[:N] to run the kernels on OpenCL device N.") var device = "cpu"
 
     func run() throws {
         var req = MergeRequest(configPath: config, outDir: outDir)
+        if device != "cpu" {
+            let parts = device.split(separator: ":", maxSplits: 1)
+            guard parts.first == "opencl", parts.count == 1 || Int(parts[1]) != nil else {
+                throw ValidationError("--device \(device): expected cpu, opencl or opencl:N (devices: \(OpenCL.devices.enumerated().map { "\($0.offset): \($0.element)" }.joined(separator: "; ")))")
+            }
+            req.openCLDevice = parts.count == 2 ? Int(parts[1])! : -1
+        }
         req.seed = seed
         req.shardSize = try parseSize(shardSize)
         req.threads = threads
