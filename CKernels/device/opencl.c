@@ -18,7 +18,7 @@ typedef struct cl_state {
     cl_context context;
     cl_command_queue queue;
     cl_program program;
-    cl_kernel convert, tv, hist, count, apply, gemm, act, combine;
+    cl_kernel convert, tv[8], hist, count, apply, gemm, act, combine; /* tv[K-1]: K models */
     char name[256];
     int unified;
     meld_buffer **bufs;
@@ -86,7 +86,8 @@ void meld_opencl_release(meld_context *ctx) {
         st->bufs[i]->ctx = NULL;
     }
     free(st->bufs);
-    cl_kernel ks[] = {st->convert, st->tv, st->hist, st->count, st->apply, st->gemm, st->act, st->combine};
+    cl_kernel ks[] = {st->convert, st->tv[0], st->tv[1], st->tv[2], st->tv[3], st->tv[4], st->tv[5], st->tv[6], st->tv[7],
+                      st->hist, st->count, st->apply, st->gemm, st->act, st->combine};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) if (ks[i]) clReleaseKernel(ks[i]);
     if (st->program) clReleaseProgram(st->program);
     if (st->queue) clReleaseCommandQueue(st->queue);
@@ -167,7 +168,9 @@ meld_status meld_context_use_opencl(meld_context *ctx, int index) {
         return MELD_ERR_BUILD_FAILED;
     }
     struct { cl_kernel *k; const char *name; } ks[] = {
-        {&st->convert, "meld_convert"}, {&st->tv, "meld_tv_merge"}, {&st->hist, "meld_hist_range"},
+        {&st->convert, "meld_convert"}, {&st->tv[0], "meld_tv_merge1"}, {&st->tv[1], "meld_tv_merge2"},
+        {&st->tv[2], "meld_tv_merge3"}, {&st->tv[3], "meld_tv_merge4"}, {&st->tv[4], "meld_tv_merge5"},
+        {&st->tv[5], "meld_tv_merge6"}, {&st->tv[6], "meld_tv_merge7"}, {&st->tv[7], "meld_tv_merge8"}, {&st->hist, "meld_hist_range"},
         {&st->count, "meld_count_eq"}, {&st->apply, "meld_sparse_apply"}, {&st->gemm, "meld_gemm_grouped"},
         {&st->act, "meld_moe_act"}, {&st->combine, "meld_moe_combine"}};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
@@ -332,10 +335,12 @@ static size_t gws_for(size_t n) {
     return g > ((size_t)1 << 20) ? ((size_t)1 << 20) : g;
 }
 
+/* elementwise kernels: one work-item per element (PoCL vectorizes across work-items) */
 static meld_status run1d(meld_context *ctx, cl_kernel k, size_t n, const char *what) {
     cl_state *st = ctx->opencl;
-    size_t g = gws_for(n);
-    CL_TRY(ctx, clEnqueueNDRangeKernel(st->queue, k, 1, NULL, &g, NULL, 0, NULL, NULL), what);
+    size_t l = 256, g = (n + l - 1) / l * l;
+    if (g == 0) g = l;
+    CL_TRY(ctx, clEnqueueNDRangeKernel(st->queue, k, 1, NULL, &g, &l, 0, NULL, NULL), what);
     CL_TRY(ctx, clFinish(st->queue), what);
     return MELD_OK;
 }
@@ -414,15 +419,14 @@ meld_status meld_cl_tv_run(meld_context *ctx, const tv_request *r) {
         if (e != CL_SUCCESS) s = cl_fail(ctx, e, "masks");
     }
     if (s == MELD_OK) {
-        cl_kernel kk = st->tv;
+        cl_kernel kk = st->tv[r->k - 1];
         cl_ulong nn = n;
-        cl_uint K = (cl_uint)r->k;
         cl_int bdt = r->base.data ? (cl_int)r->base.dtype : 0, has_base = r->base.data != NULL, deltas = r->x_are_deltas;
         cl_int cons = r->consensus, unw = r->vote_unweighted, has_sin = r->sign_in != NULL, divm = r->divisor;
         cl_int odt = r->out.data ? (cl_int)r->out.dtype : 0, has_out = r->out.data != NULL, has_sout = r->sign_out != NULL;
         cl_float fdiv = r->fixed_div, lambda = r->lambda;
         int i = 0;
-        SETARG(kk, i++, nn); SETARG(kk, i++, K); SETARG(kk, i++, base.mem); SETARG(kk, i++, bdt); SETARG(kk, i++, has_base);
+        SETARG(kk, i++, nn); SETARG(kk, i++, base.mem); SETARG(kk, i++, bdt); SETARG(kk, i++, has_base);
         for (int q = 0; q < CL_MAXK; q++) SETARG(kk, i++, x[(size_t)q < r->k ? q : 0].mem);
         SETARG(kk, i++, rul.mem); SETARG(kk, i++, msk.mem); SETARG(kk, i++, deltas); SETARG(kk, i++, cons); SETARG(kk, i++, unw);
         SETARG(kk, i++, sin.mem); SETARG(kk, i++, has_sin); SETARG(kk, i++, divm); SETARG(kk, i++, fdiv); SETARG(kk, i++, lambda);

@@ -40,7 +40,8 @@ inline void store_dt(__global uchar *p, int dt, ulong i, float v) {
 }
 
 __kernel void meld_convert(__global const uchar *src, int sdt, __global uchar *dst, int ddt, ulong n) {
-    for (ulong i = get_global_id(0); i < n; i += get_global_size(0)) store_dt(dst, ddt, i, load_dt(src, sdt, i));
+    ulong i = get_global_id(0);
+    if (i < n) store_dt(dst, ddt, i, load_dt(src, sdt, i));
 }
 
 /* ---- Philox4x32-10: word (i % 4) of block (i / 4) ---------------------------------------- */
@@ -77,60 +78,80 @@ inline int top(uint b, uint thr, ulong cut, ulong i) { return b > thr || (b == t
 
 inline float sign_of(float u) { return u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : u * 0.0f); }
 
-__kernel void meld_tv_merge(ulong n, uint K, __global const uchar *base, int bdt, int has_base,
-                            __global const uchar *x0, __global const uchar *x1, __global const uchar *x2, __global const uchar *x3,
-                            __global const uchar *x4, __global const uchar *x5, __global const uchar *x6, __global const uchar *x7,
-                            __constant cl_rule *rule, __global const uint *masks, int deltas, int consensus, int unweighted,
-                            __global const char *sign_in, int has_sign_in, int divisor, float fixed_div, float lambda,
-                            __global uchar *out, int odt, int has_out, __global char *sign_out, int has_sign_out) {
-    __global const uchar *xs[MAXK] = {x0, x1, x2, x3, x4, x5, x6, x7};
-    for (ulong i = get_global_id(0); i < n; i += get_global_size(0)) {
-        float b = has_base ? load_dt(base, bdt, i) : 0.0f;
-        float s = 0.0f, v[MAXK], u[MAXK];
-        for (uint k = 0; k < K; k++) {
-            float d = load_dt(xs[k], (int)rule[k].dtype, i);
-            if (!deltas) d = d - b;
-            float t = d;
-            uint kind = rule[k].kind;
-            if (kind != R_ALL) {
-                uint bits = as_uint(d) & 0x7fffffffu;
-                int keep;
-                if (kind == R_TOP) keep = top(bits, rule[k].thr, rule[k].cut, i);
-                else if (kind == R_WINDOW) keep = top(bits, rule[k].thr, rule[k].cut, i) && !top(bits, rule[k].thr2, rule[k].cut2, i);
-                else if (kind == R_MASK) keep = (masks[rule[k].mask_word + (uint)(i >> 5)] >> (i & 31)) & 1u;
-                else if (kind == R_BERNOULLI) keep = (philox_word(rule[k].key0, rule[k].key1, i) >> 8) < rule[k].p24;
-                else keep = 0;
-                t = d * (keep ? 1.0f : 0.0f);
-            }
-            if (rule[k].scale != 1.0f) t = t * rule[k].scale;
-            v[k] = t * rule[k].w;
-            u[k] = unweighted ? t : v[k];
-            if (consensus == 1) s = s + u[k];
-            else if (consensus == 2) s = s + sign_of(u[k]);
-        }
-        int pos = 1;
-        if (consensus != 0) pos = has_sign_in ? sign_in[i] > 0 : s >= 0.0f;
-        if (has_sign_out) sign_out[i] = pos ? 1 : -1;
-        if (!has_out) continue;
-        float mixed = 0.0f, div = 0.0f;
-        if (consensus == 0) {
-            for (uint k = 0; k < K; k++) mixed = mixed + v[k];
-            div = divisor == 2 ? (float)K : fixed_div;
-        } else {
-            for (uint k = 0; k < K; k++) {
-                int agree = (pos && u[k] > 0.0f) || (!pos && u[k] < 0.0f);
-                float ag = agree ? 1.0f : 0.0f;
-                mixed = mixed + v[k] * ag;
-                if (divisor == 1) div = div + rule[k].w * ag;
-                else if (divisor == 2) div = div + ag;
-            }
-        }
-        if (divisor != 0) mixed = mixed / (div == 0.0f ? 1.0f : div);
-        mixed = mixed * lambda;
-        if (has_base) mixed = b + mixed;
-        store_dt(out, odt, i, mixed);
-    }
+#define TV_PARAMS ulong n, __global const uchar *base, int bdt, int has_base, \
+    __global const uchar *x0, __global const uchar *x1, __global const uchar *x2, __global const uchar *x3, \
+    __global const uchar *x4, __global const uchar *x5, __global const uchar *x6, __global const uchar *x7, \
+    __constant cl_rule *rule, __global const uint *masks, int deltas, int consensus, int unweighted, \
+    __global const char *sign_in, int has_sign_in, int divisor, float fixed_div, float lambda, \
+    __global uchar *out, int odt, int has_out, __global char *sign_out, int has_sign_out
+#define TV_ARGS n, base, bdt, has_base, x0, x1, x2, x3, x4, x5, x6, x7, rule, masks, deltas, consensus, unweighted, \
+    sign_in, has_sign_in, divisor, fixed_div, lambda, out, odt, has_out, sign_out, has_sign_out
+
+inline __global const uchar *xk(uint k, __global const uchar *x0, __global const uchar *x1, __global const uchar *x2,
+                                __global const uchar *x3, __global const uchar *x4, __global const uchar *x5,
+                                __global const uchar *x6, __global const uchar *x7) {
+    return k == 0 ? x0 : k == 1 ? x1 : k == 2 ? x2 : k == 3 ? x3 : k == 4 ? x4 : k == 5 ? x5 : k == 6 ? x6 : x7;
 }
+
+/* One element per work-item; K is a compile-time constant in each entry point below, so the
+ * per-expert loops unroll (PoCL then vectorizes across work-items). */
+inline void tv_body(TV_PARAMS, const uint K) {
+    ulong i = get_global_id(0);
+    if (i >= n) return;
+    float b = has_base ? load_dt(base, bdt, i) : 0.0f;
+    float s = 0.0f, v[MAXK], u[MAXK];
+    for (uint k = 0; k < K; k++) {
+        float d = load_dt(xk(k, x0, x1, x2, x3, x4, x5, x6, x7), (int)rule[k].dtype, i);
+        if (!deltas) d = d - b;
+        float t = d;
+        uint kind = rule[k].kind;
+        if (kind != R_ALL) {
+            uint bits = as_uint(d) & 0x7fffffffu;
+            int keep;
+            if (kind == R_TOP) keep = top(bits, rule[k].thr, rule[k].cut, i);
+            else if (kind == R_WINDOW) keep = top(bits, rule[k].thr, rule[k].cut, i) && !top(bits, rule[k].thr2, rule[k].cut2, i);
+            else if (kind == R_MASK) keep = (masks[rule[k].mask_word + (uint)(i >> 5)] >> (i & 31)) & 1u;
+            else if (kind == R_BERNOULLI) keep = (philox_word(rule[k].key0, rule[k].key1, i) >> 8) < rule[k].p24;
+            else keep = 0;
+            t = d * (keep ? 1.0f : 0.0f);
+        }
+        if (rule[k].scale != 1.0f) t = t * rule[k].scale;
+        v[k] = t * rule[k].w;
+        u[k] = unweighted ? t : v[k];
+        if (consensus == 1) s = s + u[k];
+        else if (consensus == 2) s = s + sign_of(u[k]);
+    }
+    int pos = 1;
+    if (consensus != 0) pos = has_sign_in ? sign_in[i] > 0 : s >= 0.0f;
+    if (has_sign_out) sign_out[i] = pos ? 1 : -1;
+    if (!has_out) return;
+    float mixed = 0.0f, div = 0.0f;
+    if (consensus == 0) {
+        for (uint k = 0; k < K; k++) mixed = mixed + v[k];
+        div = divisor == 2 ? (float)K : fixed_div;
+    } else {
+        for (uint k = 0; k < K; k++) {
+            int agree = (pos && u[k] > 0.0f) || (!pos && u[k] < 0.0f);
+            float ag = agree ? 1.0f : 0.0f;
+            mixed = mixed + v[k] * ag;
+            if (divisor == 1) div = div + rule[k].w * ag;
+            else if (divisor == 2) div = div + ag;
+        }
+    }
+    if (divisor != 0) mixed = mixed / (div == 0.0f ? 1.0f : div);
+    mixed = mixed * lambda;
+    if (has_base) mixed = b + mixed;
+    store_dt(out, odt, i, mixed);
+}
+
+__kernel void meld_tv_merge1(TV_PARAMS) { tv_body(TV_ARGS, 1); }
+__kernel void meld_tv_merge2(TV_PARAMS) { tv_body(TV_ARGS, 2); }
+__kernel void meld_tv_merge3(TV_PARAMS) { tv_body(TV_ARGS, 3); }
+__kernel void meld_tv_merge4(TV_PARAMS) { tv_body(TV_ARGS, 4); }
+__kernel void meld_tv_merge5(TV_PARAMS) { tv_body(TV_ARGS, 5); }
+__kernel void meld_tv_merge6(TV_PARAMS) { tv_body(TV_ARGS, 6); }
+__kernel void meld_tv_merge7(TV_PARAMS) { tv_body(TV_ARGS, 7); }
+__kernel void meld_tv_merge8(TV_PARAMS) { tv_body(TV_ARGS, 8); }
 
 /* ---- selection: range histograms and per-tile counts of one value ------------------------- */
 __kernel void meld_hist_range(ulong n, __global const uchar *base, int bdt, int has_base, __global const uchar *x, int xdt,
@@ -171,7 +192,8 @@ typedef struct { uint mask_word, block_off, dtype, pad; ulong value_byte; float 
 __kernel void meld_sparse_apply(ulong n, uint K, __global const uchar *base, int bdt, int has_base, __constant cl_packed *d,
                                 __global const uint *masks, __global const uint *block_start, __global const uchar *values,
                                 __global uchar *out, int odt) {
-    for (ulong i = get_global_id(0); i < n; i += get_global_size(0)) {
+    ulong i = get_global_id(0);
+    if (i < n) {
         float acc = has_base ? load_dt(base, bdt, i) : 0.0f;
         for (uint k = 0; k < K; k++) {
             __global const uint *m = masks + d[k].mask_word;
@@ -231,7 +253,8 @@ void meld_gemm_grouped(__global const float *x, uint ldx, __global const int *ar
 /* ---- MoE FFN: activation and the ordered combine (CPU: moe/grouped.c) --------------------- */
 __kernel void meld_moe_act(ulong M, uint I, __global const float *h1, __global float *a, int act, float alpha, float limit,
                            int interleaved) {
-    for (ulong q = get_global_id(0); q < M * I; q += get_global_size(0)) {
+    ulong q = get_global_id(0);
+    if (q < M * I) {
         ulong s = q / I;
         uint i = (uint)(q % I);
         __global const float *r = h1 + s * 2 * I;
@@ -246,7 +269,8 @@ __kernel void meld_moe_act(ulong M, uint I, __global const float *h1, __global f
 __kernel void meld_moe_combine(ulong T, uint H, uint k, __global const float *y, __global const int *inverse,
                                __global const float *weights, __global const float *ys, int has_shared, __global float *out,
                                uint ldo, int accumulate) {
-    for (ulong q = get_global_id(0); q < T * H; q += get_global_size(0)) {
+    ulong q = get_global_id(0);
+    if (q < T * H) {
         ulong t = q / H;
         uint h = (uint)(q % H);
         float acc = accumulate ? out[t * ldo + h] : 0.0f;
