@@ -178,10 +178,11 @@ typedef struct collect_op {
     size_t cap;
     size_t tiles;
     /* per thread t, per pass-expert j: slot t * ne + j */
-    uint64_t *gt;
+    uint64_t *gt, *eq_hi, *eq_lo;
     size_t *count;
     uint32_t **cand;
-    uint32_t *tile_cand;   /* [j * tiles + tile]: candidates found in that tile */
+    /* [j * tiles + tile]: entries of that tile strictly inside the bracket, equal to hi, to lo */
+    uint32_t *tile_cand, *tile_hi, *tile_lo;
 } collect_op;
 
 static void collect_tile(const meld_tile *t, void *opv) {
@@ -189,12 +190,14 @@ static void collect_tile(const meld_tile *t, void *opv) {
     const sel_src *s = op->s;
     size_t slot = (size_t)t->thread * op->ne;
     size_t before[MELD_MAX_MODELS];
-    for (size_t j = 0; j < op->ne; j++) before[j] = op->count[slot + j];
+    uint64_t bh[MELD_MAX_MODELS], bl[MELD_MAX_MODELS];
+    for (size_t j = 0; j < op->ne; j++) { before[j] = op->count[slot + j]; bh[j] = op->eq_hi[slot + j]; bl[j] = op->eq_lo[slot + j]; }
     if (t->valid == t->n) {
         meld_uk_in x[MELD_MAX_MODELS];
         for (size_t j = 0; j < op->ne; j++) x[j] = (meld_uk_in){t->in[1 + j], t->in_dt[1 + j]};
         meld_uk_collect_args a = {.k = op->ne, .base = {t->in[0], t->in_dt[0]}, .x = x, .lo = op->lo,
-                                  .hi = op->hi, .gt = op->gt + slot, .cand = op->cand + slot,
+                                  .hi = op->hi, .gt = op->gt + slot, .eq_hi = op->eq_hi + slot, .eq_lo = op->eq_lo + slot,
+                                  .cand = op->cand + slot,
                                   .count = op->count + slot, .cap = op->cap};
         op->uk->collect(t->n, t->i0, &a);
     } else {
@@ -202,15 +205,20 @@ static void collect_tile(const meld_tile *t, void *opv) {
         for (size_t j = 0; j < op->ne; j++)
             for (size_t i = t->i0; i < t->i0 + t->valid; i++) {
                 uint32_t b = src_bits(s, op->expert[j], i);
+                op->eq_hi[slot + j] += b == op->hi[j];
+                op->eq_lo[slot + j] += b == op->lo[j];
                 if (b > op->hi[j]) op->gt[slot + j]++;
-                else if (b >= op->lo[j]) {
+                else if (b > op->lo[j] && b < op->hi[j]) {
                     size_t c = op->count[slot + j]++;
                     if (c + MELD_UK_ALIGN <= op->cap) op->cand[slot + j][c] = b;
                 }
             }
     }
-    for (size_t j = 0; j < op->ne; j++)
+    for (size_t j = 0; j < op->ne; j++) {
         op->tile_cand[j * op->tiles + t->index] += (uint32_t)(op->count[slot + j] - before[j]);
+        op->tile_hi[j * op->tiles + t->index] += (uint32_t)(op->eq_hi[slot + j] - bh[j]);
+        op->tile_lo[j * op->tiles + t->index] += (uint32_t)(op->eq_lo[slot + j] - bl[j]);
+    }
 }
 
 /* The k-th largest (1-based rank from the top) of a small array. */
@@ -269,19 +277,23 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     }
 
     const size_t slots = (size_t)nt * ne, tiles = meld_stream_tiles(n);
-    size_t bytes = slots * (sizeof(uint64_t) + sizeof(size_t) + sizeof(uint32_t *)) + ne * tiles * sizeof(uint32_t) +
+    size_t bytes = slots * (3 * sizeof(uint64_t) + sizeof(size_t) + sizeof(uint32_t *)) + 3 * ne * tiles * sizeof(uint32_t) +
                    slots * cap * sizeof(uint32_t) + 64;
     char *mem = meld_scratch(ctx, bytes);
     if (!mem) return MELD_ERR_OUT_OF_MEMORY;
     collect_op op = {.s = s, .uk = ctx->uk, .ne = ne, .expert = active, .lo = lo, .hi = hi, .cap = cap, .tiles = tiles};
     op.gt = (uint64_t *)mem;
-    op.count = (size_t *)(op.gt + slots);
+    op.eq_hi = op.gt + slots;
+    op.eq_lo = op.eq_hi + slots;
+    op.count = (size_t *)(op.eq_lo + slots);
     op.cand = (uint32_t **)(op.count + slots);
     op.tile_cand = (uint32_t *)(op.cand + slots);
-    uint32_t *lists = op.tile_cand + ne * tiles;
-    memset(op.gt, 0, slots * sizeof *op.gt);
+    op.tile_hi = op.tile_cand + ne * tiles;
+    op.tile_lo = op.tile_hi + ne * tiles;
+    uint32_t *lists = op.tile_lo + ne * tiles;
+    memset(op.gt, 0, 3 * slots * sizeof *op.gt);
     memset(op.count, 0, slots * sizeof *op.count);
-    memset(op.tile_cand, 0, ne * tiles * sizeof *op.tile_cand);
+    memset(op.tile_cand, 0, 3 * ne * tiles * sizeof *op.tile_cand);
     for (size_t i = 0; i < slots; i++) op.cand[i] = lists + i * cap;
 
     meld_stream str = {.n = n, .nin = 1 + (int)ne, .nout = 0};
@@ -296,7 +308,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
 #pragma omp parallel for schedule(static, 1) num_threads(nt < (int)ne ? nt : (int)ne) if (ne > 1)
     for (size_t j = 0; j < ne; j++) {
         size_t e = active[j];
-        uint64_t k = kk[e], G = 0, C = 0;
+        uint64_t k = kk[e], G = 0, C = 0, EH = 0, EL = 0;
         int stored = 1;
         uint32_t *lp[4096];
         size_t lens[4096];
@@ -304,29 +316,39 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         for (int t = 0; t < nt && t < 4096; t++) {
             size_t sl = (size_t)t * ne + j;
             G += op.gt[sl];
+            EH += op.eq_hi[sl];
+            EL += op.eq_lo[sl];
             C += op.count[sl];
             if (op.count[sl] + MELD_UK_ALIGN > cap) stored = 0;
             lp[t] = op.cand[sl];
             lens[t] = op.count[sl];
         }
-        /* the bracket missed, or held too many distinct candidates to store: radix over the
-         * range that must hold the k-th largest */
-        if (nt > 4096 || G >= k) { fallback[j] = (range_job){e, hi[j] == 0x7fffffffu ? 0 : hi[j] + 1, 0x7fffffffu, 0, 1}; continue; }
-        if (k > G + C) { fallback[j] = (range_job){e, 0, lo[j] ? lo[j] - 1 : 0, G + C, 1}; continue; }
-        if (!stored && lo[j] != hi[j]) { fallback[j] = (range_job){e, lo[j], hi[j], G, 1}; continue; }
-        uint64_t tie_rank = k - G;
-        uint32_t T = lo[j];
-        if (stored) T = radix_small(lp, lens, nt, k - G, &tie_rank);
-        /* Walk tiles in index order (the lists are in that order) to the tile holding the
-         * tie_rank-th entry equal to T, then rescan that tile for its index. */
+        if (lo[j] == hi[j]) EL = 0; /* the same entries as EH */
+        /* ranks from the top: (hi, inf) G, == hi EH, (lo, hi) C, == lo EL. The k-th largest lies
+         * in one of them; outside the bracket (or inside with too many values to store) a radix
+         * over the range that must hold it takes over. */
+        uint64_t r = G >= k ? 0 : k - G;
+        const uint32_t *per_tile = NULL; /* tie counts per tile, when known without scanning */
+        uint32_t T;
+        if (nt > 4096 || r == 0) { fallback[j] = (range_job){e, hi[j] + 1, 0x7fffffffu, 0, 1}; continue; }
+        if (r <= EH) { T = hi[j]; per_tile = op.tile_hi + j * tiles; }
+        else if ((r -= EH) <= C) {
+            if (!stored) { fallback[j] = (range_job){e, lo[j] + 1, hi[j] - 1, G + EH, 1}; continue; }
+            uint64_t tie;
+            T = radix_small(lp, lens, nt, r, &tie);
+            r = tie;
+        } else if ((r -= C) <= EL) { T = lo[j]; per_tile = op.tile_lo + j * tiles; }
+        else { fallback[j] = (range_job){e, 0, lo[j] - 1, G + EH + C + EL, 1}; continue; }
+        /* Walk tiles in index order to the tile holding the r-th entry equal to T, then rescan
+         * that tile for its index (the candidate lists are in tile order). */
         int th = 0;
         size_t off = 0;
-        uint64_t cutoff = n;
+        uint64_t cutoff = n, tie_rank = r;
         for (size_t tile = 0; tile < tiles; tile++) {
-            uint64_t c = op.tile_cand[j * tiles + tile], ties = c;
-            if (stored) {
-                ties = 0;
-                for (uint64_t q = 0; q < c; q++) {
+            uint64_t ties = 0;
+            if (per_tile) ties = per_tile[tile];
+            else {
+                for (uint64_t q = 0, c = op.tile_cand[j * tiles + tile]; q < c; q++) {
                     while (off >= lens[th]) { th++; off = 0; }
                     ties += lp[th][off++] == T;
                 }

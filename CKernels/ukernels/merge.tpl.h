@@ -14,7 +14,9 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
                                                           const int divm) {
     const vf one = vf_set1(1.0f), zero = vf_zero();
     vf v[MELD_MAX_MODELS], u[MELD_MAX_MODELS], wv[MELD_MAX_MODELS], sv[MELD_MAX_MODELS];
-    uint32_t kind[MELD_MAX_MODELS];
+    uint32_t kind[MELD_MAX_MODELS], thr[MELD_MAX_MODELS], thr2[MELD_MAX_MODELS];
+    uint64_t cut[MELD_MAX_MODELS], cut2[MELD_MAX_MODELS];
+    const uint8_t *bitsp[MELD_MAX_MODELS];
     int scaled[MELD_MAX_MODELS];
     const void *xp[MELD_MAX_MODELS];
     int xdt[MELD_MAX_MODELS];
@@ -22,7 +24,11 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
         wv[k] = vf_set1(a->w[k]);
         sv[k] = vf_set1(a->rule[k].scale);
         scaled[k] = a->rule[k].scale != 1.0f;
+        /* rule fields in locals: stores through the untyped output may alias the argument struct */
         kind[k] = a->rule[k].kind;
+        thr[k] = a->rule[k].thr; thr2[k] = a->rule[k].thr2;
+        cut[k] = a->rule[k].cut; cut2[k] = a->rule[k].cut2;
+        bitsp[k] = a->rule[k].bits;
         xp[k] = a->x[k].p;
         xdt[k] = dt >= 0 ? dt : a->x[k].dt;
     }
@@ -37,7 +43,16 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
             vf d = load_dt(xp[k], xdt[k], i);
             if (!deltas) d = vf_sub(d, b);
             vf t = d;
-            if (kind[k] != MELD_RULE_ALL) t = vf_mul(d, vf_select(rule_mask(&a->rule[k], d, i0 + i, i), one, zero));
+            if (kind[k] != MELD_RULE_ALL) {
+                vm m;
+                if (kind[k] == MELD_RULE_TOP) m = top_mask(vf_absbits(d), thr[k], cut[k], i0 + i);
+                else if (kind[k] == MELD_RULE_BITS) m = load_bits(bitsp[k], i);
+                else if (kind[k] == MELD_RULE_WINDOW) {
+                    vi bb = vf_absbits(d);
+                    m = vm_andnot(top_mask(bb, thr2[k], cut2[k], i0 + i), top_mask(bb, thr[k], cut[k], i0 + i));
+                } else m = vm_none();
+                t = vf_mul(d, vf_select(m, one, zero));
+            }
             if (scaled[k]) t = vf_mul(t, sv[k]);
             v[k] = vf_mul(t, wv[k]);
             u[k] = unweighted ? t : v[k];

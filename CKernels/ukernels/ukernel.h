@@ -69,17 +69,19 @@ typedef struct meld_uk_tv_args {
 } meld_uk_tv_args;
 
 /* Candidate collection for exact selection: per element of each of k task vectors,
- * b = absbits(d_k) (d_k = x_k - base, or x_k when base.p is NULL); count b > hi_k into gt[k];
- * append b to cand[k] when lo_k <= b <= hi_k, in index order, while count[k] + MELD_UK_ALIGN
- * <= cap (past that only count[k] grows). cand[k] needs MELD_UK_ALIGN entries of slack. */
+ * b = absbits(d_k) (d_k = x_k - base, or x_k when base.p is NULL); count b > hi_k into gt[k],
+ * b == hi_k into eq_hi[k], b == lo_k into eq_lo[k]; append b to cand[k] when lo_k < b < hi_k,
+ * in index order, while count[k] + MELD_UK_ALIGN <= cap (past that only count[k] grows).
+ * Counting the bracket's ends instead of storing them keeps heavy ties (bf16) cheap.
+ * cand[k] needs MELD_UK_ALIGN entries of slack. */
 typedef struct meld_uk_collect_args {
     size_t k;
     meld_uk_in base;
     const meld_uk_in *x;
     const uint32_t *lo, *hi;
-    uint64_t *gt;      /* k counters, accumulated */
-    uint32_t **cand;   /* k lists */
-    size_t *count;     /* k counters, accumulated */
+    uint64_t *gt, *eq_hi, *eq_lo; /* k counters each, accumulated */
+    uint32_t **cand;              /* k lists */
+    size_t *count;                /* k counters, accumulated */
     size_t cap;
 } meld_uk_collect_args;
 
