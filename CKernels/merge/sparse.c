@@ -441,7 +441,7 @@ typedef struct apply_op {
 
 static void apply_tile(const meld_tile *t, void *opv) {
     apply_op *op = opv;
-    uint8_t bits[MELD_MAX_MODELS][MELD_TILE / 8];
+    uint8_t bits[t->valid == t->n ? 1 : op->k][MELD_TILE / 8];
     const uint8_t *bp[MELD_MAX_MODELS];
     meld_uk_in vals[MELD_MAX_MODELS];
     float *pad[MELD_MAX_MODELS] = {0};
@@ -449,12 +449,16 @@ static void apply_tile(const meld_tile *t, void *opv) {
     for (size_t k = 0; k < op->k; k++) {
         const meld_packed_view *d = &op->d[k];
         size_t first = op->start[k * op->tiles + t->index] + popcount_range(d->mask, tile0, t->i0); /* tail call */
-        size_t bytes = (t->valid + 7) / 8;
-        memset(bits[k], 0, t->n / 8);
-        memcpy(bits[k], d->mask + t->i0 / 8, bytes);
-        if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
-        bp[k] = bits[k];
-        size_t used = popcount_range(bits[k], 0, t->n);
+        if (t->valid == t->n) {
+            bp[k] = d->mask + t->i0 / 8; /* i0 is a multiple of 16: byte-aligned, fully inside */
+        } else { /* the padded tail: a masked copy */
+            size_t bytes = (t->valid + 7) / 8;
+            memset(bits[k], 0, t->n / 8);
+            memcpy(bits[k], d->mask + t->i0 / 8, bytes);
+            if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+            bp[k] = bits[k];
+        }
+        size_t used = popcount_range(bp[k], 0, t->n);
         /* the ukernel reads up to MELD_UK_ALIGN entries past the last one it uses: at the end of
          * the values, read a zero-padded f32 copy instead */
         if (first + used + MELD_UK_ALIGN > d->nnz && (pad[k] = calloc(used + MELD_UK_ALIGN, sizeof(float)))) {
