@@ -56,10 +56,9 @@ static uint32_t pick_digit(const uint64_t *hist, uint32_t bins, uint64_t *rank, 
  * bin are kept (copied once), so the later digits scan a small array. */
 static uint32_t radix_small(uint32_t *const *lists, const size_t *lens, int nlists, uint64_t rank,
                             uint64_t *tie_rank) {
-    uint64_t hist[2048], above = 0, total = 0;
+    uint64_t hist[2048], above = 0;
     memset(hist, 0, sizeof hist);
     for (int l = 0; l < nlists; l++) {
-        total += lens[l];
         for (size_t i = 0; i < lens[l]; i++) hist[lists[l][i] >> digit_shift[0]]++;
     }
     uint32_t prefix = pick_digit(hist, digit_mask[0] + 1, &rank, &above) << digit_shift[0];
@@ -88,7 +87,6 @@ static uint32_t radix_small(uint32_t *const *lists, const size_t *lens, int nlis
         pmask |= digit_mask[d] << digit_shift[d];
     }
     free(bin);
-    (void)total;
     *tie_rank = rank;
     return prefix;
 }

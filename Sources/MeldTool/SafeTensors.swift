@@ -159,7 +159,7 @@ public final class SafeTensorsFile {
 /// created inside a temporary folder that the caller renames when everything succeeded.
 public final class ShardedWriter {
     public struct Planned { public var name: String; public var dtype: STDType; public var shape: [Int] }
-    struct Shard { var file: String; var names: [String]; var fd: Int32; var map: UnsafeMutableRawPointer?; var size: Int; var dataStart: Int }
+    struct Shard { var file: String; var names: [String]; var fd: Int32; var size: Int; var dataStart: Int }
     var shards: [Shard] = []
     var location: [String: (shard: Int, begin: Int, bytes: Int)] = [:]
     public let directory: String
@@ -199,7 +199,7 @@ public final class ShardedWriter {
             head.append(json)
             let w = head.withUnsafeBytes { pwrite(fd, $0.baseAddress, head.count, 0) }
             guard w == head.count else { Glibc.close(fd); throw ToolError("cannot write \(path)") }
-            shards.append(Shard(file: file, names: g.map(\.name), fd: fd, map: nil, size: size, dataStart: 8 + json.count))
+            shards.append(Shard(file: file, names: g.map(\.name), fd: fd, size: size, dataStart: 8 + json.count))
         }
     }
 
@@ -250,10 +250,7 @@ public final class ShardedWriter {
     }
 
     deinit {
-        for s in shards {
-            if let m = s.map { munmap(m, s.size) }
-            Glibc.close(s.fd)
-        }
+        for s in shards { Glibc.close(s.fd) }
         staging?.deallocate()
     }
 }
