@@ -36,6 +36,8 @@ public final class PackedExperts {
     }
     deinit { meld_moe_weights_destroy(raw) }
     public var bytes: Int { meld_moe_weights_bytes(raw) }
+    /// The microkernel the weights are packed for ("avx512", "avx512bf16-dot", "opencl", ...).
+    public var kernel: String { String(cString: meld_moe_weights_kernel(raw)) }
 }
 
 public struct MoEFFNOptions: Sendable {

@@ -138,6 +138,30 @@ final class MoETests: XCTestCase {
         }
     }
 
+    /// The AVX512-BF16 dot-product kernel (opt-in): bf16 weights, activations rounded to bf16, so
+    /// the bound is 2^-8 of the magnitude sum.
+    func testBF16DotKernel() throws {
+        guard ISA.avx512.isSupported else { throw XCTSkip("no AVX-512") }
+        var rng = Rng(54)
+        let E = 3, N = 70, K = 301, M = 41
+        let w = (0..<(E * N * K)).map { _ in BFloat16(rng.normal() * 0.1) }, x = (0..<(M * K)).map { _ in rng.normal() }
+        let ids = (0..<M).map { _ in Int32(rng.next() % UInt64(E)) }
+        setenv("MELD_BF16_DOT", "1", 1)
+        defer { unsetenv("MELD_BF16_DOT") }
+        for threads in [1, 2] {
+            let ctx = try Context(threads: threads, isa: .avx512)
+            let p = try PackedExperts(ctx, weights: w, experts: E, n: N, k: K)
+            guard p.kernel == "avx512bf16-dot" else { throw XCTSkip("this CPU has no AVX512-BF16 (kernel \(p.kernel))") }
+            let y = try ctx.groupedMatmulGather(x: x, rows: M, ldx: K, ids: ids, weights: p)
+            for r in 0..<M {
+                for n in 0..<N {
+                    let (ref, mag) = matmulRef(x[(r * K)..<(r * K + K)], w[((Int(ids[r]) * N + n) * K)..<((Int(ids[r]) * N + n) * K + K)].map(\.floatValue), e: 0, n: 1, k: K)
+                    XCTAssertEqual(Double(y[r * N + n]), ref, accuracy: 0x1p-8 * mag + 1e-30)
+                }
+            }
+        }
+    }
+
     func ffnReference(x: [Float], T: Int, H: Int, I: Int, ids: [Int32], w: [Float], k: Int, gu: [Float], dn: [Float],
                       shared: ([Float], [Float], Int)?, o: MoEFFNOptions) -> [Double] {
         func act(_ g: Double, _ u: Double) -> Double {

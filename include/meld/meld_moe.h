@@ -62,6 +62,11 @@ MELD_API meld_status meld_moe_weights_pack(meld_context *ctx, const void *w, mel
 MELD_API meld_status meld_moe_weights_destroy(meld_moe_weights *w);
 /* bytes of the packed form */
 MELD_API size_t meld_moe_weights_bytes(const meld_moe_weights *w);
+/* The microkernel the weights were packed for: "scalar", "avx2", "avx512", "avx512bf16-dot" or
+ * "opencl". avx512bf16-dot (bf16 weights, AVX512-BF16 CPUs, MELD_BF16_DOT=1 when packing): VDPBF16PS
+ * with activations rounded to bf16 and f32 accumulation; opt-in because the f32 FMA kernel on
+ * widened bf16 was faster on the CPU it was measured on. */
+MELD_API const char *meld_moe_weights_kernel(const meld_moe_weights *w);
 
 /* ---- grouped matmul ------------------------------------------------------------------------- */
 /* Offsets form (torch grouped_mm): rows offsets[e] .. offsets[e+1]-1 of x belong to expert e;
