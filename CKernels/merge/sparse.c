@@ -155,25 +155,12 @@ static void l1_tile(const meld_tile *t, void *opv) {
     l1_op *op = opv;
     meld_uk_in x[MELD_MAX_MODELS];
     meld_uk_rule r[MELD_MAX_MODELS];
-    uint8_t bits[MELD_MAX_MODELS][MELD_TILE / 8];
+    size_t nbits = meld_tile_scratch_count(op->rule, op->k), b = 0;
+    uint8_t bits[nbits ? nbits : 1][MELD_TILE / 8];
     for (size_t k = 0; k < op->k; k++) {
         x[k] = (meld_uk_in){t->in[1 + k], t->in_dt[1 + k]};
-        const tv_rule *s = &op->rule[k];
-        r[k] = (meld_uk_rule){.kind = (uint32_t)s->kind, .thr = s->thr, .thr2 = s->thr2, .cut = s->cut, .cut2 = s->cut2, .scale = 1.0f};
-        if (s->kind == TV_MASK) {
-            size_t bytes = (t->valid + 7) / 8;
-            memset(bits[k], 0, t->n / 8);
-            memcpy(bits[k], s->mask + t->i0 / 8, bytes);
-            if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
-            r[k].kind = MELD_RULE_BITS;
-            r[k].bits = bits[k];
-        } else if (s->kind == TV_BERNOULLI) {
-            meld_uk_philox_args pa = {s->key0, s->key1, s->p24, bits[k]};
-            op->uk->philox_bits(t->n, t->i0, &pa);
-            /* padded tail entries are zero deltas: they add nothing to either sum */
-            r[k].kind = MELD_RULE_BITS;
-            r[k].bits = bits[k];
-        }
+        b += meld_tile_rule(t, &op->rule[k], op->uk, bits[b < nbits ? b : 0], &r[k]);
+        r[k].scale = 1.0f; /* the sums are of the unscaled deltas */
     }
     double *out = op->partial + t->index * 2 * op->k;
     meld_uk_l1_args a = {.k = op->k, .base = {t->in[0], t->in_dt[0]}, .x = x, .rule = r, .out = out};
@@ -406,7 +393,7 @@ meld_status meld_pack(meld_context *ctx, meld_view base, meld_view x, const uint
     MELD_TRY(meld_check_span(values, nnz));
     if (!isfinite(scale)) return MELD_ERR_INVALID_ARGUMENT;
     MELD_TRY(meld_cl_reject_buffers(ctx, (const void *[]){base.data, x.data, values.data}, 3, "meld_pack"));
-    const size_t n = x.numel, tiles = meld_stream_tiles(n), es = meld_dtype_size(values.dtype);
+    const size_t n = x.numel, tiles = meld_stream_tiles(n);
     size_t *start = malloc((tiles + 1) * sizeof *start);
     if (!start) return MELD_ERR_OUT_OF_MEMORY;
     start[0] = 0;
@@ -419,10 +406,9 @@ meld_status meld_pack(meld_context *ctx, meld_view base, meld_view x, const uint
             float v = meld_load_scalar(x.data, x.dtype, i);
             if (base.data) v = v - meld_load_scalar(base.data, base.dtype, i);
             v = v * scale;
-            char tmp[MELD_UK_ALIGN * 4];
-            float f[MELD_UK_ALIGN] = {v};
-            meld_ukernels_scalar.convert(MELD_UK_ALIGN, (meld_uk_in){f, MELD_F32}, tmp, values.dtype);
-            memcpy((char *)values.data + j * es, tmp, es);
+            /* the same RNE conversions as the vector stores (core/fp.h) */
+            if (values.dtype == MELD_F32) ((float *)values.data)[j] = v;
+            else ((uint16_t *)values.data)[j] = values.dtype == MELD_F16 ? meld_f32_to_f16(v) : meld_f32_to_bf16(v);
             j++;
         }
     }
@@ -449,15 +435,7 @@ static void apply_tile(const meld_tile *t, void *opv) {
     for (size_t k = 0; k < op->k; k++) {
         const meld_packed_view *d = &op->d[k];
         size_t first = op->start[k * op->tiles + t->index] + popcount_range(d->mask, tile0, t->i0); /* tail call */
-        if (t->valid == t->n) {
-            bp[k] = d->mask + t->i0 / 8; /* i0 is a multiple of 16: byte-aligned, fully inside */
-        } else { /* the padded tail: a masked copy */
-            size_t bytes = (t->valid + 7) / 8;
-            memset(bits[k], 0, t->n / 8);
-            memcpy(bits[k], d->mask + t->i0 / 8, bytes);
-            if (t->valid & 7) bits[k][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
-            bp[k] = bits[k];
-        }
+        bp[k] = meld_tile_mask(t, d->mask, bits[t->valid == t->n ? 0 : k]);
         size_t used = popcount_range(bp[k], 0, t->n);
         /* the ukernel reads up to MELD_UK_ALIGN entries past the last one it uses: at the end of
          * the values, read a zero-padded f32 copy instead */

@@ -9,36 +9,50 @@ typedef struct tv_op {
     const meld_ukernels *uk;
 } tv_op;
 
+const uint8_t *meld_tile_mask(const meld_tile *t, const uint8_t *mask, uint8_t *scratch) {
+    if (t->valid == t->n) return mask + t->i0 / 8;
+    size_t bytes = (t->valid + 7) / 8;
+    memset(scratch, 0, t->n / 8);
+    memcpy(scratch, mask + t->i0 / 8, bytes);
+    if (t->valid & 7) scratch[bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+    return scratch;
+}
+
+int meld_tile_rule(const meld_tile *t, const tv_rule *src, const meld_ukernels *uk, uint8_t *scratch, meld_uk_rule *out) {
+    *out = (meld_uk_rule){.kind = (uint32_t)src->kind, .thr = src->thr, .thr2 = src->thr2,
+                          .cut = src->cut, .cut2 = src->cut2, .scale = src->scale};
+    if (src->kind == TV_MASK) {
+        out->kind = MELD_RULE_BITS;
+        out->bits = meld_tile_mask(t, src->mask, scratch);
+        return out->bits == scratch;
+    }
+    if (src->kind == TV_BERNOULLI) {
+        meld_uk_philox_args pa = {src->key0, src->key1, src->p24, scratch};
+        uk->philox_bits(t->n, t->i0, &pa); /* padded tail entries are zero deltas either way */
+        out->kind = MELD_RULE_BITS;
+        out->bits = scratch;
+        return 1;
+    }
+    return 0;
+}
+
+size_t meld_tile_scratch_count(const tv_rule *rules, size_t k) {
+    size_t c = 0;
+    for (size_t i = 0; i < k; i++) c += rules[i].kind == TV_MASK || rules[i].kind == TV_BERNOULLI;
+    return c;
+}
+
 static void tv_tile(const meld_tile *t, void *opv) {
     tv_op *op = opv;
     const tv_request *r = op->r;
     meld_uk_in x[MELD_MAX_MODELS];
     meld_uk_rule rules[MELD_MAX_MODELS];
     /* per-tile keep bits only for the experts that need them (a large fixed frame costs) */
-    size_t nbits = 0;
-    for (size_t k = 0; k < r->k; k++) nbits += r->rule[k].kind == TV_MASK || r->rule[k].kind == TV_BERNOULLI;
+    size_t nbits = meld_tile_scratch_count(r->rule, r->k), b = 0;
     uint8_t bits[nbits ? nbits : 1][MELD_TILE / 8];
-    size_t b = 0;
     for (size_t k = 0; k < r->k; k++) {
         x[k] = (meld_uk_in){t->in[1 + k], t->in_dt[1 + k]};
-        const tv_rule *src = &r->rule[k];
-        meld_uk_rule *d = &rules[k];
-        *d = (meld_uk_rule){.kind = (uint32_t)src->kind, .thr = src->thr, .thr2 = src->thr2,
-                            .cut = src->cut, .cut2 = src->cut2, .scale = src->scale};
-        if (src->kind == TV_MASK) {
-            /* copy the tile's bits (the tail gets zero padding) */
-            size_t bytes = (t->valid + 7) / 8;
-            memset(bits[b], 0, t->n / 8);
-            memcpy(bits[b], src->mask + t->i0 / 8, bytes);
-            if (t->valid & 7) bits[b][bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
-            d->kind = MELD_RULE_BITS;
-            d->bits = bits[b++];
-        } else if (src->kind == TV_BERNOULLI) {
-            meld_uk_philox_args pa = {src->key0, src->key1, src->p24, bits[b]};
-            op->uk->philox_bits(t->n, t->i0, &pa);
-            d->kind = MELD_RULE_BITS;
-            d->bits = bits[b++];
-        }
+        b += meld_tile_rule(t, &r->rule[k], op->uk, bits[b < nbits ? b : 0], &rules[k]);
     }
     meld_uk_tv_args a = {
         .k = r->k,

@@ -46,5 +46,15 @@ typedef struct tv_request {
 meld_status meld_select_many(meld_context *ctx, meld_view base, size_t count, const meld_view *x,
                              const uint64_t *k, meld_selection *out);
 meld_status meld_tv_run(meld_context *ctx, const tv_request *r);
+
+/* The keep bits of a whole-tensor bitmap for one tile: full tiles read the bitmap in place
+ * (i0 is a multiple of 16, so byte-aligned); the padded tail gets a masked copy in scratch
+ * (MELD_TILE / 8 bytes). */
+const uint8_t *meld_tile_mask(const meld_tile *t, const uint8_t *mask, uint8_t *scratch);
+/* The ukernel form of a rule for one tile: MASK and BERNOULLI become BITS (Philox bits are
+ * generated into scratch). Returns 1 if scratch was used. */
+int meld_tile_rule(const meld_tile *t, const tv_rule *src, const meld_ukernels *uk, uint8_t *scratch, meld_uk_rule *out);
+/* Rules of kind MASK or BERNOULLI: how many scratch bitmaps a tile needs. */
+size_t meld_tile_scratch_count(const tv_rule *rules, size_t k);
 tv_rule meld_tv_rule_from_selection(const meld_selection *s, size_t n);
 #endif
