@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "opencl.h"
+#include "../merge/select.h"
 #include "../moe/moe_internal.h"
 
 static const char meld_cl_embedded[] = {
@@ -18,7 +19,7 @@ typedef struct cl_state {
     cl_context context;
     cl_command_queue queue;
     cl_program program;
-    cl_kernel convert, tv[8], hist, count, apply, gemm, act, combine; /* tv[K-1]: K models */
+    cl_kernel convert, tv[8], sample, bracket, hist, count, apply, gemm, act, combine; /* tv[K-1]: K models */
     char name[256];
     int unified;
     meld_buffer **bufs;
@@ -87,7 +88,7 @@ void meld_opencl_release(meld_context *ctx) {
     }
     free(st->bufs);
     cl_kernel ks[] = {st->convert, st->tv[0], st->tv[1], st->tv[2], st->tv[3], st->tv[4], st->tv[5], st->tv[6], st->tv[7],
-                      st->hist, st->count, st->apply, st->gemm, st->act, st->combine};
+                      st->sample, st->bracket, st->hist, st->count, st->apply, st->gemm, st->act, st->combine};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) if (ks[i]) clReleaseKernel(ks[i]);
     if (st->program) clReleaseProgram(st->program);
     if (st->queue) clReleaseCommandQueue(st->queue);
@@ -170,7 +171,8 @@ meld_status meld_context_use_opencl(meld_context *ctx, int index) {
     struct { cl_kernel *k; const char *name; } ks[] = {
         {&st->convert, "meld_convert"}, {&st->tv[0], "meld_tv_merge1"}, {&st->tv[1], "meld_tv_merge2"},
         {&st->tv[2], "meld_tv_merge3"}, {&st->tv[3], "meld_tv_merge4"}, {&st->tv[4], "meld_tv_merge5"},
-        {&st->tv[5], "meld_tv_merge6"}, {&st->tv[6], "meld_tv_merge7"}, {&st->tv[7], "meld_tv_merge8"}, {&st->hist, "meld_hist_range"},
+        {&st->tv[5], "meld_tv_merge6"}, {&st->tv[6], "meld_tv_merge7"}, {&st->tv[7], "meld_tv_merge8"}, {&st->sample, "meld_sample_bits"},
+        {&st->bracket, "meld_bracket_collect"}, {&st->hist, "meld_hist_range"},
         {&st->count, "meld_count_eq"}, {&st->apply, "meld_sparse_apply"}, {&st->gemm, "meld_gemm_grouped"},
         {&st->act, "meld_moe_act"}, {&st->combine, "meld_moe_combine"}};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
@@ -329,12 +331,6 @@ static meld_status arg_done(meld_context *ctx, arg *a, meld_status st_in) {
     return s;
 }
 
-static size_t gws_for(size_t n) {
-    size_t g = (n + 255) / 256 * 256;
-    if (g == 0) g = 256;
-    return g > ((size_t)1 << 20) ? ((size_t)1 << 20) : g;
-}
-
 /* elementwise kernels: one work-item per element (PoCL vectorizes across work-items) */
 static meld_status run1d(meld_context *ctx, cl_kernel k, size_t n, const char *what) {
     cl_state *st = ctx->opencl;
@@ -343,6 +339,11 @@ static meld_status run1d(meld_context *ctx, cl_kernel k, size_t n, const char *w
     CL_TRY(ctx, clEnqueueNDRangeKernel(st->queue, k, 1, NULL, &g, &l, 0, NULL, NULL), what);
     CL_TRY(ctx, clFinish(st->queue), what);
     return MELD_OK;
+}
+
+/* kernels where each work-item owns `span` consecutive elements (meld.cl: VW, TV_SPAN) */
+static meld_status run1d_span(meld_context *ctx, cl_kernel k, size_t n, size_t span, const char *what) {
+    return run1d(ctx, k, (n + span - 1) / span, what);
 }
 
 #define SETARG(k, i, v) clSetKernelArg(k, i, sizeof(v), &(v))
@@ -358,7 +359,7 @@ meld_status meld_cl_convert(meld_context *ctx, meld_view src, meld_span dst) {
         cl_ulong n = dst.numel;
         SETARG(st->convert, 0, a.mem); SETARG(st->convert, 1, sdt); SETARG(st->convert, 2, b.mem);
         SETARG(st->convert, 3, ddt); SETARG(st->convert, 4, n);
-        s = run1d(ctx, st->convert, dst.numel, "meld_convert");
+        s = run1d_span(ctx, st->convert, dst.numel, 16, "meld_convert");
     }
     s = arg_done(ctx, &b, s);
     arg_done(ctx, &a, MELD_OK);
@@ -431,7 +432,7 @@ meld_status meld_cl_tv_run(meld_context *ctx, const tv_request *r) {
         SETARG(kk, i++, rul.mem); SETARG(kk, i++, msk.mem); SETARG(kk, i++, deltas); SETARG(kk, i++, cons); SETARG(kk, i++, unw);
         SETARG(kk, i++, sin.mem); SETARG(kk, i++, has_sin); SETARG(kk, i++, divm); SETARG(kk, i++, fdiv); SETARG(kk, i++, lambda);
         SETARG(kk, i++, out.mem); SETARG(kk, i++, odt); SETARG(kk, i++, has_out); SETARG(kk, i++, sout.mem); SETARG(kk, i++, has_sout);
-        s = run1d(ctx, kk, n, "meld_tv_merge");
+        s = run1d_span(ctx, kk, n, 64, "meld_tv_merge");
     }
     if (have_out) s = arg_done(ctx, &out, s);
     if (have_sout) s = arg_done(ctx, &sout, s);
@@ -477,29 +478,76 @@ static meld_status host_bits(meld_context *ctx, meld_view base, meld_view x, siz
     return s;
 }
 
-#define SEL_TILE 4096
+#define SEL_TILE 4096 /* a multiple of the kernels' VW */
+#define SEL_LOCAL 64
+#define SEL_GROUPS 256
 
+static meld_status cl_mem_new(meld_context *ctx, size_t bytes, arg *a, const char *what) {
+    cl_int e;
+    *a = (arg){.temp = 1};
+    a->mem = clCreateBuffer(((cl_state *)ctx->opencl)->context, CL_MEM_READ_WRITE, bytes, NULL, &e);
+    return e == CL_SUCCESS ? MELD_OK : cl_fail(ctx, e, what);
+}
+
+/* Selection on the device, as on the CPU (merge/select.c): a sample brackets the k-th largest;
+ * one pass counts the magnitudes above the bracket and collects those inside it; the host finds
+ * the exact threshold among the candidates. Where the bracket misses (or holds too many to
+ * store), range histograms refine the range known to hold it. Per-tile counts of the threshold
+ * then lead to the tile holding the tie cutoff, which the host scans. */
 static meld_status select_one(meld_context *ctx, meld_view base, meld_view x, uint64_t k, meld_selection *out) {
     cl_state *st = ctx->opencl;
-    const size_t n = x.numel, tiles = (n + SEL_TILE - 1) / SEL_TILE;
-    arg bb, xx, hist, counts;
+    const size_t n = x.numel, tiles = (n + SEL_TILE - 1) / SEL_TILE, S = MELD_SEL_BLOCKS * MELD_SEL_RUN;
+    const size_t cap = n / 16 + 65536; /* candidates stored; the expected count is about 2% of n */
+    size_t hcap = tiles > S ? tiles : S;
+    if (hcap < SEL_GROUPS + 1) hcap = SEL_GROUPS + 1;
+    arg bb, xx, hist = {0}, counts = {0}, cand = {0};
     MELD_TRY(arg_make(ctx, base.data, base.data ? n * meld_dtype_size(base.dtype) : 0, 0, &bb));
     meld_status s = arg_make(ctx, x.data, n * meld_dtype_size(x.dtype), 0, &xx);
-    uint32_t *h = calloc(2048 + tiles, sizeof(uint32_t));
-    cl_int e = CL_SUCCESS;
-    hist = (arg){.temp = 1};
-    counts = (arg){.temp = 1};
-    hist.mem = clCreateBuffer(st->context, CL_MEM_READ_WRITE, 2048 * 4, NULL, &e);
-    if (e == CL_SUCCESS) counts.mem = clCreateBuffer(st->context, CL_MEM_READ_WRITE, (tiles + 1) * 4, NULL, &e);
-    if (e != CL_SUCCESS) s = cl_fail(ctx, e, "selection buffers");
+    uint32_t *h = calloc(2048 + hcap, sizeof(uint32_t)), *c = h ? h + 2048 : NULL, *cv = NULL;
     if (!h) s = MELD_ERR_OUT_OF_MEMORY;
+    if (s == MELD_OK) s = cl_mem_new(ctx, 2048 * 4, &hist, "selection histogram");
+    if (s == MELD_OK) s = cl_mem_new(ctx, (hcap + 1) * 4, &counts, "selection counts");
+    cl_int e = CL_SUCCESS;
     cl_ulong nn = n;
     cl_int bdt = base.data ? (cl_int)base.dtype : 0, has_base = base.data != NULL, xdt = x.dtype;
-    uint32_t lo = 0, hi = 0x7fffffffu;
+    uint32_t lo = 0, hi = 0x7fffffffu, T = 0;
     uint64_t rank = k;
-    size_t local = 64, global = gws_for(n) < 64 * 64 ? 64 * 64 : gws_for(n);
-    if (global > 64 * 256) global = 64 * 256;
-    while (s == MELD_OK && lo < hi) {
+    int found = 0;
+    size_t local = SEL_LOCAL, global = SEL_LOCAL * SEL_GROUPS;
+    const char *force = getenv("MELD_SELECT"); /* "radix": the histogram path only, as on the CPU */
+    if (s == MELD_OK && n > MELD_SEL_SMALL && !(force && !strcmp(force, "radix"))) {
+        cl_kernel kk = st->sample;
+        cl_ulong step = n / MELD_SEL_BLOCKS;
+        cl_uint run = MELD_SEL_RUN, cnt = (cl_uint)S, ccap = (cl_uint)cap, zero = 0;
+        size_t g = S;
+        SETARG(kk, 0, nn); SETARG(kk, 1, bb.mem); SETARG(kk, 2, bdt); SETARG(kk, 3, has_base); SETARG(kk, 4, xx.mem);
+        SETARG(kk, 5, xdt); SETARG(kk, 6, step); SETARG(kk, 7, run); SETARG(kk, 8, cnt); SETARG(kk, 9, counts.mem);
+        e = clEnqueueNDRangeKernel(st->queue, kk, 1, NULL, &g, &local, 0, NULL, NULL);
+        if (e == CL_SUCCESS) e = clEnqueueReadBuffer(st->queue, counts.mem, CL_TRUE, 0, S * 4, c, 0, NULL, NULL);
+        uint32_t blo = 0, bhi = 0x7fffffffu;
+        if (e == CL_SUCCESS) meld_select_bracket(c, S, n, k, &blo, &bhi);
+        s = e == CL_SUCCESS ? cl_mem_new(ctx, cap * 4, &cand, "selection candidates") : cl_fail(ctx, e, "meld_sample_bits");
+        kk = st->bracket;
+        SETARG(kk, 0, nn); SETARG(kk, 1, bb.mem); SETARG(kk, 2, bdt); SETARG(kk, 3, has_base); SETARG(kk, 4, xx.mem);
+        SETARG(kk, 5, xdt); SETARG(kk, 6, blo); SETARG(kk, 7, bhi); SETARG(kk, 8, counts.mem); SETARG(kk, 9, hist.mem);
+        SETARG(kk, 10, cand.mem); SETARG(kk, 11, ccap);
+        clSetKernelArg(kk, 12, sizeof(cl_uint), NULL);
+        if (s == MELD_OK) e = clEnqueueWriteBuffer(st->queue, hist.mem, CL_TRUE, 0, 4, &zero, 0, NULL, NULL);
+        if (s == MELD_OK && e == CL_SUCCESS) e = clEnqueueNDRangeKernel(st->queue, kk, 1, NULL, &global, &local, 0, NULL, NULL);
+        if (s == MELD_OK && e == CL_SUCCESS) e = clEnqueueReadBuffer(st->queue, counts.mem, CL_TRUE, 0, SEL_GROUPS * 4, c, 0, NULL, NULL);
+        if (s == MELD_OK && e == CL_SUCCESS) e = clEnqueueReadBuffer(st->queue, hist.mem, CL_TRUE, 0, 4, c + SEL_GROUPS, 0, NULL, NULL);
+        if (s == MELD_OK && e != CL_SUCCESS) s = cl_fail(ctx, e, "meld_bracket_collect");
+        uint64_t gt = 0, in = s == MELD_OK ? c[SEL_GROUPS] : 0;
+        for (size_t q = 0; s == MELD_OK && q < SEL_GROUPS; q++) gt += c[q];
+        if (s == MELD_OK && gt < k && k <= gt + in) {
+            if (in <= cap && (cv = malloc(in * 4 + 4))) { /* the exact threshold among the candidates */
+                e = clEnqueueReadBuffer(st->queue, cand.mem, CL_TRUE, 0, in * 4, cv, 0, NULL, NULL);
+                if (e != CL_SUCCESS) s = cl_fail(ctx, e, "selection candidates");
+                else { T = meld_select_kth(cv, in, k - gt, &rank); found = 1; }
+            } else { lo = blo; hi = bhi; rank = k - gt; } /* refine within the bracket */
+        }
+    }
+    while (s == MELD_OK && !found && lo < hi) {
         cl_uint shift = 0;
         while (((uint64_t)(hi - lo) >> shift) >= 2048) shift++;
         uint32_t bins = (uint32_t)((uint64_t)(hi - lo) >> shift) + 1;
@@ -516,31 +564,34 @@ static meld_status select_one(meld_context *ctx, meld_view base, meld_view x, ui
         lo += dg << shift;
         if (shift < 31 && lo + ((1u << shift) - 1) < hi) hi = lo + ((1u << shift) - 1);
     }
+    if (!found) T = lo;
     uint64_t cutoff = n;
     if (s == MELD_OK) { /* per-tile counts of T, then the one tile that holds the cutoff */
         cl_kernel kk = st->count;
-        cl_uint T = lo, tile = SEL_TILE;
+        cl_uint tile = SEL_TILE;
         SETARG(kk, 0, nn); SETARG(kk, 1, bb.mem); SETARG(kk, 2, bdt); SETARG(kk, 3, has_base); SETARG(kk, 4, xx.mem);
         SETARG(kk, 5, xdt); SETARG(kk, 6, T); SETARG(kk, 7, tile); SETARG(kk, 8, counts.mem);
         clSetKernelArg(kk, 9, sizeof(cl_uint), NULL);
-        size_t g = tiles * 64, l = 64;
-        e = clEnqueueNDRangeKernel(st->queue, kk, 1, NULL, &g, &l, 0, NULL, NULL);
-        if (e == CL_SUCCESS) e = clEnqueueReadBuffer(st->queue, counts.mem, CL_TRUE, 0, tiles * 4, h + 2048, 0, NULL, NULL);
+        size_t g = tiles * SEL_LOCAL;
+        e = clEnqueueNDRangeKernel(st->queue, kk, 1, NULL, &g, &local, 0, NULL, NULL);
+        if (e == CL_SUCCESS) e = clEnqueueReadBuffer(st->queue, counts.mem, CL_TRUE, 0, tiles * 4, c, 0, NULL, NULL);
         if (e != CL_SUCCESS) s = cl_fail(ctx, e, "meld_count_eq");
         for (size_t t = 0; s == MELD_OK && t < tiles; t++) {
-            if (h[2048 + t] < rank) { rank -= h[2048 + t]; continue; }
+            if (c[t] < rank) { rank -= c[t]; continue; }
             size_t a = t * SEL_TILE, b = a + SEL_TILE < n ? a + SEL_TILE : n;
             uint32_t bits[SEL_TILE];
             s = host_bits(ctx, base, x, a, b, bits);
             for (size_t i = a; s == MELD_OK && i < b; i++)
-                if (bits[i - a] == lo && --rank == 0) { cutoff = i + 1; break; }
+                if (bits[i - a] == T && --rank == 0) { cutoff = i + 1; break; }
             break;
         }
     }
-    if (s == MELD_OK) *out = (meld_selection){.threshold = lo, .tie_cutoff = cutoff, .kept = k};
+    if (s == MELD_OK) *out = (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
     free(h);
-    arg_done(ctx, &hist, MELD_OK);
-    arg_done(ctx, &counts, MELD_OK);
+    free(cv);
+    if (hist.mem) arg_done(ctx, &hist, MELD_OK);
+    if (counts.mem) arg_done(ctx, &counts, MELD_OK);
+    if (cand.mem) arg_done(ctx, &cand, MELD_OK);
     arg_done(ctx, &xx, MELD_OK);
     arg_done(ctx, &bb, MELD_OK);
     return s;

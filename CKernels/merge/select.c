@@ -15,9 +15,7 @@
 #include "../core/internal.h"
 #include "../device/opencl.h"
 
-#define SEL_SMALL 65536      /* below this, every entry is a candidate */
-#define SEL_BLOCKS 256       /* sample: SEL_BLOCKS contiguous runs of SEL_RUN entries */
-#define SEL_RUN 128
+#include "select.h"
 
 typedef struct sel_src {
     meld_view base; /* data NULL: select on the values themselves */
@@ -220,10 +218,22 @@ static void collect_tile(const meld_tile *t, void *opv) {
 }
 
 /* The k-th largest (1-based rank from the top) of a small array. */
+uint32_t meld_select_kth(uint32_t *a, size_t len, uint64_t rank, uint64_t *tie_rank) {
+    size_t lens[1] = {len};
+    return radix_small(&a, lens, 1, rank, tie_rank);
+}
 static uint32_t kth_largest(uint32_t *a, size_t len, uint64_t rank) {
     uint64_t tie;
-    size_t lens[1] = {len};
-    return radix_small(&a, lens, 1, rank, &tie);
+    return meld_select_kth(a, len, rank, &tie);
+}
+
+void meld_select_bracket(uint32_t *sample, size_t S, size_t n, uint64_t k, uint32_t *lo, uint32_t *hi) {
+    double q = (double)k / (double)n;
+    double rank = q * (double)S; /* rank from the top of the k-th largest, in the sample */
+    double delta = 4.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
+    double rhi = rank - delta, rlo = rank + delta;
+    *hi = rhi < 1.0 ? 0x7fffffffu : kth_largest(sample, S, (uint64_t)rhi);
+    *lo = rlo > (double)S ? 0u : kth_largest(sample, S, (uint64_t)rlo);
 }
 
 /* Index of the tie_rank-th entry equal to T in [i0, i1), or i1 if there are fewer. */
@@ -254,22 +264,17 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     uint32_t lo[MELD_MAX_MODELS], hi[MELD_MAX_MODELS];
     const int nt = ctx->threads;
     size_t cap;
-    if (n <= SEL_SMALL) {
+    if (n <= MELD_SEL_SMALL) {
         for (size_t j = 0; j < ne; j++) { lo[j] = 0; hi[j] = 0x7fffffffu; }
         cap = n + MELD_UK_ALIGN;
     } else {
-        uint32_t sample[SEL_BLOCKS * SEL_RUN];
-        const size_t S = SEL_BLOCKS * SEL_RUN, step = n / SEL_BLOCKS;
+        uint32_t sample[MELD_SEL_BLOCKS * MELD_SEL_RUN];
+        const size_t S = MELD_SEL_BLOCKS * MELD_SEL_RUN, step = n / MELD_SEL_BLOCKS;
         for (size_t j = 0; j < ne; j++) {
             size_t m = 0;
-            for (size_t b = 0; b < SEL_BLOCKS; b++)
-                for (size_t r = 0; r < SEL_RUN; r++) sample[m++] = src_bits(s, active[j], b * step + r);
-            double q = (double)kk[active[j]] / (double)n;
-            double rank = q * (double)S; /* rank from the top of the k-th largest, in the sample */
-            double delta = 4.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
-            double rhi = rank - delta, rlo = rank + delta;
-            hi[j] = rhi < 1.0 ? 0x7fffffffu : kth_largest(sample, S, (uint64_t)rhi);
-            lo[j] = rlo > (double)S ? 0u : kth_largest(sample, S, (uint64_t)rlo);
+            for (size_t b = 0; b < MELD_SEL_BLOCKS; b++)
+                for (size_t r = 0; r < MELD_SEL_RUN; r++) sample[m++] = src_bits(s, active[j], b * step + r);
+            meld_select_bracket(sample, S, n, kk[active[j]], &lo[j], &hi[j]);
         }
         cap = (size_t)(0.16 * (double)n / nt) + 4096; /* 4 bytes a candidate: heavy ties fit */
     }

@@ -39,25 +39,6 @@ inline void store_dt(__global uchar *p, int dt, ulong i, float v) {
     else ((__global ushort *)p)[i] = dt == DT_F16 ? f32_to_f16(v) : f32_to_bf16(v);
 }
 
-__kernel void meld_convert(__global const uchar *src, int sdt, __global uchar *dst, int ddt, ulong n) {
-    ulong i = get_global_id(0);
-    if (i < n) store_dt(dst, ddt, i, load_dt(src, sdt, i));
-}
-
-/* ---- Philox4x32-10: word (i % 4) of block (i / 4) ---------------------------------------- */
-inline uint philox_word(uint k0, uint k1, ulong i) {
-    uint c0 = (uint)(i >> 2), c1 = (uint)(i >> 34), c2 = 0, c3 = 0;
-    for (int r = 0; r < 10; r++) {
-        uint hi0 = mul_hi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-        uint hi1 = mul_hi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-        uint n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
-        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
-    }
-    uint w = i & 3;
-    return w == 0 ? c0 : w == 1 ? c1 : w == 2 ? c2 : c3;
-}
-
 /* ---- the task-vector pass (contract: CKernels/ukernels/ukernel.h, meld_uk_tv_args) ------- */
 #define R_ALL 0
 #define R_NONE 1
@@ -74,10 +55,6 @@ typedef struct {
     float scale, w, pad0, pad1;
 } cl_rule;
 
-inline int top(uint b, uint thr, ulong cut, ulong i) { return b > thr || (b == thr && i < cut); }
-
-inline float sign_of(float u) { return u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : u * 0.0f); }
-
 #define TV_PARAMS ulong n, __global const uchar *base, int bdt, int has_base, \
     __global const uchar *x0, __global const uchar *x1, __global const uchar *x2, __global const uchar *x3, \
     __global const uchar *x4, __global const uchar *x5, __global const uchar *x6, __global const uchar *x7, \
@@ -87,62 +64,185 @@ inline float sign_of(float u) { return u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : u *
 #define TV_ARGS n, base, bdt, has_base, x0, x1, x2, x3, x4, x5, x6, x7, rule, masks, deltas, consensus, unweighted, \
     sign_in, has_sign_in, divisor, fixed_div, lambda, out, odt, has_out, sign_out, has_sign_out
 
-inline __global const uchar *xk(uint k, __global const uchar *x0, __global const uchar *x1, __global const uchar *x2,
-                                __global const uchar *x3, __global const uchar *x4, __global const uchar *x5,
-                                __global const uchar *x6, __global const uchar *x7) {
-    return k == 0 ? x0 : k == 1 ? x1 : k == 2 ? x2 : k == 3 ? x3 : k == 4 ? x4 : k == 5 ? x5 : k == 6 ? x6 : x7;
+/* Vector forms of the conversions above (the same integer steps lane by lane), for kernels
+ * where each work-item owns VW consecutive elements: explicit vectors are what PoCL turns into
+ * full-width SIMD, and per-work-item work amortizes the uniform branches on dtype and rule. */
+#define VW 16
+#define INL inline __attribute__((always_inline)) /* PoCL otherwise calls these with vectors spilled */
+typedef float16 vf;
+typedef uint16 vu;
+typedef int16 vi;
+typedef ushort16 vh;
+#define LANES ((vi)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+
+INL vf bf16v_to_f32(vh h) { return as_float16(convert_uint16(h) << 16); }
+INL vh f32v_to_bf16(vf f) {
+    vu b = as_uint16(f), r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+    return convert_ushort16(select(r, (b >> 16) | 0x40u, (b & 0x7fffffffu) > 0x7f800000u));
+}
+INL vf f16v_to_f32(vh h) {
+    vu x = convert_uint16(h), sign = (x & 0x8000u) << 16, e = (x >> 10) & 0x1fu, m = x & 0x3ffu;
+    vu sub = as_uint16(convert_float16(m) * 0x1p-24f) | sign;
+    vu inf = sign | 0x7f800000u | (m << 13) | select((vu)0u, (vu)0x400000u, m != 0u);
+    vu r = select(sign | ((e + 112u) << 23) | (m << 13), sub, e == 0u);
+    return as_float16(select(r, inf, e == 31u));
+}
+INL vh f32v_to_f16(vf f) {
+    vu x = as_uint16(f), sign = (x >> 16) & 0x8000u;
+    x &= 0x7fffffffu;
+    vu big = select((vu)0x7c00u, 0x7e00u | ((x >> 13) & 0x3ffu), x > 0x7f800000u);
+    vu small = as_uint16(as_float16(x) + 0.5f) - 0x3f000000u;
+    vu mid = (x + 0xc8000fffu + ((x >> 13) & 1u)) >> 13;
+    vu o = select(select(mid, small, x < 0x38800000u), big, x >= 0x47800000u);
+    return convert_ushort16(o | sign);
+}
+/* elements i0 .. i0+VW-1; lanes past n read 0 and are never stored */
+INL vf load_v(__global const uchar *p, int dt, ulong i0, ulong n) {
+    if (i0 + VW <= n) {
+        if (dt == DT_F32) return vload16(0, (__global const float *)p + i0);
+        vh h = vload16(0, (__global const ushort *)p + i0);
+        return dt == DT_F16 ? f16v_to_f32(h) : bf16v_to_f32(h);
+    }
+    float t[VW];
+    for (int j = 0; j < VW; j++) t[j] = i0 + j < n ? load_dt(p, dt, i0 + j) : 0.0f;
+    return vload16(0, t);
+}
+INL void store_v(__global uchar *p, int dt, ulong i0, ulong n, vf v) {
+    if (i0 + VW <= n) {
+        if (dt == DT_F32) vstore16(v, 0, (__global float *)p + i0);
+        else vstore16(dt == DT_F16 ? f32v_to_f16(v) : f32v_to_bf16(v), 0, (__global ushort *)p + i0);
+        return;
+    }
+    float t[VW];
+    vstore16(v, 0, t);
+    for (int j = 0; j < VW; j++)
+        if (i0 + j < n) store_dt(p, dt, i0 + j, t[j]);
+}
+/* Philox4x32-10 (CPU: ukernels/philox.tpl.h). Element i takes word i % 4 of block i / 4, and keeps
+ * iff (word >> 8) < p24. This returns the keep bits of elements i00 .. i00+63 (i00 a multiple of
+ * 64: sixteen blocks, one per lane, counters i00/4 + 0..15 with no carry into the high word). */
+/* 32x32->64 products of all sixteen lanes as two 8-lane widening multiplies (even and odd
+ * lanes in place), where mul_hi or a conversion to ulong16 costs several instructions each */
+INL void mul_wide(vu a, uint m, vu *hi, vu *lo) {
+    ulong8 w = as_ulong8(a), pe = (w & 0xffffffffu) * (ulong)m, po = (w >> 32) * (ulong)m;
+    *lo = as_uint16((pe & 0xffffffffu) | (po << 32));
+    *hi = as_uint16((pe >> 32) | (po & 0xffffffff00000000ul));
+}
+INL ulong philox_keep64(uint k0, uint k1, ulong i00, uint p24) {
+    vu c0 = (vu)((uint)(i00 >> 2)) + as_uint16(LANES), c1 = (vu)((uint)(i00 >> 34)), c2 = 0u, c3 = 0u;
+    for (int r = 0; r < 10; r++) {
+        vu hi0, lo0, hi1, lo1;
+        mul_wide(c0, 0xD2511F53u, &hi0, &lo0);
+        mul_wide(c2, 0xCD9E8D57u, &hi1, &lo1);
+        vu n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    vu at = (as_uint16(LANES) & 7u) * 4u; /* bit of word 0 of lane b's block within its 32-bit half */
+    vu m = select((vu)0u, (vu)1u << at, (c0 >> 8) < p24) | select((vu)0u, (vu)2u << at, (c1 >> 8) < p24) |
+           select((vu)0u, (vu)4u << at, (c2 >> 8) < p24) | select((vu)0u, (vu)8u << at, (c3 >> 8) < p24);
+    uint8 l8 = m.lo, h8 = m.hi;
+    uint4 l4 = l8.lo | l8.hi, h4 = h8.lo | h8.hi;
+    uint2 l2 = l4.lo | l4.hi, h2 = h4.lo | h4.hi;
+    return (ulong)(l2.x | l2.y) | ((ulong)(h2.x | h2.y) << 32);
+}
+INL vi lane_bits(uint bits) { return as_int16(((vu)bits >> as_uint16(LANES)) & 1u) != 0; }
+/* lanes whose element index is below cut */
+INL vi below(ulong cut, ulong i0) {
+    long r = cut > i0 ? (long)min(cut - i0, (ulong)VW) : 0;
+    return LANES < (int)r;
+}
+INL vi top_v(vu b, uint thr, ulong cut, ulong i0) { return (b > thr) | ((b == thr) & below(cut, i0)); }
+INL vf sign_v(vf u) { return select(select(u * 0.0f, (vf)-1.0f, u < 0.0f), (vf)1.0f, u > 0.0f); }
+
+/* VW elements per work-item */
+__kernel void meld_convert(__global const uchar *src, int sdt, __global uchar *dst, int ddt, ulong n) {
+    ulong i0 = get_global_id(0) * VW;
+    if (i0 < n) store_v(dst, ddt, i0, n, load_v(src, sdt, i0, n));
 }
 
-/* One element per work-item; K is a compile-time constant in each entry point below, so the
- * per-expert loops unroll (PoCL then vectorizes across work-items). */
-inline void tv_body(TV_PARAMS, const uint K) {
-    ulong i = get_global_id(0);
-    if (i >= n) return;
-    float b = has_base ? load_dt(base, bdt, i) : 0.0f;
-    float s = 0.0f, v[MAXK], u[MAXK];
-    for (uint k = 0; k < K; k++) {
-        float d = load_dt(xk(k, x0, x1, x2, x3, x4, x5, x6, x7), (int)rule[k].dtype, i);
-        if (!deltas) d = d - b;
-        float t = d;
-        uint kind = rule[k].kind;
-        if (kind != R_ALL) {
-            uint bits = as_uint(d) & 0x7fffffffu;
-            int keep;
-            if (kind == R_TOP) keep = top(bits, rule[k].thr, rule[k].cut, i);
-            else if (kind == R_WINDOW) keep = top(bits, rule[k].thr, rule[k].cut, i) && !top(bits, rule[k].thr2, rule[k].cut2, i);
-            else if (kind == R_MASK) keep = (masks[rule[k].mask_word + (uint)(i >> 5)] >> (i & 31)) & 1u;
-            else if (kind == R_BERNOULLI) keep = (philox_word(rule[k].key0, rule[k].key1, i) >> 8) < rule[k].p24;
-            else keep = 0;
-            t = d * (keep ? 1.0f : 0.0f);
-        }
-        if (rule[k].scale != 1.0f) t = t * rule[k].scale;
-        v[k] = t * rule[k].w;
-        u[k] = unweighted ? t : v[k];
-        if (consensus == 1) s = s + u[k];
-        else if (consensus == 2) s = s + sign_of(u[k]);
+/* Expert k's contribution: its sparsified, scaled delta t; v = w t; u is what votes. */
+INL void tv_expert(__global const uchar *x, __constant cl_rule *r, __global const uint *masks, uint rnd, vf b, ulong i0,
+                      ulong n, int deltas, int unweighted, int consensus, vf *v, vf *u, vf *s) {
+    vf d = load_v(x, (int)r->dtype, i0, n);
+    if (!deltas) d = d - b;
+    vf t = d;
+    uint kind = r->kind;
+    if (kind != R_ALL) {
+        vu bits = as_uint16(d) & 0x7fffffffu;
+        vi keep = 0;
+        if (kind == R_TOP) keep = top_v(bits, r->thr, r->cut, i0);
+        else if (kind == R_WINDOW) keep = top_v(bits, r->thr, r->cut, i0) & ~top_v(bits, r->thr2, r->cut2, i0);
+        else if (kind == R_MASK) keep = lane_bits(masks[r->mask_word + (uint)(i0 >> 5)] >> (uint)(i0 & 31));
+        else if (kind == R_BERNOULLI) keep = lane_bits(rnd);
+        t = d * select((vf)0.0f, (vf)1.0f, keep);
     }
-    int pos = 1;
-    if (consensus != 0) pos = has_sign_in ? sign_in[i] > 0 : s >= 0.0f;
-    if (has_sign_out) sign_out[i] = pos ? 1 : -1;
+    if (r->scale != 1.0f) t = t * r->scale;
+    *v = t * r->w;
+    *u = unweighted ? t : *v;
+    if (consensus == 1) *s = *s + *u;
+    else if (consensus == 2) *s = *s + sign_v(*u);
+}
+
+/* VW elements i0 .. i0+VW-1. K is a compile-time constant in each entry point below and the
+ * experts are spelled out (EACH), not looped over: PoCL keeps a private array that is indexed in
+ * a loop in per-work-item memory, which made the pass three times slower. rnd[k]: expert k's
+ * Bernoulli keep bits for these elements. */
+#define EACH(F) F(0) F(1) F(2) F(3) F(4) F(5) F(6) F(7)
+INL void tv_chunk(TV_PARAMS, const uint K, ulong i0, const uint *rnd) {
+    vf b = has_base ? load_v(base, bdt, i0, n) : 0.0f;
+    vf s = 0.0f, v0, v1, v2, v3, v4, v5, v6, v7, u0, u1, u2, u3, u4, u5, u6, u7;
+#define EXPERT(k) if (k < K) tv_expert(x##k, rule + k, masks, rnd[k], b, i0, n, deltas, unweighted, consensus, &v##k, &u##k, &s);
+    EACH(EXPERT)
+    vi pos = -1;
+    if (consensus != 0) {
+        if (!has_sign_in) pos = s >= 0.0f;
+        else if (i0 + VW <= n) pos = convert_int16(vload16(0, sign_in + i0)) > 0;
+        else { int t[VW]; for (int j = 0; j < VW; j++) t[j] = i0 + j < n && sign_in[i0 + j] > 0 ? -1 : 0; pos = vload16(0, t); }
+    }
+    if (has_sign_out) {
+        char16 so = select((char16)-1, (char16)1, convert_char16(pos));
+        if (i0 + VW <= n) vstore16(so, 0, sign_out + i0);
+        else { char t[VW]; vstore16(so, 0, t); for (int j = 0; j < VW; j++) if (i0 + j < n) sign_out[i0 + j] = t[j]; }
+    }
     if (!has_out) return;
-    float mixed = 0.0f, div = 0.0f;
+    vf mixed = 0.0f, div = 0.0f;
     if (consensus == 0) {
-        for (uint k = 0; k < K; k++) mixed = mixed + v[k];
+#define SUM(k) if (k < K) mixed = mixed + v##k;
+        EACH(SUM)
         div = divisor == 2 ? (float)K : fixed_div;
     } else {
-        for (uint k = 0; k < K; k++) {
-            int agree = (pos && u[k] > 0.0f) || (!pos && u[k] < 0.0f);
-            float ag = agree ? 1.0f : 0.0f;
-            mixed = mixed + v[k] * ag;
-            if (divisor == 1) div = div + rule[k].w * ag;
-            else if (divisor == 2) div = div + ag;
-        }
+#define AGREE(k) if (k < K) { \
+            vf ag = select((vf)0.0f, (vf)1.0f, (pos & (u##k > 0.0f)) | (~pos & (u##k < 0.0f))); \
+            mixed = mixed + v##k * ag; \
+            if (divisor == 1) div = div + rule[k].w * ag; \
+            else if (divisor == 2) div = div + ag; }
+        EACH(AGREE)
     }
-    if (divisor != 0) mixed = mixed / (div == 0.0f ? 1.0f : div);
+    if (divisor != 0) mixed = mixed / select(div, (vf)1.0f, div == 0.0f);
     mixed = mixed * lambda;
     if (has_base) mixed = b + mixed;
-    store_dt(out, odt, i, mixed);
+    store_v(out, odt, i0, n, mixed);
 }
+
+/* TV_SPAN = 4 VW elements per work-item, so that Philox fills all sixteen lanes (one block each).
+ * The four chunks are spelled out too: a loop here also sends kb to per-work-item memory. */
+#define TV_SPAN (4 * VW)
+INL void tv_body(TV_PARAMS, const uint K) {
+    ulong i00 = get_global_id(0) * TV_SPAN;
+    if (i00 >= n) return;
+#define KEEPBITS(k) ulong kb##k = k < K && rule[k].kind == R_BERNOULLI ? philox_keep64(rule[k].key0, rule[k].key1, i00, rule[k].p24) : 0;
+    EACH(KEEPBITS)
+#define CHUNK(q) if (i00 + q * VW < n) { \
+        uint rnd[MAXK] = {kb0 >> q * VW, kb1 >> q * VW, kb2 >> q * VW, kb3 >> q * VW, kb4 >> q * VW, kb5 >> q * VW, kb6 >> q * VW, kb7 >> q * VW}; \
+        tv_chunk(TV_ARGS, K, i00 + q * VW, rnd); }
+    CHUNK(0) CHUNK(1) CHUNK(2) CHUNK(3)
+}
+#undef KEEPBITS
+#undef CHUNK
+#undef EXPERT
+#undef SUM
+#undef AGREE
 
 __kernel void meld_tv_merge1(TV_PARAMS) { tv_body(TV_ARGS, 1); }
 __kernel void meld_tv_merge2(TV_PARAMS) { tv_body(TV_ARGS, 2); }
@@ -153,35 +253,91 @@ __kernel void meld_tv_merge6(TV_PARAMS) { tv_body(TV_ARGS, 6); }
 __kernel void meld_tv_merge7(TV_PARAMS) { tv_body(TV_ARGS, 7); }
 __kernel void meld_tv_merge8(TV_PARAMS) { tv_body(TV_ARGS, 8); }
 
-/* ---- selection: range histograms and per-tile counts of one value ------------------------- */
+/* ---- selection (host side: device/opencl.c select_one) ------------------------------------ */
+/* f32 magnitude bits of (x - base) for elements i0 .. i0+VW-1 */
+INL vu mag_v(__global const uchar *x, int xdt, __global const uchar *base, int bdt, int has_base, ulong i0, ulong n) {
+    vf d = load_v(x, xdt, i0, n);
+    if (has_base) d = d - load_v(base, bdt, i0, n);
+    return as_uint16(d) & 0x7fffffffu;
+}
+INL uint lane_sum(vu v) {
+    uint8 a = v.lo + v.hi;
+    uint4 b = a.lo + a.hi;
+    uint2 c = b.lo + b.hi;
+    return c.x + c.y;
+}
+
+/* the sample that brackets the k-th largest: runs of `run` elements starting every `step` */
+__kernel void meld_sample_bits(ulong n, __global const uchar *base, int bdt, int has_base, __global const uchar *x, int xdt,
+                               ulong step, uint run, uint count, __global uint *out) {
+    uint j = get_global_id(0);
+    if (j >= count) return;
+    ulong i = (ulong)(j / run) * step + j % run;
+    float d = load_dt(x, xdt, i);
+    if (has_base) d = d - load_dt(base, bdt, i);
+    out[j] = as_uint(d) & 0x7fffffffu;
+}
+
+/* One pass over the bracket [lo, hi]: gt[g] = #{|d| > hi} per work-group (no per-element
+ * atomics), and the magnitudes inside the bracket appended to cand (in no particular order;
+ * *count keeps counting past cap, so the host sees an overflow). */
+__kernel void meld_bracket_collect(ulong n, __global const uchar *base, int bdt, int has_base, __global const uchar *x,
+                                   int xdt, uint lo, uint hi, __global uint *gt_out, __global uint *count, __global uint *cand,
+                                   uint cap, __local uint *lc) {
+    if (get_local_id(0) == 0) lc[0] = 0;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    vu gt = 0u;
+    for (ulong i0 = get_global_id(0) * VW; i0 < n; i0 += get_global_size(0) * VW) {
+        vu b = mag_v(x, xdt, base, bdt, has_base, i0, n);
+        vi valid = LANES < (int)min(n - i0, (ulong)VW);
+        gt -= as_uint16((b > hi) & valid);
+        vi hit = (b >= lo) & (b <= hi) & valid;
+        if (any(hit)) {
+            uint t[VW];
+            vstore16(select((vu)0xffffffffu, b, hit), 0, t); /* 0xffffffff: not a magnitude */
+            uint at = atomic_add(count, lane_sum(as_uint16(-hit)));
+            for (int j = 0; j < VW; j++)
+                if (t[j] != 0xffffffffu) { if (at < cap) cand[at] = t[j]; at++; }
+        }
+    }
+    atomic_add(&lc[0], lane_sum(gt));
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (get_local_id(0) == 0) gt_out[get_group_id(0)] = lc[0];
+}
+
+/* histogram of (|d| - lo) >> shift over |d| in [lo, hi]: atomics only for entries in range, which
+ * the host keeps few by starting from the sampled bracket */
 __kernel void meld_hist_range(ulong n, __global const uchar *base, int bdt, int has_base, __global const uchar *x, int xdt,
                               uint lo, uint hi, uint shift, __global uint *hist, __local uint *lh) {
     for (uint j = get_local_id(0); j < 2048; j += get_local_size(0)) lh[j] = 0;
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (ulong i = get_global_id(0); i < n; i += get_global_size(0)) {
-        float d = load_dt(x, xdt, i);
-        if (has_base) d = d - load_dt(base, bdt, i);
-        uint b = as_uint(d) & 0x7fffffffu;
-        if (b >= lo && b <= hi) atomic_inc(&lh[(b - lo) >> shift]);
+    for (ulong i0 = get_global_id(0) * VW; i0 < n; i0 += get_global_size(0) * VW) {
+        vu b = mag_v(x, xdt, base, bdt, has_base, i0, n);
+        vi hit = (b >= lo) & (b <= hi) & (LANES < (int)min(n - i0, (ulong)VW));
+        if (any(hit)) {
+            uint t[VW];
+            vstore16(select((vu)0xffffffffu, (b - lo) >> shift, hit), 0, t);
+            for (int j = 0; j < VW; j++)
+                if (t[j] != 0xffffffffu) atomic_inc(&lh[t[j]]);
+        }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     for (uint j = get_local_id(0); j < 2048; j += get_local_size(0))
         if (lh[j]) atomic_add(&hist[j], lh[j]);
 }
 
-/* one work-group per tile of `tile` elements: counts[t] = #{i in tile t : absbits(d_i) == T} */
+/* one work-group per tile of `tile` elements (a multiple of VW): counts[t] = #{i in tile t : |d_i| == T} */
 __kernel void meld_count_eq(ulong n, __global const uchar *base, int bdt, int has_base, __global const uchar *x, int xdt,
                             uint T, uint tile, __global uint *counts, __local uint *lc) {
     if (get_local_id(0) == 0) lc[0] = 0;
     barrier(CLK_LOCAL_MEM_FENCE);
     ulong a = (ulong)get_group_id(0) * tile, e = min(a + tile, n);
-    uint c = 0;
-    for (ulong i = a + get_local_id(0); i < e; i += get_local_size(0)) {
-        float d = load_dt(x, xdt, i);
-        if (has_base) d = d - load_dt(base, bdt, i);
-        c += (as_uint(d) & 0x7fffffffu) == T;
+    vu c = 0u;
+    for (ulong i0 = a + get_local_id(0) * VW; i0 < e; i0 += get_local_size(0) * VW) {
+        vu b = mag_v(x, xdt, base, bdt, has_base, i0, n);
+        c -= as_uint16((b == T) & (LANES < (int)min(e - i0, (ulong)VW)));
     }
-    atomic_add(&lc[0], c);
+    atomic_add(&lc[0], lane_sum(c));
     barrier(CLK_LOCAL_MEM_FENCE);
     if (get_local_id(0) == 0) counts[get_group_id(0)] = lc[0];
 }

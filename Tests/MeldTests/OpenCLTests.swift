@@ -36,6 +36,21 @@ final class OpenCLTests: XCTestCase {
                 let b: [BFloat16] = try gpu.ties(base: base, xs, weights: w, densities: d, options: opt)
                 XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern))
             }
+            // half-precision inputs and outputs through the vector loads/stores (NaN, Inf, subnormals included)
+            let sx = [special, xs[1], xs[2]]
+            let hb = base.map { BFloat16($0) }, hx = sx.map { $0.map { BFloat16($0) } }
+            let fb = base.map { Float16($0) }, fx = sx.map { $0.map { Float16($0) } }
+            for opt in [TiesOptions.mergekit, .paper] {
+                let a: [Float16] = try cpu.ties(base: hb, hx, weights: w, densities: d, options: opt)
+                let b: [Float16] = try gpu.ties(base: hb, hx, weights: w, densities: d, options: opt)
+                XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern), "bf16 -> f16 ties n=\(n)")
+                let c: [BFloat16] = try cpu.ties(base: fb, fx, weights: w, densities: d, options: opt)
+                let e: [BFloat16] = try gpu.ties(base: fb, fx, weights: w, densities: d, options: opt)
+                XCTAssertEqual(c.map(\.bitPattern), e.map(\.bitPattern), "f16 -> bf16 ties n=\(n)")
+            }
+            let ta: [Float16] = try cpu.taskArithmetic(base: fb, fx, weights: w, lambda: 0.9)
+            let tb: [Float16] = try gpu.taskArithmetic(base: fb, fx, weights: w, lambda: 0.9)
+            XCTAssertEqual(ta.map(\.bitPattern), tb.map(\.bitPattern), "f16 task arithmetic n=\(n)")
             XCTAssertEqual(try cpu.taskSelect(base: base, xs, densities: d), try gpu.taskSelect(base: base, xs, densities: d))
             let deltas = xs.map { zip($0, base).map { $0 - $1 } }
             let sc = try cpu.signElect(deltas, weights: w), sg = try gpu.signElect(deltas, weights: w)
@@ -59,6 +74,29 @@ final class OpenCLTests: XCTestCase {
             let masks = try xs.enumerated().map { try cpu.sparsifyMask(base: base, $0.element, .dare(0.1, seed: 2, stream: UInt64($0.offset))).mask }
             let packed: [PackedDelta<BFloat16>] = try (0..<3).map { try cpu.pack(base: base, xs[$0], mask: masks[$0]) }
             XCTAssertEqual(bits(try cpu.sparseApply(base: base, packed, scales: w) as [Float]), bits(try gpu.sparseApply(base: base, packed, scales: w) as [Float]))
+        }
+    }
+
+    /// Device selection on every path: sampled bracket with candidates collected, heavy ties (the
+    /// candidates overflow and histograms refine the bracket), and the forced histogram path.
+    func testSelectionPathsMatchCPU() throws {
+        let (cpu, gpu) = try pair()
+        var rng = Rng(83)
+        let n = 300_001
+        let base = rng.floats(n)
+        let spread = base.map { $0 + rng.normal() * 0.01 }
+        let tied = base.map { $0 + (rng.uniform() < 0.5 ? 0.25 : -0.25) } // |delta| takes few values
+        let halfTied: [Float] = (0..<n).map { i in base[i] + (i % 3 == 0 ? 0.125 : rng.normal() * 0.05) }
+        let d: [Double] = [0.001, 0.1, 0.5, 0.9]
+        for radix in [false, true] {
+            if radix { setenv("MELD_SELECT", "radix", 1) }
+            defer { unsetenv("MELD_SELECT") }
+            for xs in [[spread], [tied], [halfTied]] {
+                for density in d {
+                    XCTAssertEqual(try cpu.taskSelect(base: base, xs, densities: [density]),
+                                   try gpu.taskSelect(base: base, xs, densities: [density]), "density \(density) radix \(radix)")
+                }
+            }
         }
     }
 
