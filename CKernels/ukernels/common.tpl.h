@@ -4,7 +4,7 @@
 /* Exported ukernel name: meld_<op>__<isa>, e.g. meld_xf32_tv_merge__avx512. */
 #define UK(name) MELD_CAT(name, MELD_ISA_SUFFIX)
 
-static inline vf load_dt(const void *p, int dt, size_t i) {
+static inline __attribute__((always_inline)) vf load_dt(const void *p, int dt, size_t i) {
     switch (dt) {
     case MELD_F32: return vf_load((const float *)p + i);
     case MELD_F16: return vf_load_f16((const uint16_t *)p + i);
@@ -12,7 +12,7 @@ static inline vf load_dt(const void *p, int dt, size_t i) {
     }
 }
 
-static inline void store_dt(void *p, int dt, size_t i, vf v) {
+static inline __attribute__((always_inline)) void store_dt(void *p, int dt, size_t i, vf v) {
     switch (dt) {
     case MELD_F32: vf_store((float *)p + i, v); break;
     case MELD_F16: vf_store_f16((uint16_t *)p + i, v); break;
@@ -22,7 +22,7 @@ static inline void store_dt(void *p, int dt, size_t i, vf v) {
 
 /* Output stores of the streaming kernels: non-temporal (no read-for-ownership of lines that
  * are about to be overwritten whole); the kernel calls stream_fence() before returning. */
-static inline void stream_dt(void *p, int dt, size_t i, vf v) {
+static inline __attribute__((always_inline)) void stream_dt(void *p, int dt, size_t i, vf v) {
     switch (dt) {
     case MELD_F32: vf_stream((float *)p + i, v); break;
     case MELD_F16: vf_stream_u16((uint16_t *)p + i, v, 1); break;
