@@ -1,36 +1,71 @@
 /* Candidate collection for exact magnitude selection (template). Contract: ukernel.h. */
 
-void UK(meld_xf32_collect)(size_t n, size_t i0, const meld_uk_collect_args *a) {
-    (void)i0;
+/* The body, inlined with compile-time K and dtype in the common cases: the counters then stay in
+ * registers (with a runtime K they lived on the stack, and the candidate count's store-to-load
+ * round trip each vector was the loop's critical path). */
+static inline __attribute__((always_inline)) void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K,
+                                                               const int dt) {
     /* counters live in registers/stack for the call: the callers' arrays may share cache
      * lines between threads */
     uint64_t gt[MELD_MAX_MODELS], eh[MELD_MAX_MODELS], el[MELD_MAX_MODELS];
     size_t count[MELD_MAX_MODELS];
-    for (size_t k = 0; k < a->k; k++) { gt[k] = eh[k] = el[k] = 0; count[k] = a->count[k]; }
+    vi lo[MELD_MAX_MODELS], hi[MELD_MAX_MODELS];
+    const void *xp[MELD_MAX_MODELS];
+    int xdt[MELD_MAX_MODELS];
+    uint32_t *cand[MELD_MAX_MODELS];
+    const size_t cap = a->cap;
+    for (size_t k = 0; k < K; k++) {
+        gt[k] = eh[k] = el[k] = 0;
+        count[k] = a->count[k];
+        lo[k] = vi_set1(a->lo[k]);
+        hi[k] = vi_set1(a->hi[k]);
+        xp[k] = a->x[k].p;
+        xdt[k] = dt >= 0 ? dt : a->x[k].dt;
+        cand[k] = a->cand[k];
+    }
+    const void *bp = a->base.p;
+    const int bdt = dt >= 0 ? dt : a->base.dt;
     for (size_t i = 0; i < n; i += MELD_W) {
-        vf b = a->base.p ? load_dt(a->base.p, a->base.dt, i) : vf_zero();
-        for (size_t k = 0; k < a->k; k++) {
-            vf d = load_dt(a->x[k].p, a->x[k].dt, i);
-            if (a->base.p) d = vf_sub(d, b);
+        vf b = bp ? load_dt(bp, bdt, i) : vf_zero();
+        for (size_t k = 0; k < K; k++) {
+            vf d = load_dt(xp[k], xdt[k], i);
+            if (bp) d = vf_sub(d, b);
             vi bits = vf_absbits(d);
-            vm above = vi_gt(bits, vi_set1(a->hi[k]));
-            vm ehi = vi_eq(bits, vi_set1(a->hi[k])), elo = vi_eq(bits, vi_set1(a->lo[k]));
-            vm in = vm_andnot(vm_or(vm_or(above, vi_lt(bits, vi_set1(a->lo[k]))), vm_or(ehi, elo)), vm_all());
+            vm above = vi_gt(bits, hi[k]);
+            vm ehi = vi_eq(bits, hi[k]), elo = vi_eq(bits, lo[k]);
+            vm in = vm_andnot(vm_or(vm_or(above, vi_lt(bits, lo[k])), vm_or(ehi, elo)), vm_all());
             gt[k] += (uint64_t)__builtin_popcount(vm_to_bits(above));
             eh[k] += (uint64_t)__builtin_popcount(vm_to_bits(ehi));
             el[k] += (uint64_t)__builtin_popcount(vm_to_bits(elo));
             /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
             size_t c = count[k];
-            if (c + MELD_UK_ALIGN <= a->cap) count[k] = c + vi_compress_store(a->cand[k] + c, in, bits);
+            if (c + MELD_UK_ALIGN <= cap) count[k] = c + vi_compress_store(cand[k] + c, in, bits);
             else count[k] = c + (size_t)__builtin_popcount(vm_to_bits(in));
         }
     }
-    for (size_t k = 0; k < a->k; k++) {
+    for (size_t k = 0; k < K; k++) {
         a->gt[k] += gt[k];
         a->eq_hi[k] += eh[k];
         a->eq_lo[k] += el[k];
         a->count[k] = count[k];
     }
+}
+
+#define COLLECT_K(KK, DT) case KK: collect_body(n, a, KK, DT); return
+#define COLLECT_KS(DT) switch (a->k) { COLLECT_K(1, DT); COLLECT_K(2, DT); COLLECT_K(3, DT); COLLECT_K(4, DT); default: break; }
+
+void UK(meld_xf32_collect)(size_t n, size_t i0, const meld_uk_collect_args *a) {
+    (void)i0;
+    int dt = a->k ? a->x[0].dt : -1;
+    for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
+    if (a->base.p && a->base.dt != dt) dt = -1;
+    switch (dt) {
+    case MELD_F32: COLLECT_KS(MELD_F32) break;
+    case MELD_BF16: COLLECT_KS(MELD_BF16) break;
+    case MELD_F16: COLLECT_KS(MELD_F16) break;
+    default: break;
+    }
+    collect_body(n, a, a->k, -1);
 }
 
 void UK(meld_xf32_hist)(size_t n, const meld_uk_hist_args *a) {
