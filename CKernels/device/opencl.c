@@ -341,7 +341,9 @@ static meld_status run1d(meld_context *ctx, cl_kernel k, size_t n, const char *w
     return MELD_OK;
 }
 
-/* kernels where each work-item owns `span` consecutive elements (meld.cl: VW, TV_SPAN) */
+/* kernels where each work-item owns `span` consecutive elements: the values of meld.cl's VW and TV_SPAN */
+#define CL_VW 16
+#define CL_TV_SPAN 64
 static meld_status run1d_span(meld_context *ctx, cl_kernel k, size_t n, size_t span, const char *what) {
     return run1d(ctx, k, (n + span - 1) / span, what);
 }
@@ -359,7 +361,7 @@ meld_status meld_cl_convert(meld_context *ctx, meld_view src, meld_span dst) {
         cl_ulong n = dst.numel;
         SETARG(st->convert, 0, a.mem); SETARG(st->convert, 1, sdt); SETARG(st->convert, 2, b.mem);
         SETARG(st->convert, 3, ddt); SETARG(st->convert, 4, n);
-        s = run1d_span(ctx, st->convert, dst.numel, 16, "meld_convert");
+        s = run1d_span(ctx, st->convert, dst.numel, CL_VW, "meld_convert");
     }
     s = arg_done(ctx, &b, s);
     arg_done(ctx, &a, MELD_OK);
@@ -432,7 +434,7 @@ meld_status meld_cl_tv_run(meld_context *ctx, const tv_request *r) {
         SETARG(kk, i++, rul.mem); SETARG(kk, i++, msk.mem); SETARG(kk, i++, deltas); SETARG(kk, i++, cons); SETARG(kk, i++, unw);
         SETARG(kk, i++, sin.mem); SETARG(kk, i++, has_sin); SETARG(kk, i++, divm); SETARG(kk, i++, fdiv); SETARG(kk, i++, lambda);
         SETARG(kk, i++, out.mem); SETARG(kk, i++, odt); SETARG(kk, i++, has_out); SETARG(kk, i++, sout.mem); SETARG(kk, i++, has_sout);
-        s = run1d_span(ctx, kk, n, 64, "meld_tv_merge");
+        s = run1d_span(ctx, kk, n, CL_TV_SPAN, "meld_tv_merge");
     }
     if (have_out) s = arg_done(ctx, &out, s);
     if (have_sout) s = arg_done(ctx, &sout, s);
@@ -478,7 +480,7 @@ static meld_status host_bits(meld_context *ctx, meld_view base, meld_view x, siz
     return s;
 }
 
-#define SEL_TILE 4096 /* a multiple of the kernels' VW */
+#define SEL_TILE 4096 /* a multiple of CL_VW */
 #define SEL_LOCAL 64
 #define SEL_GROUPS 256
 

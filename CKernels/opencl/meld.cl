@@ -118,9 +118,6 @@ INL void store_v(__global uchar *p, int dt, ulong i0, ulong n, vf v) {
     for (int j = 0; j < VW; j++)
         if (i0 + j < n) store_dt(p, dt, i0 + j, t[j]);
 }
-/* Philox4x32-10 (CPU: ukernels/philox.tpl.h). Element i takes word i % 4 of block i / 4, and keeps
- * iff (word >> 8) < p24. This returns the keep bits of elements i00 .. i00+63 (i00 a multiple of
- * 64: sixteen blocks, one per lane, counters i00/4 + 0..15 with no carry into the high word). */
 /* 32x32->64 products of all sixteen lanes as two 8-lane widening multiplies (even and odd
  * lanes in place), where mul_hi or a conversion to ulong16 costs several instructions each */
 INL void mul_wide(vu a, uint m, vu *hi, vu *lo) {
@@ -128,6 +125,9 @@ INL void mul_wide(vu a, uint m, vu *hi, vu *lo) {
     *lo = as_uint16((pe & 0xffffffffu) | (po << 32));
     *hi = as_uint16((pe >> 32) | (po & 0xffffffff00000000ul));
 }
+/* Philox4x32-10 (CPU: ukernels/philox.tpl.h). Element i takes word i % 4 of block i / 4, and keeps
+ * iff (word >> 8) < p24. This returns the keep bits of elements i00 .. i00+63 (i00 a multiple of
+ * 64: sixteen blocks, one per lane, counters i00/4 + 0..15 with no carry into the high word). */
 INL ulong philox_keep64(uint k0, uint k1, ulong i00, uint p24) {
     vu c0 = (vu)((uint)(i00 >> 2)) + as_uint16(LANES), c1 = (vu)((uint)(i00 >> 34)), c2 = 0u, c3 = 0u;
     for (int r = 0; r < 10; r++) {

@@ -4,6 +4,7 @@
 /* Exported ukernel name: meld_<op>__<isa>, e.g. meld_xf32_tv_merge__avx512. */
 #define UK(name) MELD_CAT(name, MELD_ISA_SUFFIX)
 
+/* always_inline: these run once per vector, and clang had left stream_dt an out-of-line call */
 static inline __attribute__((always_inline)) vf load_dt(const void *p, int dt, size_t i) {
     switch (dt) {
     case MELD_F32: return vf_load((const float *)p + i);
