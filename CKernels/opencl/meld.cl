@@ -305,8 +305,8 @@ __kernel void meld_bracket_collect(ulong n, __global const uchar *base, int bdt,
     if (get_local_id(0) == 0) gt_out[get_group_id(0)] = lc[0];
 }
 
-/* histogram of (|d| - lo) >> shift over |d| in [lo, hi]: atomics only for entries in range, which
- * the host keeps few by starting from the sampled bracket */
+/* histogram of (|d| - lo) >> shift over |d| in [lo, hi], atomics only for entries in range: the
+ * fallback when the sampled bracket missed or held too many candidates (or MELD_SELECT=radix) */
 __kernel void meld_hist_range(ulong n, __global const uchar *base, int bdt, int has_base, __global const uchar *x, int xdt,
                               uint lo, uint hi, uint shift, __global uint *hist, __local uint *lh) {
     for (uint j = get_local_id(0); j < 2048; j += get_local_size(0)) lh[j] = 0;
