@@ -45,6 +45,11 @@ static inline __m256 meld_avx2_lanes(vm m) {
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(x, bit));
 }
 static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, meld_avx2_lanes(m)); }
+/* masked arithmetic: lanes in m get the result, the others src */
+static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_mul_ps(a, b), src); }
+static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_add_ps(a, b), src); }
+/* a with the sign bit flipped in the lanes of m */
+static inline vf vf_mask_neg(vm m, vf a) { return _mm256_xor_ps(a, _mm256_and_ps(meld_avx2_lanes(m), _mm256_set1_ps(-0.0f))); }
 static inline vm vf_gt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
 static inline vm vf_lt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 static inline vm vf_ge(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }

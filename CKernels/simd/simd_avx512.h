@@ -30,6 +30,14 @@ static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf vf_select(vm m, vf t, vf f) { return _mm512_mask_blend_ps((__mmask16)m, f, t); }
+/* masked arithmetic: lanes in m get the result, the others src (one instruction each) */
+static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return _mm512_mask_mul_ps(src, (__mmask16)m, a, b); }
+static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return _mm512_mask_add_ps(src, (__mmask16)m, a, b); }
+/* a with the sign bit flipped in the lanes of m */
+static inline vf vf_mask_neg(vm m, vf a) {
+    return _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(a), (__mmask16)m, _mm512_castps_si512(a),
+                                                     _mm512_set1_epi32((int)0x80000000u)));
+}
 static inline vm vf_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 static inline vm vf_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 static inline vm vf_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }

@@ -6,12 +6,15 @@ void UK(meld_xf32_convert)(size_t n, meld_uk_in src, void *dst, int dst_dt) {
     stream_fence();
 }
 
-/* The body, inlined with compile-time K, input dtype (-1: per input), consensus and divisor in
+/* The body, inlined with compile-time K, input dtype (-1: per input), consensus, divisor and
+ * rule kind (rk, -1: per expert, with the optional inputs and outputs checked at run time) in
  * the common cases so loops unroll and branches fold; the generic call passes runtime values.
+ * A specialized rk means plain inputs (not deltas), a weighted vote, no sign input or output
+ * and an output; for TOP and ALL also scale 1 (scale is applied as t * s, and t * 1 == t).
  * Every variant performs the same operations in the same order (bit-identical results). */
 static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a,
                                                           const size_t K, const int dt, const int cons,
-                                                          const int divm) {
+                                                          const int divm, const int rk) {
     const vf one = vf_set1(1.0f), zero = vf_zero();
     vf v[MELD_MAX_MODELS], u[MELD_MAX_MODELS], wv[MELD_MAX_MODELS], sv[MELD_MAX_MODELS];
     uint32_t kind[MELD_MAX_MODELS], thr[MELD_MAX_MODELS], thr2[MELD_MAX_MODELS];
@@ -20,7 +23,12 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
     int scaled[MELD_MAX_MODELS];
     const void *xp[MELD_MAX_MODELS];
     int xdt[MELD_MAX_MODELS];
+    /* TOP in a specialized body: the call lies wholly before or after each tie cutoff (see
+     * tv_uniform_rule), so the rule is one compare: |d| > thr, or |d| >= thr as |d| > thr - 1
+     * (signed: thr = 0 keeps all) */
+    uint32_t gt_thr[MELD_MAX_MODELS];
     for (size_t k = 0; k < K; k++) {
+        gt_thr[k] = a->rule[k].cut >= i0 + n ? a->rule[k].thr - 1u : a->rule[k].thr;
         wv[k] = vf_set1(a->w[k]);
         sv[k] = vf_set1(a->rule[k].scale);
         scaled[k] = a->rule[k].scale != 1.0f;
@@ -33,7 +41,13 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
         xdt[k] = dt >= 0 ? dt : a->x[k].dt;
     }
     const void *bp = a->base.p;
-    const int bdt = dt >= 0 ? dt : a->base.dt, deltas = a->x_are_deltas, unweighted = a->vote_unweighted;
+    const int bdt = dt >= 0 ? dt : a->base.dt;
+    const int deltas = rk < 0 && a->x_are_deltas, unweighted = rk < 0 && a->vote_unweighted;
+    /* in locals: stores through the untyped output may alias the argument struct */
+    void *const out = a->out;
+    const int out_dt = a->out_dt;
+    int8_t *const sign_out = rk < 0 ? a->sign_out : NULL;
+    const int8_t *const sign_in = rk < 0 ? a->sign_in : NULL;
     const vf lambda = vf_set1(a->lambda);
     const vf fixed = vf_set1(cons == MELD_CONSENSUS_NONE && divm == MELD_DIVISOR_COUNT ? (float)K : a->fixed_div);
     for (size_t i = 0; i < n; i += MELD_W) {
@@ -43,61 +57,86 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
             vf d = load_dt(xp[k], xdt[k], i);
             if (!deltas) d = vf_sub(d, b);
             vf t = d;
-            if (kind[k] != MELD_RULE_ALL) {
+            const uint32_t kk = rk >= 0 ? (uint32_t)rk : kind[k];
+            if (rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) {
+                /* t = d * (kept ? 1 : 0) in one masked multiply: d = x - b is never a signalling NaN */
+                vm m = rk == MELD_RULE_TOP ? vi_gt(vf_absbits(d), vi_set1(gt_thr[k])) : load_bits(bitsp[k], i);
+                t = vf_mask_mul(vm_not(m), d, d, zero);
+            } else if (kk != MELD_RULE_ALL) {
                 vm m;
-                if (kind[k] == MELD_RULE_TOP) m = top_mask(vf_absbits(d), thr[k], cut[k], i0 + i);
-                else if (kind[k] == MELD_RULE_BITS) m = load_bits(bitsp[k], i);
-                else if (kind[k] == MELD_RULE_WINDOW) {
+                if (kk == MELD_RULE_TOP) m = top_mask(vf_absbits(d), thr[k], cut[k], i0 + i);
+                else if (kk == MELD_RULE_BITS) m = load_bits(bitsp[k], i);
+                else if (kk == MELD_RULE_WINDOW) {
                     vi bb = vf_absbits(d);
                     m = vm_andnot(top_mask(bb, thr2[k], cut2[k], i0 + i), top_mask(bb, thr[k], cut[k], i0 + i));
                 } else m = vm_none();
                 t = vf_mul(d, vf_select(m, one, zero));
             }
-            if (scaled[k]) t = vf_mul(t, sv[k]);
+            if (rk == MELD_RULE_BITS || (rk < 0 && scaled[k])) t = vf_mul(t, sv[k]);
             v[k] = vf_mul(t, wv[k]);
             u[k] = unweighted ? t : v[k];
             if (cons == MELD_CONSENSUS_SUM) s = vf_add(s, u[k]);
             else if (cons == MELD_CONSENSUS_COUNT) s = vf_add(s, vf_sign(u[k]));
         }
         vm pos = vm_all();
-        if (cons != MELD_CONSENSUS_NONE) pos = a->sign_in ? vm_from_i8_pos(a->sign_in + i) : vf_ge(s, zero);
-        if (a->sign_out) vm_store_sign_i8(a->sign_out + i, pos);
-        if (!a->out) continue;
+        if (cons != MELD_CONSENSUS_NONE) pos = sign_in ? vm_from_i8_pos(sign_in + i) : vf_ge(s, zero);
+        if (sign_out) vm_store_sign_i8(sign_out + i, pos);
+        if (rk < 0 && !out) continue;
         vf mixed = zero, div = zero;
         if (cons == MELD_CONSENSUS_NONE) {
             for (size_t k = 0; k < K; k++) mixed = vf_add(mixed, v[k]); /* v * 1 == v */
             div = fixed;
         } else {
+            /* Σ v_k·ag_k and Σ w_k·ag_k (ag = 1 where expert k agrees with the elected sign, else
+             * 0) with masked ops, exactly: v·1 == v (v is a product, never a signalling NaN);
+             * v·0 is kept, as it is ±0 or NaN; adding w·0 = ±0 leaves div alone (div is never -0). */
+            const vm neg = vm_not(pos);
             for (size_t k = 0; k < K; k++) {
-                vm agree = vm_or(vm_and(pos, vf_gt(u[k], zero)), vm_andnot(pos, vf_lt(u[k], zero)));
-                vf ag = vf_select(agree, one, zero);
-                mixed = vf_add(mixed, vf_mul(v[k], ag));
-                if (divm == MELD_DIVISOR_WEIGHT_SUM) div = vf_add(div, vf_mul(wv[k], ag));
-                else if (divm == MELD_DIVISOR_COUNT) div = vf_add(div, ag);
+                vm agree = vf_gt(vf_mask_neg(neg, u[k]), zero); /* u > 0 where +1 won, u < 0 where -1 */
+                mixed = vf_add(mixed, vf_mask_mul(vm_not(agree), v[k], v[k], zero));
+                if (divm == MELD_DIVISOR_WEIGHT_SUM) div = vf_mask_add(agree, div, div, wv[k]);
+                else if (divm == MELD_DIVISOR_COUNT) div = vf_mask_add(agree, div, div, one);
             }
         }
         if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, vf_select(vf_eq(div, zero), one, div));
         mixed = vf_mul(mixed, lambda);
         if (bp) mixed = vf_add(b, mixed);
-        stream_dt(a->out, a->out_dt, i, mixed);
+        stream_dt(out, out_dt, i, mixed);
     }
     stream_fence();
 }
 
-#define TV_K(KK, DT, C, D) case KK: tv_body(n, i0, a, KK, DT, C, D); return
-#define TV_KS(DT, C, D) switch (a->k) { TV_K(1, DT, C, D); TV_K(2, DT, C, D); TV_K(3, DT, C, D); TV_K(4, DT, C, D); default: break; }
-#define TV_DT(C, D) switch (dt) { case MELD_F32: TV_KS(MELD_F32, C, D) break; \
-    case MELD_BF16: TV_KS(MELD_BF16, C, D) break; case MELD_F16: TV_KS(MELD_F16, C, D) break; default: break; }
+#define TV_K(KK, DT, C, D, R) case KK: tv_body(n, i0, a, KK, DT, C, D, R); return
+#define TV_KS(DT, C, D, R) switch (a->k) { TV_K(1, DT, C, D, R); TV_K(2, DT, C, D, R); TV_K(3, DT, C, D, R); TV_K(4, DT, C, D, R); default: break; }
+#define TV_DT(C, D, R) switch (dt) { case MELD_F32: TV_KS(MELD_F32, C, D, R) break; \
+    case MELD_BF16: TV_KS(MELD_BF16, C, D, R) break; case MELD_F16: TV_KS(MELD_F16, C, D, R) break; default: break; }
+#define TV_RK(C, D) switch (rk) { case MELD_RULE_ALL: TV_DT(C, D, MELD_RULE_ALL) break; \
+    case MELD_RULE_TOP: TV_DT(C, D, MELD_RULE_TOP) break; case MELD_RULE_BITS: TV_DT(C, D, MELD_RULE_BITS) break; \
+    default: TV_DT(C, D, -1) break; }
+
+/* The rule kind every expert shares when a specialized body applies (see tv_body), else -1. */
+static int tv_uniform_rule(size_t n, size_t i0, const meld_uk_tv_args *a) {
+    if (!a->k || a->x_are_deltas || a->vote_unweighted || a->sign_in || a->sign_out || !a->out) return -1;
+    int rk = (int)a->rule[0].kind;
+    for (size_t k = 0; k < a->k; k++) {
+        const meld_uk_rule *r = &a->rule[k];
+        if ((int)r->kind != rk) return -1;
+        if (rk != MELD_RULE_BITS && r->scale != 1.0f) return -1;
+        if (rk == MELD_RULE_TOP && r->cut > i0 && r->cut < i0 + n) return -1; /* the cutoff falls inside */
+    }
+    return rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS ? rk : -1;
+}
 
 void UK(meld_xf32_tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a) {
     int dt = a->k ? a->x[0].dt : -1;
     for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
     if (a->base.p && a->base.dt != dt) dt = -1;
+    const int rk = tv_uniform_rule(n, i0, a);
     if (dt >= 0 && a->k <= 4 && !a->sign_in) {
-        if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_NONE) TV_DT(MELD_CONSENSUS_NONE, MELD_DIVISOR_NONE)
-        if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_DT(MELD_CONSENSUS_NONE, MELD_DIVISOR_WEIGHT_SUM)
-        if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_DT(MELD_CONSENSUS_SUM, MELD_DIVISOR_WEIGHT_SUM)
-        if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_NONE) TV_DT(MELD_CONSENSUS_SUM, MELD_DIVISOR_NONE)
+        if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_NONE)
+        if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_WEIGHT_SUM)
+        if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_SUM, MELD_DIVISOR_WEIGHT_SUM)
+        if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_SUM, MELD_DIVISOR_NONE)
     }
-    tv_body(n, i0, a, a->k, -1, a->consensus, a->divisor);
+    tv_body(n, i0, a, a->k, -1, a->consensus, a->divisor, -1);
 }
