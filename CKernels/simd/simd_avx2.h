@@ -97,6 +97,14 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
 }
 static inline vi vi_and(vi a, vi b) { return _mm256_and_si256(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
+/* per-lane counters: +1 in the lanes of m; their total */
+static inline vi vi_count(vi acc, vm m) { return _mm256_sub_epi32(acc, _mm256_castps_si256(meld_avx2_lanes(m))); }
+static inline uint64_t vi_total(vi acc) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(s);
+}
 static inline vf vf_expand(vm m, vf packed) {
     uint8_t idx[8];
     uint32_t c = 0;

@@ -84,6 +84,9 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
 }
 static inline vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
+/* per-lane counters: +1 in the lanes of m; their total */
+static inline vi vi_count(vi acc, vm m) { return _mm512_mask_sub_epi32(acc, (__mmask16)m, acc, _mm512_set1_epi32(-1)); }
+static inline uint64_t vi_total(vi acc) { return (uint32_t)_mm512_reduce_add_epi32(acc); }
 static inline vf vf_expand(vm m, vf packed) { return _mm512_maskz_expand_ps((__mmask16)m, packed); }
 static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
     __m512i even = _mm512_mul_epu32(a, b);

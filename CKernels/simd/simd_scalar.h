@@ -64,6 +64,9 @@ static inline void vm_store_sign_i8(int8_t *p, vm pos) { p[0] = (pos & 1u) ? 1 :
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) { *p = v; return m & 1u; }
 static inline vi vi_and(vi a, vi b) { return a & b; }
 static inline vi vi_sub(vi a, vi b) { return a - b; }
+/* per-lane counters: +1 in the lanes of m; their total */
+static inline vi vi_count(vi acc, vm m) { return acc + (m & 1u); }
+static inline uint64_t vi_total(vi acc) { return acc; }
 /* Place the first popcount(m) packed values at the lanes set in m (others 0). */
 static inline vf vf_expand(vm m, vf packed) { return (m & 1u) ? packed : 0.0f; }
 static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {

@@ -25,18 +25,20 @@ static inline __attribute__((always_inline)) void collect_body(size_t n, const m
     }
     const void *bp = a->base.p;
     const int bdt = dt >= 0 ? dt : a->base.dt;
+    /* per-lane counters (a masked add each, not a mask move, popcount and add); a call
+     * covers at most one stream tile, far below 2^32 per lane */
+    vi gtv[MELD_MAX_MODELS], ehv[MELD_MAX_MODELS], elv[MELD_MAX_MODELS];
+    for (size_t k = 0; k < K; k++) gtv[k] = ehv[k] = elv[k] = vi_set1(0);
     for (size_t i = 0; i < n; i += MELD_W) {
         vf b = bp ? load_dt(bp, bdt, i) : vf_zero();
         for (size_t k = 0; k < K; k++) {
             vf d = load_dt(xp[k], xdt[k], i);
             if (bp) d = vf_sub(d, b);
             vi bits = vf_absbits(d);
-            vm above = vi_gt(bits, hi[k]);
-            vm ehi = vi_eq(bits, hi[k]), elo = vi_eq(bits, lo[k]);
-            vm in = vm_andnot(vm_or(vm_or(above, vi_lt(bits, lo[k])), vm_or(ehi, elo)), vm_all());
-            gt[k] += (uint64_t)__builtin_popcount(vm_to_bits(above));
-            eh[k] += (uint64_t)__builtin_popcount(vm_to_bits(ehi));
-            el[k] += (uint64_t)__builtin_popcount(vm_to_bits(elo));
+            gtv[k] = vi_count(gtv[k], vi_gt(bits, hi[k]));
+            ehv[k] = vi_count(ehv[k], vi_eq(bits, hi[k]));
+            elv[k] = vi_count(elv[k], vi_eq(bits, lo[k]));
+            vm in = vm_and(vi_gt(bits, lo[k]), vi_lt(bits, hi[k]));
             /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
             size_t c = count[k];
             if (c + MELD_UK_ALIGN <= cap) count[k] = c + vi_compress_store(cand[k] + c, in, bits);
@@ -44,6 +46,9 @@ static inline __attribute__((always_inline)) void collect_body(size_t n, const m
         }
     }
     for (size_t k = 0; k < K; k++) {
+        gt[k] += vi_total(gtv[k]);
+        eh[k] += vi_total(ehv[k]);
+        el[k] += vi_total(elv[k]);
         a->gt[k] += gt[k];
         a->eq_hi[k] += eh[k];
         a->eq_lo[k] += el[k];
