@@ -118,34 +118,37 @@ INL void store_v(__global uchar *p, int dt, ulong i0, ulong n, vf v) {
     for (int j = 0; j < VW; j++)
         if (i0 + j < n) store_dt(p, dt, i0 + j, t[j]);
 }
-/* 32x32->64 products of all sixteen lanes as two 8-lane widening multiplies (even and odd
- * lanes in place), where mul_hi or a conversion to ulong16 costs several instructions each */
-INL void mul_wide(vu a, uint m, vu *hi, vu *lo) {
-    ulong8 w = as_ulong8(a), pe = (w & 0xffffffffu) * (ulong)m, po = (w >> 32) * (ulong)m;
-    *lo = as_uint16((pe & 0xffffffffu) | (po << 32));
-    *hi = as_uint16((pe >> 32) | (po & 0xffffffff00000000ul));
-}
 /* Philox4x32-10 (CPU: ukernels/philox.tpl.h). Element i takes word i % 4 of block i / 4, and keeps
  * iff (word >> 8) < p24. This returns the keep bits of elements i00 .. i00+63 (i00 a multiple of
- * 64: sixteen blocks, one per lane, counters i00/4 + 0..15 with no carry into the high word). */
+ * 64: sixteen blocks, counters i00/4 + 0..15 with no carry into the high word). The even and
+ * odd blocks run as two halves of eight 64-bit lanes, each holding its 32-bit word in the low
+ * half: one widening multiply gives both product halves (as the CPU's AVX-512 rounds), and the
+ * junk left in the high halves never reaches a low half. */
+#define M32 0xffffffffUL
+#define PHILOX_HALF(x0, x1, x2, x3) { \
+        ulong8 p0 = (x0 & M32) * 0xD2511F53UL, p1 = (x2 & M32) * 0xCD9E8D57UL; \
+        ulong8 n0 = (p1 >> 32) ^ x1 ^ (ulong)k0, n2 = (p0 >> 32) ^ x3 ^ (ulong)k1; \
+        x0 = n0; x1 = p1; x2 = n2; x3 = p0; }
+#define KEEP_WORD(x, at) select((ulong8)0, (ulong8)1 << (at), ((x & M32) >> 8) < (ulong8)p24)
 INL ulong philox_keep64(uint k0, uint k1, ulong i00, uint p24) {
-    vu c0 = (vu)((uint)(i00 >> 2)) + as_uint16(LANES), c1 = (vu)((uint)(i00 >> 34)), c2 = 0u, c3 = 0u;
+    const ulong8 j = (ulong8)(0, 1, 2, 3, 4, 5, 6, 7);
+    ulong8 e0 = (ulong8)((uint)(i00 >> 2)) + 2 * j, e1 = (ulong8)((uint)(i00 >> 34)), e2 = 0, e3 = 0;
+    ulong8 o0 = e0 + 1, o1 = e1, o2 = 0, o3 = 0;
     for (int r = 0; r < 10; r++) {
-        vu hi0, lo0, hi1, lo1;
-        mul_wide(c0, 0xD2511F53u, &hi0, &lo0);
-        mul_wide(c2, 0xCD9E8D57u, &hi1, &lo1);
-        vu n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+        PHILOX_HALF(e0, e1, e2, e3)
+        PHILOX_HALF(o0, o1, o2, o3)
         k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
     }
-    vu at = (as_uint16(LANES) & 7u) * 4u; /* bit of word 0 of lane b's block within its 32-bit half */
-    vu m = select((vu)0u, (vu)1u << at, (c0 >> 8) < p24) | select((vu)0u, (vu)2u << at, (c1 >> 8) < p24) |
-           select((vu)0u, (vu)4u << at, (c2 >> 8) < p24) | select((vu)0u, (vu)8u << at, (c3 >> 8) < p24);
-    uint8 l8 = m.lo, h8 = m.hi;
-    uint4 l4 = l8.lo | l8.hi, h4 = h8.lo | h8.hi;
-    uint2 l2 = l4.lo | l4.hi, h2 = h4.lo | h4.hi;
-    return (ulong)(l2.x | l2.y) | ((ulong)(h2.x | h2.y) << 32);
+    /* block 2j's word w is element 8j + w, block 2j+1's is element 8j + 4 + w */
+    ulong8 at = 8 * j;
+    ulong8 m = KEEP_WORD(e0, at) | KEEP_WORD(e1, at + 1) | KEEP_WORD(e2, at + 2) | KEEP_WORD(e3, at + 3) |
+               KEEP_WORD(o0, at + 4) | KEEP_WORD(o1, at + 5) | KEEP_WORD(o2, at + 6) | KEEP_WORD(o3, at + 7);
+    ulong4 m4 = m.lo | m.hi;
+    ulong2 m2 = m4.lo | m4.hi;
+    return m2.x | m2.y;
 }
+#undef PHILOX_HALF
+#undef KEEP_WORD
 INL vi lane_bits(uint bits) { return as_int16(((vu)bits >> as_uint16(LANES)) & 1u) != 0; }
 /* lanes whose element index is below cut */
 INL vi below(ulong cut, ulong i0) {
