@@ -16,15 +16,16 @@ static inline void philox_rounds(vi c[4], uint32_t k0, uint32_t k1) {
 
 /* Spread the low 16 bits of m so that bit l lands at bit 4l (BMI2 PDEP where the ISA has it fast). */
 static inline uint64_t spread4(uint32_t m) {
-#if MELD_W == 16
+#ifdef MELD_SIMD_PHILOX /* the ISA header gives rounds and spread (PDEP) together */
     return meld_spread4(m);
-#endif
+#else
     uint64_t x = m & 0xffffu;
     x = (x | (x << 24)) & 0x000000FF000000FFull;
     x = (x | (x << 12)) & 0x000F000F000F000Full;
     x = (x | (x << 6)) & 0x0303030303030303ull;
     x = (x | (x << 3)) & 0x1111111111111111ull;
     return x;
+#endif
 }
 
 void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
