@@ -527,8 +527,8 @@ static meld_status select_one(meld_context *ctx, meld_view base, meld_view x, ui
         e = clEnqueueNDRangeKernel(st->queue, kk, 1, NULL, &g, &local, 0, NULL, NULL);
         if (e == CL_SUCCESS) e = clEnqueueReadBuffer(st->queue, counts.mem, CL_TRUE, 0, S * 4, c, 0, NULL, NULL);
         uint32_t blo = 0, bhi = 0x7fffffffu;
-        if (e == CL_SUCCESS) meld_select_bracket(c, S, n, k, &blo, &bhi);
-        s = e == CL_SUCCESS ? cl_mem_new(ctx, cap * 4, &cand, "selection candidates") : cl_fail(ctx, e, "meld_sample_bits");
+        if (e == CL_SUCCESS) s = meld_select_bracket(c, S, n, k, &blo, &bhi);
+        if (s == MELD_OK) s = e == CL_SUCCESS ? cl_mem_new(ctx, cap * 4, &cand, "selection candidates") : cl_fail(ctx, e, "meld_sample_bits");
         kk = st->bracket;
         SETARG(kk, 0, nn); SETARG(kk, 1, bb.mem); SETARG(kk, 2, bdt); SETARG(kk, 3, has_base); SETARG(kk, 4, xx.mem);
         SETARG(kk, 5, xdt); SETARG(kk, 6, blo); SETARG(kk, 7, bhi); SETARG(kk, 8, counts.mem); SETARG(kk, 9, hist.mem);
@@ -545,7 +545,7 @@ static meld_status select_one(meld_context *ctx, meld_view base, meld_view x, ui
             if (in <= cap && (cv = malloc(in * 4 + 4))) { /* the exact threshold among the candidates */
                 e = clEnqueueReadBuffer(st->queue, cand.mem, CL_TRUE, 0, in * 4, cv, 0, NULL, NULL);
                 if (e != CL_SUCCESS) s = cl_fail(ctx, e, "selection candidates");
-                else { T = meld_select_kth(cv, in, k - gt, &rank); found = 1; }
+                else if ((s = meld_select_kth(cv, in, k - gt, &T, &rank)) == MELD_OK) found = 1;
             } else { lo = blo; hi = bhi; rank = k - gt; } /* refine within the bracket */
         }
     }

@@ -30,12 +30,39 @@ static inline uint32_t src_bits(const sel_src *s, size_t e, size_t i) {
     return meld_f32_bits(v) & 0x7fffffffu;
 }
 
-/* Radix digits, most significant first: bits 30..20, 19..10, 9..0. */
-static const int digit_shift[3] = {20, 10, 0};
-static const uint32_t digit_mask[3] = {0x7ff, 0x3ff, 0x3ff};
+/* |x - base| bits of entries [i0, i0 + len) of expert e; the dtype switch sits outside the
+ * loops so they vectorize. */
+static void sample_run(const sel_src *s, size_t e, size_t i0, size_t len, uint32_t *out) {
+    float v[MELD_SEL_RUN];
+    for (size_t q = 0; q < len; q += MELD_SEL_RUN) {
+        size_t m = len - q < MELD_SEL_RUN ? len - q : MELD_SEL_RUN;
+        const void *src[2] = {s->x[e].data, s->base.data};
+        const int dts[2] = {s->x[e].dtype, s->base.dtype};
+        for (int w = 0; w < (s->base.data ? 2 : 1); w++) {
+            float t[MELD_SEL_RUN];
+            float *dst = w == 0 ? v : t;
+            switch (dts[w]) {
+            case MELD_F32: memcpy(dst, (const float *)src[w] + i0 + q, m * sizeof(float)); break;
+            case MELD_BF16: {
+                const uint16_t *h = (const uint16_t *)src[w] + i0 + q;
+                for (size_t i = 0; i < m; i++) dst[i] = meld_bf16_to_f32(h[i]);
+                break;
+            }
+            default: {
+                const uint16_t *h = (const uint16_t *)src[w] + i0 + q;
+                for (size_t i = 0; i < m; i++) dst[i] = meld_f16_to_f32(h[i]);
+                break;
+            }
+            }
+            if (w == 1)
+                for (size_t i = 0; i < m; i++) v[i] = v[i] - t[i];
+        }
+        for (size_t i = 0; i < m; i++) out[q + i] = meld_f32_bits(v[i]) & 0x7fffffffu;
+    }
+}
 
-/* Given a histogram of one digit and the 1-based rank wanted from the top, return the digit
- * and reduce *rank to the rank within that digit's bin; *above gets the count above it. */
+/* Given a histogram and the 1-based rank wanted from the top, return the bin holding it and
+ * reduce *rank to the rank within that bin; *above gets the count above it. */
 static uint32_t pick_digit(const uint64_t *hist, uint32_t bins, uint64_t *rank, uint64_t *above) {
     uint64_t cum = 0;
     for (uint32_t b = bins; b-- > 0;) {
@@ -49,44 +76,69 @@ static uint32_t pick_digit(const uint64_t *hist, uint32_t bins, uint64_t *rank, 
     return 0; /* unreachable when rank <= total */
 }
 
-/* Exact rank-th largest (1-based) among arrays of bits; returns the value and the rank of the
- * wanted entry among those equal to it. After the first digit only the entries of the chosen
- * bin are kept (copied once), so the later digits scan a small array. */
-static uint32_t radix_small(uint32_t *const *lists, const size_t *lens, int nlists, uint64_t rank,
-                            uint64_t *tie_rank) {
-    uint64_t hist[2048], above = 0;
-    memset(hist, 0, sizeof hist);
-    for (int l = 0; l < nlists; l++) {
-        for (size_t i = 0; i < lens[l]; i++) hist[lists[l][i] >> digit_shift[0]]++;
-    }
-    uint32_t prefix = pick_digit(hist, digit_mask[0] + 1, &rank, &above) << digit_shift[0];
-    uint32_t pmask = digit_mask[0] << digit_shift[0];
-    size_t m = (size_t)hist[prefix >> digit_shift[0]];
-    uint32_t *bin = malloc((m ? m : 1) * sizeof *bin);
-    if (bin) {
-        size_t q = 0;
-        for (int l = 0; l < nlists; l++)
-            for (size_t i = 0; i < lens[l]; i++)
-                if ((lists[l][i] & pmask) == prefix) bin[q++] = lists[l][i];
-    }
-    for (int d = 1; d < 3; d++) {
-        uint32_t bins = digit_mask[d] + 1;
-        memset(hist, 0, bins * sizeof hist[0]);
-        if (bin) {
-            for (size_t i = 0; i < m; i++)
-                if ((bin[i] & pmask) == prefix) hist[(bin[i] >> digit_shift[d]) & digit_mask[d]]++;
-        } else {
-            for (int l = 0; l < nlists; l++)
-                for (size_t i = 0; i < lens[l]; i++)
-                    if ((lists[l][i] & pmask) == prefix) hist[(lists[l][i] >> digit_shift[d]) & digit_mask[d]]++;
+/* ---- selection among candidates: range histograms ------------------------------------------
+ * Candidates lie in a known range [lo, hi]; a histogram of (v - lo) >> shift over SEL_BINS bins
+ * resolves 12 bits of it per pass. */
+enum { SEL_BINS = 4096, SEL_WAYS = 4 };
+
+static int range_shift(uint32_t lo, uint32_t hi) {
+    int shift = 0;
+    while (((uint64_t)(hi - lo) >> shift) >= SEL_BINS) shift++;
+    return shift;
+}
+
+/* h[b] += how many v of p[0..len) in [lo, hi] have (v - lo) >> shift == b. The counts go to
+ * SEL_WAYS interleaved copies first: quantized weights give long runs of one value, which would
+ * otherwise chain every increment through one counter. tmp: SEL_WAYS * SEL_BINS words. */
+static void hist_range(const uint32_t *p, size_t len, uint32_t lo, uint32_t hi, int shift, uint32_t *h, uint32_t *tmp) {
+    const uint32_t span = hi - lo;
+    const uint32_t bins = (span >> shift) + 1;
+    for (int w = 0; w < SEL_WAYS; w++) memset(tmp + (size_t)w * SEL_BINS, 0, bins * sizeof *tmp);
+    size_t i = 0;
+    for (; i + SEL_WAYS <= len; i += SEL_WAYS)
+        for (int w = 0; w < SEL_WAYS; w++) {
+            uint32_t d = p[i + w] - lo;
+            if (d <= span) tmp[(size_t)w * SEL_BINS + (d >> shift)]++;
         }
-        uint32_t dg = pick_digit(hist, bins, &rank, &above);
-        prefix |= dg << digit_shift[d];
-        pmask |= digit_mask[d] << digit_shift[d];
+    for (; i < len; i++) {
+        uint32_t d = p[i] - lo;
+        if (d <= span) tmp[d >> shift]++;
     }
-    free(bin);
-    *tie_rank = rank;
-    return prefix;
+    for (uint32_t b = 0; b < bins; b++) {
+        uint32_t c = 0;
+        for (int w = 0; w < SEL_WAYS; w++) c += tmp[(size_t)w * SEL_BINS + b];
+        h[b] += c;
+    }
+}
+
+/* The rank-th largest (1-based) of a[0..len) (reordered: entries outside the chosen bins are
+ * dropped as it narrows); *tie_rank: its rank among the entries equal to it. */
+static uint32_t kth_in_range(uint32_t *a, size_t len, uint64_t rank, uint64_t *tie_rank, uint32_t *tmp) {
+    uint32_t h[SEL_BINS];
+    uint64_t h64[SEL_BINS];
+    for (;;) {
+        uint32_t lo = 0xffffffffu, hi = 0;
+        for (size_t i = 0; i < len; i++) {
+            lo = a[i] < lo ? a[i] : lo;
+            hi = a[i] > hi ? a[i] : hi;
+        }
+        if (len == 0 || lo == hi) { *tie_rank = rank; return lo; }
+        int shift = range_shift(lo, hi);
+        uint32_t bins = ((hi - lo) >> shift) + 1;
+        memset(h, 0, bins * sizeof *h);
+        hist_range(a, len, lo, hi, shift, h, tmp);
+        for (uint32_t b = 0; b < bins; b++) h64[b] = h[b];
+        uint64_t above = 0;
+        uint32_t blo = lo + (pick_digit(h64, bins, &rank, &above) << shift);
+        uint32_t bspan = (uint32_t)(((uint64_t)1 << shift) - 1);
+        size_t m = 0;
+        for (size_t i = 0; i < len; i++) {
+            uint32_t v = a[i];
+            a[m] = v;
+            m += v - blo <= bspan;
+        }
+        len = m;
+    }
 }
 
 /* Radix selection over the whole tensor for expert e, restricted to the magnitude range
@@ -217,23 +269,34 @@ static void collect_tile(const meld_tile *t, void *opv) {
     }
 }
 
-/* The k-th largest (1-based rank from the top) of a small array. */
-uint32_t meld_select_kth(uint32_t *a, size_t len, uint64_t rank, uint64_t *tie_rank) {
-    size_t lens[1] = {len};
-    return radix_small(&a, lens, 1, rank, tie_rank);
-}
-static uint32_t kth_largest(uint32_t *a, size_t len, uint64_t rank) {
-    uint64_t tie;
-    return meld_select_kth(a, len, rank, &tie);
+meld_status meld_select_kth(uint32_t *a, size_t len, uint64_t rank, uint32_t *value, uint64_t *tie_rank) {
+    uint32_t *tmp = malloc(SEL_WAYS * SEL_BINS * sizeof *tmp);
+    if (!tmp) return MELD_ERR_OUT_OF_MEMORY;
+    *value = kth_in_range(a, len, rank, tie_rank, tmp);
+    free(tmp);
+    return MELD_OK;
 }
 
-void meld_select_bracket(uint32_t *sample, size_t S, size_t n, uint64_t k, uint32_t *lo, uint32_t *hi) {
+meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint64_t k, uint32_t *lo, uint32_t *hi) {
     double q = (double)k / (double)n;
     double rank = q * (double)S; /* rank from the top of the k-th largest, in the sample */
     double delta = 4.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
     double rhi = rank - delta, rlo = rank + delta;
-    *hi = rhi < 1.0 ? 0x7fffffffu : kth_largest(sample, S, (uint64_t)rhi);
-    *lo = rlo > (double)S ? 0u : kth_largest(sample, S, (uint64_t)rlo);
+    uint32_t *w = malloc((S + SEL_WAYS * SEL_BINS) * sizeof *w);
+    if (!w) return MELD_ERR_OUT_OF_MEMORY;
+    uint64_t tie;
+    *hi = 0x7fffffffu;
+    *lo = 0;
+    if (rhi >= 1.0) {
+        memcpy(w, sample, S * sizeof *w);
+        *hi = kth_in_range(w, S, (uint64_t)rhi, &tie, w + S);
+    }
+    if (rlo <= (double)S) {
+        memcpy(w, sample, S * sizeof *w);
+        *lo = kth_in_range(w, S, (uint64_t)rlo, &tie, w + S);
+    }
+    free(w);
+    return MELD_OK;
 }
 
 /* Index of the tie_rank-th entry equal to T in [i0, i1), or i1 if there are fewer. */
@@ -268,14 +331,23 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         for (size_t j = 0; j < ne; j++) { lo[j] = 0; hi[j] = 0x7fffffffu; }
         cap = n + MELD_UK_ALIGN;
     } else {
-        uint32_t sample[MELD_SEL_BLOCKS * MELD_SEL_RUN];
         const size_t S = MELD_SEL_BLOCKS * MELD_SEL_RUN, step = n / MELD_SEL_BLOCKS;
-        for (size_t j = 0; j < ne; j++) {
-            size_t m = 0;
-            for (size_t b = 0; b < MELD_SEL_BLOCKS; b++)
-                for (size_t r = 0; r < MELD_SEL_RUN; r++) sample[m++] = src_bits(s, active[j], b * step + r);
-            meld_select_bracket(sample, S, n, kk[active[j]], &lo[j], &hi[j]);
+        uint32_t *sample = malloc(ne * S * sizeof *sample);
+        if (!sample) return MELD_ERR_OUT_OF_MEMORY;
+        meld_status st[MELD_MAX_MODELS];
+        /* experts sample and bracket independently; the blocks of one expert in parallel too */
+#pragma omp parallel num_threads(nt)
+        {
+#pragma omp for schedule(static) collapse(2)
+            for (size_t j = 0; j < ne; j++)
+                for (size_t b = 0; b < MELD_SEL_BLOCKS; b++)
+                    sample_run(s, active[j], b * step, MELD_SEL_RUN, sample + j * S + b * MELD_SEL_RUN);
+#pragma omp for schedule(static, 1)
+            for (size_t j = 0; j < ne; j++)
+                st[j] = meld_select_bracket(sample + j * S, S, n, kk[active[j]], &lo[j], &hi[j]);
         }
+        free(sample);
+        for (size_t j = 0; j < ne; j++) MELD_TRY(st[j]);
         cap = (size_t)(0.16 * (double)n / nt) + 4096; /* 4 bytes a candidate: heavy ties fit */
     }
 
@@ -307,63 +379,136 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
 
     typedef struct { size_t e; uint32_t lo, hi; uint64_t above; int needed; } range_job;
     range_job fallback[MELD_MAX_MODELS];
-    /* experts finish independently: in parallel when there are several */
-#pragma omp parallel for schedule(static, 1) num_threads(nt < (int)ne ? nt : (int)ne) if (ne > 1)
+    /* Where each expert's k-th largest lies, from the counts: ranks from the top are (hi, inf) G,
+     * == hi EH, (lo, hi) C, == lo EL. Outside the bracket (or inside with too many values to
+     * store) a radix over the range that must hold it takes over. */
+    enum { AT_HI, AMONG, AT_LO, FALLBACK };
+    int where[MELD_MAX_MODELS];
+    uint64_t rnk[MELD_MAX_MODELS];
+    uint32_t T[MELD_MAX_MODELS];
+    size_t among[MELD_MAX_MODELS], na = 0;
     for (size_t j = 0; j < ne; j++) {
-        size_t e = active[j];
-        uint64_t k = kk[e], G = 0, C = 0, EH = 0, EL = 0;
+        uint64_t k = kk[active[j]], G = 0, C = 0, EH = 0, EL = 0;
         int stored = 1;
-        uint32_t *lp[4096];
-        size_t lens[4096];
-        fallback[j].needed = 0;
-        for (int t = 0; t < nt && t < 4096; t++) {
+        for (int t = 0; t < nt; t++) {
             size_t sl = (size_t)t * ne + j;
             G += op.gt[sl];
             EH += op.eq_hi[sl];
             EL += op.eq_lo[sl];
             C += op.count[sl];
             if (op.count[sl] + MELD_UK_ALIGN > cap) stored = 0;
-            lp[t] = op.cand[sl];
-            lens[t] = op.count[sl];
         }
         if (lo[j] == hi[j]) EL = 0; /* the same entries as EH */
-        /* ranks from the top: (hi, inf) G, == hi EH, (lo, hi) C, == lo EL. The k-th largest lies
-         * in one of them; outside the bracket (or inside with too many values to store) a radix
-         * over the range that must hold it takes over. */
         uint64_t r = G >= k ? 0 : k - G;
-        const uint32_t *per_tile = NULL; /* tie counts per tile, when known without scanning */
-        uint32_t T;
-        if (nt > 4096 || r == 0) { fallback[j] = (range_job){e, hi[j] + 1, 0x7fffffffu, 0, 1}; continue; }
-        if (r <= EH) { T = hi[j]; per_tile = op.tile_hi + j * tiles; }
+        fallback[j].needed = 0;
+        where[j] = FALLBACK;
+        if (r == 0) fallback[j] = (range_job){active[j], hi[j] + 1, 0x7fffffffu, 0, 1};
+        else if (r <= EH) { where[j] = AT_HI; T[j] = hi[j]; }
         else if ((r -= EH) <= C) {
-            if (!stored) { fallback[j] = (range_job){e, lo[j] + 1, hi[j] - 1, G + EH, 1}; continue; }
+            if (stored) { where[j] = AMONG; among[na++] = j; }
+            else fallback[j] = (range_job){active[j], lo[j] + 1, hi[j] - 1, G + EH, 1};
+        } else if ((r -= C) <= EL) { where[j] = AT_LO; T[j] = lo[j]; }
+        else fallback[j] = (range_job){active[j], 0, lo[j] - 1, G + EH + C + EL, 1};
+        rnk[j] = r;
+    }
+
+    if (na) {
+        /* The exact value among the candidates: each thread histograms its own lists over
+         * (lo, hi) (12 bits resolved), the bin holding the rank is gathered from all lists, and a
+         * serial selection finishes within it. */
+        uint32_t *hist = malloc(((size_t)nt * na * SEL_BINS + (size_t)nt * SEL_WAYS * SEL_BINS) * sizeof *hist);
+        if (!hist) return MELD_ERR_OUT_OF_MEMORY;
+        uint32_t *tmp = hist + (size_t)nt * na * SEL_BINS;
+        int shift[MELD_MAX_MODELS];
+        for (size_t q = 0; q < na; q++) shift[q] = range_shift(lo[among[q]] + 1, hi[among[q]] - 1);
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num();
+            for (size_t q = 0; q < na; q++) {
+                const size_t j = among[q], sl = (size_t)t * ne + j;
+                uint32_t *h = hist + ((size_t)t * na + q) * SEL_BINS;
+                memset(h, 0, SEL_BINS * sizeof *h);
+                hist_range(op.cand[sl], op.count[sl], lo[j] + 1, hi[j] - 1, shift[q], h, tmp + (size_t)t * SEL_WAYS * SEL_BINS);
+            }
+        }
+        uint32_t blo[MELD_MAX_MODELS], bspan[MELD_MAX_MODELS];
+        size_t boff[MELD_MAX_MODELS + 1];
+        uint64_t brank[MELD_MAX_MODELS];
+        boff[0] = 0;
+        for (size_t q = 0; q < na; q++) {
+            const size_t j = among[q];
+            uint64_t h64[SEL_BINS], above = 0;
+            const uint32_t bins = ((hi[j] - 1 - (lo[j] + 1)) >> shift[q]) + 1;
+            for (uint32_t b = 0; b < bins; b++) {
+                h64[b] = 0;
+                for (int t = 0; t < nt; t++) h64[b] += hist[((size_t)t * na + q) * SEL_BINS + b];
+            }
+            brank[q] = rnk[j];
+            uint32_t dg = pick_digit(h64, bins, &brank[q], &above);
+            blo[q] = lo[j] + 1 + (dg << shift[q]);
+            bspan[q] = (uint32_t)(((uint64_t)1 << shift[q]) - 1);
+            boff[q + 1] = boff[q] + (size_t)h64[dg];
+        }
+        uint32_t *bin = malloc((boff[na] + SEL_WAYS * SEL_BINS + 1) * sizeof *bin);
+        if (!bin) { free(hist); return MELD_ERR_OUT_OF_MEMORY; }
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num();
+            for (size_t q = 0; q < na; q++) {
+                const size_t j = among[q], sl = (size_t)t * ne + j;
+                size_t at = boff[q];
+                const uint32_t dg = (blo[q] - (lo[j] + 1)) >> shift[q];
+                for (int u = 0; u < t; u++) at += hist[((size_t)u * na + q) * SEL_BINS + dg];
+                const uint32_t *p = op.cand[sl];
+                /* a branch, not a branch-free store: a store past this segment would race with
+                 * the next thread's */
+                for (size_t i = 0, len = op.count[sl]; i < len; i++)
+                    if (p[i] - blo[q] <= bspan[q]) bin[at++] = p[i];
+            }
+        }
+        for (size_t q = 0; q < na; q++) {
             uint64_t tie;
-            T = radix_small(lp, lens, nt, r, &tie);
-            r = tie;
-        } else if ((r -= C) <= EL) { T = lo[j]; per_tile = op.tile_lo + j * tiles; }
-        else { fallback[j] = (range_job){e, 0, lo[j] - 1, G + EH + C + EL, 1}; continue; }
-        /* Walk tiles in index order to the tile holding the r-th entry equal to T, then rescan
-         * that tile for its index (the candidate lists are in tile order). */
+            T[among[q]] = kth_in_range(bin + boff[q], boff[q + 1] - boff[q], brank[q], &tie, bin + boff[na] + 1);
+            rnk[among[q]] = tie;
+        }
+        free(bin);
+        free(hist);
+    }
+
+    /* Walk tiles in index order to the tile holding the r-th entry equal to T, then rescan that
+     * tile for its index. Tie counts per tile come from the collect pass for T = hi or lo, and
+     * from the candidate lists (in tile order: static schedule, threads in order) otherwise.
+     * Experts finish independently: in parallel when there are several. */
+#pragma omp parallel for schedule(static, 1) num_threads(nt < (int)ne ? nt : (int)ne) if (ne > 1)
+    for (size_t j = 0; j < ne; j++) {
+        if (where[j] == FALLBACK) continue;
+        const size_t e = active[j];
+        const uint32_t *per_tile = where[j] == AT_HI ? op.tile_hi + j * tiles : where[j] == AT_LO ? op.tile_lo + j * tiles : NULL;
         int th = 0;
         size_t off = 0;
-        uint64_t cutoff = n, tie_rank = r;
+        uint64_t cutoff = n, tie_rank = rnk[j];
         for (size_t tile = 0; tile < tiles; tile++) {
             uint64_t ties = 0;
             if (per_tile) ties = per_tile[tile];
-            else {
-                for (uint64_t q = 0, c = op.tile_cand[j * tiles + tile]; q < c; q++) {
-                    while (off >= lens[th]) { th++; off = 0; }
-                    ties += lp[th][off++] == T;
+            else
+                for (uint64_t c = op.tile_cand[j * tiles + tile]; c > 0;) {
+                    while (off >= op.count[(size_t)th * ne + j]) { th++; off = 0; }
+                    const size_t len = op.count[(size_t)th * ne + j], take = len - off < c ? len - off : (size_t)c;
+                    const uint32_t *p = op.cand[(size_t)th * ne + j] + off, Tj = T[j];
+                    uint32_t eq = 0;
+                    for (size_t i = 0; i < take; i++) eq += p[i] == Tj;
+                    ties += eq;
+                    off += take;
+                    c -= take;
                 }
-            }
             if (ties >= tie_rank) {
                 size_t a = tile * MELD_TILE, b = a + MELD_TILE < n ? a + MELD_TILE : n;
-                cutoff = find_tie(s, e, T, a, b, tie_rank) + 1;
+                cutoff = find_tie(s, e, T[j], a, b, tie_rank) + 1;
                 break;
             }
             tie_rank -= ties;
         }
-        out[e] = (meld_selection){.threshold = T, .tie_cutoff = cutoff, .kept = k};
+        out[e] = (meld_selection){.threshold = T[j], .tie_cutoff = cutoff, .kept = kk[e]};
     }
     /* the fallback reuses the scratch that held the candidate lists */
     for (size_t j = 0; j < ne; j++) {

@@ -9,8 +9,8 @@ void UK(meld_xf32_convert)(size_t n, meld_uk_in src, void *dst, int dst_dt) {
 /* The body, inlined with compile-time K, input dtype (-1: per input), consensus, divisor and
  * rule kind (rk, -1: per expert, with the optional inputs and outputs checked at run time) in
  * the common cases so loops unroll and branches fold; the generic call passes runtime values.
- * A specialized rk means plain inputs (not deltas), a weighted vote, no sign input or output
- * and an output; for TOP and ALL also scale 1 (scale is applied as t * s, and t * 1 == t).
+ * A specialized rk means a weighted vote, no sign input or output and an output; for TOP and
+ * ALL also scale 1 (scale is applied as t * s, and t * 1 == t).
  * Every variant performs the same operations in the same order (bit-identical results). */
 static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a,
                                                           const size_t K, const int dt, const int cons,
@@ -42,7 +42,7 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
     }
     const void *bp = a->base.p;
     const int bdt = dt >= 0 ? dt : a->base.dt;
-    const int deltas = rk < 0 && a->x_are_deltas, unweighted = rk < 0 && a->vote_unweighted;
+    const int deltas = a->x_are_deltas, unweighted = rk < 0 && a->vote_unweighted;
     /* in locals: stores through the untyped output may alias the argument struct */
     void *const out = a->out;
     const int out_dt = a->out_dt;
@@ -116,7 +116,7 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
 
 /* The rule kind every expert shares when a specialized body applies (see tv_body), else -1. */
 static int tv_uniform_rule(size_t n, size_t i0, const meld_uk_tv_args *a) {
-    if (!a->k || a->x_are_deltas || a->vote_unweighted || a->sign_in || a->sign_out || !a->out) return -1;
+    if (!a->k || a->vote_unweighted || a->sign_in || a->sign_out || !a->out) return -1;
     int rk = (int)a->rule[0].kind;
     for (size_t k = 0; k < a->k; k++) {
         const meld_uk_rule *r = &a->rule[k];

@@ -51,6 +51,15 @@ final class SelectionTests: XCTestCase {
         try check(v, densities: [0.1, 0.4, 0.9], "ties")
     }
 
+    /// Quantized magnitudes (bf16 weights): the bracket holds a few distinct values with
+    /// thousands of entries each; the stored candidates are selected by the per-thread
+    /// histograms and the cutoff tie is placed from the candidate lists.
+    func testQuantizedCandidates() throws {
+        var rng = Rng(27)
+        let v = (0..<400_003).map { _ in (rng.normal() * 64).rounded() / 64 }
+        try check(v, densities: [0.05, 0.2, 0.6], "quantized")
+    }
+
     /// A third of the entries share the threshold value: the bracket collapses to one value,
     /// candidates overflow, and the cutoff comes from the per-tile counts alone.
     func testMassiveTieAtThreshold() throws {
