@@ -126,4 +126,14 @@ static inline void vf_stream(float *p, vf v) {
 static inline void vf_stream_u16(uint16_t *p, vf v, int f16) { if (f16) vf_store_f16(p, v); else vf_store_bf16(p, v); }
 static inline void stream_fence(void) { _mm_sfence(); }
 #define MELD_ISA_SUFFIX avx2
+/* f64 vectors for reductions: MELD_DW lanes; a vf widens to MELD_W / MELD_DW of them */
+#define MELD_DW 4
+typedef __m256d vd;
+static inline vd vd_zero(void) { return _mm256_setzero_pd(); }
+static inline vd vd_fma_exact(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
+static inline void vd_store(double *p, vd v) { _mm256_storeu_pd(p, v); }
+static inline void vd_widen(vf v, vd out[2]) {
+    out[0] = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    out[1] = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+}
 #endif

@@ -133,5 +133,15 @@ static inline void vf_stream_u16(uint16_t *p, vf v, int f16) {
     if (((uintptr_t)p & 31) == 0) _mm256_stream_si256((__m256i *)p, h); else _mm256_storeu_si256((__m256i *)p, h);
 }
 static inline void stream_fence(void) { _mm_sfence(); }
+/* f64 vectors for reductions: MELD_DW lanes; a vf widens to MELD_W / MELD_DW of them */
+#define MELD_DW 8
+typedef __m512d vd;
+static inline vd vd_zero(void) { return _mm512_setzero_pd(); }
+static inline vd vd_fma_exact(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
+static inline void vd_store(double *p, vd v) { _mm512_storeu_pd(p, v); }
+static inline void vd_widen(vf v, vd out[2]) {
+    out[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    out[1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
 #define MELD_ISA_SUFFIX avx512
 #endif

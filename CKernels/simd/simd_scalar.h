@@ -81,4 +81,13 @@ static inline void vf_stream(float *p, vf v) { *p = v; }
 static inline void vf_stream_u16(uint16_t *p, vf v, int f16) { if (f16) vf_store_f16(p, v); else vf_store_bf16(p, v); }
 static inline void stream_fence(void) {}
 #define MELD_ISA_SUFFIX scalar
+/* f64 vectors for reductions: MELD_DW lanes; a vf widens to MELD_W / MELD_DW of them */
+#define MELD_DW 1
+typedef double vd;
+static inline vd vd_zero(void) { return 0.0; }
+/* no FMA hardware assumed: a multiply then an add, which rounds as one FMA when the product is
+ * exact (f32 * f32 always is in f64) */
+static inline vd vd_fma_exact(vd a, vd b, vd c) { return c + a * b; }
+static inline void vd_store(double *p, vd v) { *p = v; }
+static inline void vd_widen(vf v, vd out[1]) { out[0] = (double)v; }
 #endif

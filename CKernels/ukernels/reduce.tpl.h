@@ -11,23 +11,39 @@ static inline double lanes_sum(const double *acc) {
     return s;
 }
 
+/* Gram matrix of the (base-relative) inputs in f64: 16 lane accumulators per pair, element i in
+ * lane i % 16 on every ISA, lanes summed in order at the end (the fixed blocking order that makes
+ * results ISA-independent). vd_fma_exact: the f32 * f32 product is exact in f64, so a fused
+ * multiply-add rounds as the multiply-then-add of the scalar path. */
+#define GRAM_VPV (MELD_W / MELD_DW) /* f64 vectors per f32 vector */
+#define GRAM_ACC (16 / MELD_DW)     /* f64 vectors per 16 lanes */
 static inline __attribute__((always_inline)) void gram_body(size_t n, const meld_uk_gram_args *a, const size_t K) {
     const size_t P = K * (K + 1) / 2;
-    double acc[MELD_GRAM_MAX * (MELD_GRAM_MAX + 1) / 2][16];
-    float v[MELD_GRAM_MAX][16], b[16];
-    for (size_t p = 0; p < P; p++) for (int j = 0; j < 16; j++) acc[p][j] = 0.0;
+    vd acc[MELD_GRAM_MAX * (MELD_GRAM_MAX + 1) / 2][GRAM_ACC];
+    for (size_t p = 0; p < P; p++) for (int j = 0; j < GRAM_ACC; j++) acc[p][j] = vd_zero();
+    const void *bp = a->base.p;
     for (size_t i = 0; i < n; i += 16) {
-        if (a->base.p) load16(b, a->base.p, a->base.dt, i);
-        for (size_t k = 0; k < K; k++) {
-            load16(v[k], a->x[k].p, a->x[k].dt, i);
-            if (a->base.p) for (int j = 0; j < 16; j++) v[k][j] = v[k][j] - b[j];
+        for (int h = 0; h < 16 / MELD_W; h++) {
+            const size_t at = i + (size_t)h * MELD_W;
+            vf b = bp ? load_dt(bp, a->base.dt, at) : vf_zero();
+            vd d[MELD_GRAM_MAX][GRAM_VPV];
+            for (size_t k = 0; k < K; k++) {
+                vf x = load_dt(a->x[k].p, a->x[k].dt, at);
+                if (bp) x = vf_sub(x, b);
+                vd_widen(x, d[k]);
+            }
+            size_t p = 0;
+            for (size_t q = 0; q < K; q++)
+                for (size_t r = q; r < K; r++, p++)
+                    for (int u = 0; u < GRAM_VPV; u++)
+                        acc[p][h * GRAM_VPV + u] = vd_fma_exact(d[q][u], d[r][u], acc[p][h * GRAM_VPV + u]);
         }
-        size_t p = 0;
-        for (size_t q = 0; q < K; q++)
-            for (size_t r = q; r < K; r++, p++)
-                for (int j = 0; j < 16; j++) acc[p][j] += (double)v[q][j] * (double)v[r][j];
     }
-    for (size_t p = 0; p < P; p++) a->out[p] += lanes_sum(acc[p]);
+    for (size_t p = 0; p < P; p++) {
+        double lanes[16];
+        for (int j = 0; j < GRAM_ACC; j++) vd_store(lanes + j * MELD_DW, acc[p][j]);
+        a->out[p] += lanes_sum(lanes);
+    }
 }
 
 /* constant K for the common sizes, so the accumulators stay in registers */
