@@ -2,10 +2,10 @@
  *
  * Fast path (one streaming pass): a small block sample brackets the k-th largest |v| between
  * lo and hi; the pass counts entries above hi and collects the bits of entries inside [lo, hi]
- * into per-thread lists, in index order, with a count per tile (ukernel `collect`). A radix
- * select over the few candidates gives the exact threshold T; the per-tile counts lead to the
- * one tile holding the cutoff tie, which is rescanned. When every candidate equals T (lo == hi,
- * heavy ties) nothing needs storing at all.
+ * into per-thread lists, in tile order, with a count per tile (ukernel `collect`). Range
+ * histograms over the candidates (each thread its own lists, then the chosen bin gathered) give
+ * the exact threshold T; the per-tile counts lead to the one tile holding the cutoff tie, which
+ * is rescanned. When the k-th largest equals lo or hi (heavy ties) nothing stored is needed.
  * Fallback (bracket missed, or too many distinct candidates to store): radix selection by range
  * histograms over the magnitude range known to hold the k-th largest, then per-tile counts of
  * the threshold to place the cutoff. Both give the same answer; the fallback is only slower. */
