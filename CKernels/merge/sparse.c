@@ -436,7 +436,12 @@ static void apply_tile(const meld_tile *t, void *opv) {
         const meld_packed_view *d = &op->d[k];
         size_t first = op->start[k * op->tiles + t->index] + popcount_range(d->mask, tile0, t->i0); /* tail call */
         bp[k] = meld_tile_mask(t, d->mask, bits[t->valid == t->n ? 0 : k]);
-        size_t used = popcount_range(bp[k], 0, t->n);
+        /* entries used by this call: from the tile offsets when it covers its whole tile */
+        const size_t tile_end = tile0 + MELD_TILE < d->numel ? tile0 + MELD_TILE : d->numel;
+        const size_t next = t->index + 1 < op->tiles ? op->start[k * op->tiles + t->index + 1] : d->nnz;
+        size_t used = t->i0 == tile0 && t->i0 + t->valid == tile_end && t->valid == t->n
+                          ? next - op->start[k * op->tiles + t->index]
+                          : popcount_range(bp[k], 0, t->n);
         /* the ukernel reads up to MELD_UK_ALIGN entries past the last one it uses: at the end of
          * the values, read a zero-padded f32 copy instead */
         if (first + used + MELD_UK_ALIGN > d->nnz && (pad[k] = calloc(used + MELD_UK_ALIGN, sizeof(float)))) {
@@ -464,19 +469,25 @@ meld_status meld_sparse_apply(meld_context *ctx, meld_view base, size_t k, const
         if (deltas[i].numel != n) return MELD_ERR_SIZE_MISMATCH;
         if (!meld_dtype_valid(deltas[i].dtype)) return MELD_ERR_UNSUPPORTED_DTYPE;
         if (n && (!deltas[i].mask || (!deltas[i].values && deltas[i].nnz))) return MELD_ERR_NULL_POINTER;
-        size_t nnz;
-        MELD_TRY(meld_mask_count(deltas[i].mask, n, &nnz));
-        if (nnz != deltas[i].nnz) return MELD_ERR_SIZE_MISMATCH;
     }
-    if (meld_cl_active(ctx)) return meld_cl_sparse_apply(ctx, base, k, deltas, scales, out);
+    if (meld_cl_active(ctx)) {
+        for (size_t i = 0; i < k; i++) {
+            size_t nnz;
+            MELD_TRY(meld_mask_count(deltas[i].mask, n, &nnz));
+            if (nnz != deltas[i].nnz) return MELD_ERR_SIZE_MISMATCH;
+        }
+        return meld_cl_sparse_apply(ctx, base, k, deltas, scales, out);
+    }
     size_t *start = malloc((k * tiles + 1) * sizeof *start);
     if (!start) return MELD_ERR_OUT_OF_MEMORY;
-    /* first packed entry of every tile: per-tile popcounts in parallel, then prefix sums */
+    /* first packed entry of every tile: per-tile popcounts in parallel, then prefix sums, whose
+     * totals also check each delta's nnz against its mask */
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
     for (size_t q = 0; q < k * tiles; q++) start[q] = tile_popcount(deltas[q / tiles].mask, n, q % tiles);
     for (size_t i = 0; i < k; i++) {
         size_t c = 0;
         for (size_t t = 0; t < tiles; t++) { size_t v = start[i * tiles + t]; start[i * tiles + t] = c; c += v; }
+        if (c != deltas[i].nnz) { free(start); return MELD_ERR_SIZE_MISMATCH; }
     }
     meld_stream s = {.n = n, .nin = 1, .nout = 1};
     s.in[0] = base.data;
