@@ -81,9 +81,10 @@ static uint32_t pick_digit(const uint64_t *hist, uint32_t bins, uint64_t *rank, 
  * resolves 12 bits of it per pass. */
 enum { SEL_BINS = 4096, SEL_WAYS = 4 };
 
-static int range_shift(uint32_t lo, uint32_t hi) {
+/* the smallest shift that maps [lo, hi] onto fewer than `bins` bins */
+static int range_shift(uint32_t lo, uint32_t hi, uint32_t bins) {
     int shift = 0;
-    while (((uint64_t)(hi - lo) >> shift) >= SEL_BINS) shift++;
+    while (((uint64_t)(hi - lo) >> shift) >= bins) shift++;
     return shift;
 }
 
@@ -123,7 +124,7 @@ static uint32_t kth_in_range(uint32_t *a, size_t len, uint64_t rank, uint64_t *t
             hi = a[i] > hi ? a[i] : hi;
         }
         if (len == 0 || lo == hi) { *tie_rank = rank; return lo; }
-        int shift = range_shift(lo, hi);
+        int shift = range_shift(lo, hi, SEL_BINS);
         uint32_t bins = ((hi - lo) >> shift) + 1;
         memset(h, 0, bins * sizeof *h);
         hist_range(a, len, lo, hi, shift, h, tmp);
@@ -184,8 +185,7 @@ static meld_status radix_range(meld_context *ctx, const sel_src *s, size_t e, ui
     hist_op op = {.s = s, .e = e, .uk = ctx->uk, .hist = mem};
     uint64_t rank = k - above, hist[2048];
     while (lo < hi) {
-        int shift = 0;
-        while (((uint64_t)(hi - lo) >> shift) >= 2048) shift++;
+        int shift = range_shift(lo, hi, 2048);
         uint32_t bins = (uint32_t)((uint64_t)(hi - lo) >> shift) + 1;
         memset(mem, 0, (size_t)nt * 2048 * sizeof(uint32_t));
         op.proto = (meld_uk_hist_args){.lo = lo, .hi = hi, .shift = shift};
@@ -420,7 +420,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         if (!hist) return MELD_ERR_OUT_OF_MEMORY;
         uint32_t *tmp = hist + (size_t)nt * na * SEL_BINS;
         int shift[MELD_MAX_MODELS];
-        for (size_t q = 0; q < na; q++) shift[q] = range_shift(lo[among[q]] + 1, hi[among[q]] - 1);
+        for (size_t q = 0; q < na; q++) shift[q] = range_shift(lo[among[q]] + 1, hi[among[q]] - 1, SEL_BINS);
 #pragma omp parallel num_threads(nt)
         {
             const int t = omp_get_thread_num();
