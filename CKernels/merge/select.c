@@ -254,7 +254,7 @@ static void collect_tile(const meld_tile *t, void *opv) {
             for (size_t i = t->i0; i < t->i0 + t->valid; i++) {
                 uint32_t b = src_bits(s, op->expert[j], i);
                 op->eq_hi[slot + j] += b == op->hi[j];
-                op->eq_lo[slot + j] += b == op->lo[j];
+                op->eq_lo[slot + j] += b == op->lo[j] && op->lo[j] < op->hi[j];
                 if (b > op->hi[j]) op->gt[slot + j]++;
                 else if (b > op->lo[j] && b < op->hi[j]) {
                     size_t c = op->count[slot + j]++;
@@ -449,28 +449,41 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
             bspan[q] = (uint32_t)(((uint64_t)1 << shift[q]) - 1);
             boff[q + 1] = boff[q] + (size_t)h64[dg];
         }
-        uint32_t *bin = malloc((boff[na] + SEL_WAYS * SEL_BINS + 1) * sizeof *bin);
+        /* each thread's part of a bin gets one slot of slack: the gather stores every entry
+         * and advances past the kept ones (no branch), so its last store may land one past */
+        const size_t slack = (size_t)nt;
+        uint32_t *bin = malloc((boff[na] + na * slack + SEL_WAYS * SEL_BINS + 1) * sizeof *bin);
         if (!bin) { free(hist); return MELD_ERR_OUT_OF_MEMORY; }
+        uint32_t *seg_hist[MELD_MAX_MODELS];
+        for (size_t q = 0; q < na; q++) seg_hist[q] = hist + (size_t)((blo[q] - (lo[among[q]] + 1)) >> shift[q]);
+#define SEG_COUNT(u, q) seg_hist[q][((size_t)(u) * na + (q)) * SEL_BINS]
 #pragma omp parallel num_threads(nt)
         {
             const int t = omp_get_thread_num();
             for (size_t q = 0; q < na; q++) {
                 const size_t j = among[q], sl = (size_t)t * ne + j;
-                size_t at = boff[q];
-                const uint32_t dg = (blo[q] - (lo[j] + 1)) >> shift[q];
-                for (int u = 0; u < t; u++) at += hist[((size_t)u * na + q) * SEL_BINS + dg];
-                const uint32_t *p = op.cand[sl];
-                /* a branch, not a branch-free store: a store past this segment would race with
-                 * the next thread's */
-                for (size_t i = 0, len = op.count[sl]; i < len; i++)
-                    if (p[i] - blo[q] <= bspan[q]) bin[at++] = p[i];
+                size_t at = boff[q] + q * slack;
+                for (int u = 0; u < t; u++) at += SEG_COUNT(u, q) + 1;
+                const uint32_t *p = op.cand[sl], b0 = blo[q], span = bspan[q];
+                for (size_t i = 0, len = op.count[sl]; i < len; i++) {
+                    const uint32_t v = p[i];
+                    bin[at] = v;
+                    at += v - b0 <= span;
+                }
             }
         }
         for (size_t q = 0; q < na; q++) {
+            uint32_t *first = bin + boff[q] + q * slack, *dst = first + SEG_COUNT(0, q), *src = dst + 1;
+            for (int u = 1; u < nt; u++) {
+                memmove(dst, src, SEG_COUNT(u, q) * sizeof *dst);
+                dst += SEG_COUNT(u, q);
+                src += SEG_COUNT(u, q) + 1;
+            }
             uint64_t tie;
-            T[among[q]] = kth_in_range(bin + boff[q], boff[q + 1] - boff[q], brank[q], &tie, bin + boff[na] + 1);
+            T[among[q]] = kth_in_range(first, boff[q + 1] - boff[q], brank[q], &tie, bin + boff[na] + na * slack + 1);
             rnk[among[q]] = tie;
         }
+#undef SEG_COUNT
         free(bin);
         free(hist);
     }

@@ -61,6 +61,11 @@ static inline vm meld_avx2_imask(__m256i x) { return (vm)_mm256_movemask_ps(_mm2
 static inline vm vi_gt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(a, b)); }
 static inline vm vi_eq(vi a, vi b) { return meld_avx2_imask(_mm256_cmpeq_epi32(a, b)); }
 static inline vm vi_lt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(b, a)); }
+/* unsigned: flip the top bits, then a signed compare */
+static inline vm vi_ltu(vi a, vi b) {
+    const __m256i t = _mm256_set1_epi32((int)0x80000000u);
+    return meld_avx2_imask(_mm256_cmpgt_epi32(_mm256_xor_si256(b, t), _mm256_xor_si256(a, t)));
+}
 static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
 static inline vi vi_xor(vi a, vi b) { return _mm256_xor_si256(a, b); }
 static inline vi vi_srl(vi a, int s) { return _mm256_srli_epi32(a, s); }

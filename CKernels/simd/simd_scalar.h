@@ -42,6 +42,7 @@ static inline vi vi_iota(void) { return 0; }
 static inline vm vi_gt(vi a, vi b) { return (int32_t)a > (int32_t)b; }
 static inline vm vi_eq(vi a, vi b) { return a == b; }
 static inline vm vi_lt(vi a, vi b) { return (int32_t)a < (int32_t)b; }
+static inline vm vi_ltu(vi a, vi b) { return a < b; }
 static inline vi vi_add(vi a, vi b) { return a + b; }
 static inline vi vi_xor(vi a, vi b) { return a ^ b; }
 static inline vi vi_srl(vi a, int s) { return a >> s; }

@@ -7,38 +7,45 @@ static inline __attribute__((always_inline)) void collect_body(size_t n, const m
                                                                const int dt) {
     /* counters live in registers/stack for the call: the callers' arrays may share cache
      * lines between threads */
-    uint64_t gt[MELD_MAX_MODELS], eh[MELD_MAX_MODELS], el[MELD_MAX_MODELS];
-    size_t count[MELD_MAX_MODELS];
-    vi lo[MELD_MAX_MODELS], hi[MELD_MAX_MODELS];
+    size_t count[MELD_MAX_MODELS], before[MELD_MAX_MODELS];
+    vi hi[MELD_MAX_MODELS], him1[MELD_MAX_MODELS], lom1[MELD_MAX_MODELS], lo1[MELD_MAX_MODELS], width[MELD_MAX_MODELS];
     const void *xp[MELD_MAX_MODELS];
     int xdt[MELD_MAX_MODELS];
     uint32_t *cand[MELD_MAX_MODELS];
     const size_t cap = a->cap;
     for (size_t k = 0; k < K; k++) {
-        gt[k] = eh[k] = el[k] = 0;
-        count[k] = a->count[k];
-        lo[k] = vi_set1(a->lo[k]);
-        hi[k] = vi_set1(a->hi[k]);
+        before[k] = count[k] = a->count[k];
+        const uint32_t l = a->lo[k], h = a->hi[k];
+        hi[k] = vi_set1(h);
+        him1[k] = vi_set1(h - 1u);
+        lom1[k] = vi_set1(l - 1u);
+        lo1[k] = vi_set1(l + 1u);
+        width[k] = vi_set1(h > l ? h - l - 1u : 0u); /* (lo, hi) is b - (lo + 1) < width, unsigned */
         xp[k] = a->x[k].p;
         xdt[k] = dt >= 0 ? dt : a->x[k].dt;
         cand[k] = a->cand[k];
     }
     const void *bp = a->base.p;
     const int bdt = dt >= 0 ? dt : a->base.dt;
-    /* per-lane counters (a masked add each, not a mask move, popcount and add); a call
-     * covers at most one stream tile, far below 2^32 per lane */
-    vi gtv[MELD_MAX_MODELS], ehv[MELD_MAX_MODELS], elv[MELD_MAX_MODELS];
-    for (size_t k = 0; k < K; k++) gtv[k] = ehv[k] = elv[k] = vi_set1(0);
+    /* Per-lane counts of b > hi, b >= hi and b >= lo, by arithmetic rather than compares:
+     * for t, b in [0, 2^31), t - b is negative (bit 31 set) exactly when b > t, so b > t adds
+     * (t - b) >> 31 and b >= t adds (t - 1 - b) >> 31. Compares into masks have a fraction of
+     * the throughput of integer adds and shifts; only the candidate test needs a mask (for the
+     * compress). The equal counts follow: b == hi is (b >= hi) - (b > hi), b == lo is
+     * (b >= lo) - (b >= hi) - (lo < b < hi). A call covers at most one stream tile, far below
+     * 2^32 per lane. */
+    vi gtv[MELD_MAX_MODELS], gehv[MELD_MAX_MODELS], gelv[MELD_MAX_MODELS];
+    for (size_t k = 0; k < K; k++) gtv[k] = gehv[k] = gelv[k] = vi_set1(0);
     for (size_t i = 0; i < n; i += MELD_W) {
         vf b = bp ? load_dt(bp, bdt, i) : vf_zero();
         for (size_t k = 0; k < K; k++) {
             vf d = load_dt(xp[k], xdt[k], i);
             if (bp) d = vf_sub(d, b);
             vi bits = vf_absbits(d);
-            gtv[k] = vi_count(gtv[k], vi_gt(bits, hi[k]));
-            ehv[k] = vi_count(ehv[k], vi_eq(bits, hi[k]));
-            elv[k] = vi_count(elv[k], vi_eq(bits, lo[k]));
-            vm in = vm_and(vi_gt(bits, lo[k]), vi_lt(bits, hi[k]));
+            gtv[k] = vi_add(gtv[k], vi_srl(vi_sub(hi[k], bits), 31));
+            gehv[k] = vi_add(gehv[k], vi_srl(vi_sub(him1[k], bits), 31));
+            gelv[k] = vi_add(gelv[k], vi_srl(vi_sub(lom1[k], bits), 31));
+            vm in = vi_ltu(vi_sub(bits, lo1[k]), width[k]);
             /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
             size_t c = count[k];
             if (c + MELD_UK_ALIGN <= cap) count[k] = c + vi_compress_store(cand[k] + c, in, bits);
@@ -46,12 +53,10 @@ static inline __attribute__((always_inline)) void collect_body(size_t n, const m
         }
     }
     for (size_t k = 0; k < K; k++) {
-        gt[k] += vi_total(gtv[k]);
-        eh[k] += vi_total(ehv[k]);
-        el[k] += vi_total(elv[k]);
-        a->gt[k] += gt[k];
-        a->eq_hi[k] += eh[k];
-        a->eq_lo[k] += el[k];
+        const uint64_t gt = vi_total(gtv[k]), geh = vi_total(gehv[k]), gel = vi_total(gelv[k]);
+        a->gt[k] += gt;
+        a->eq_hi[k] += geh - gt;
+        a->eq_lo[k] += a->lo[k] < a->hi[k] ? gel - geh - (count[k] - before[k]) : 0;
         a->count[k] = count[k];
     }
 }
