@@ -129,6 +129,37 @@ static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 31) == 0) _mm256_stream_ps(p, v); else _mm256_storeu_ps(p, v);
 }
 static inline void vf_stream_u16(uint16_t *p, vf v, int f16) { if (f16) vf_store_f16(p, v); else vf_store_bf16(p, v); }
+/* Pairs: 2 * MELD_W bf16 as two vectors, lane j of `e` holding element 2j and of `o` element
+ * 2j + 1 (see simd_avx512.h). */
+static inline __attribute__((always_inline)) void vf2_load_bf16(const uint16_t *p, vf *e, vf *o) {
+    __m256i x = _mm256_loadu_si256((const __m256i *)p);
+    *e = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    *o = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xffff0000u)));
+}
+static inline __attribute__((always_inline)) __m256i meld_bf16_round_hi(vf v) {
+    __m256i b = _mm256_castps_si256(v);
+    __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
+                                 _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1)));
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    return _mm256_blendv_epi8(r, _mm256_or_si256(b, _mm256_set1_epi32(0x400000)), nan);
+}
+/* keep bits of a pair: w holds 2 * MELD_W bits in element order (shifts, not PEXT: PEXT is
+ * microcoded on some AVX2 cores) */
+static inline uint32_t meld_even_bits16(uint32_t x) {
+    x &= 0x5555u;
+    x = (x | (x >> 1)) & 0x3333u;
+    x = (x | (x >> 2)) & 0x0f0fu;
+    return (x | (x >> 4)) & 0x00ffu;
+}
+static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) {
+    *e = meld_even_bits16(w);
+    *o = meld_even_bits16(w >> 1);
+}
+static inline __attribute__((always_inline)) void vf2_stream_bf16(uint16_t *p, vf e, vf o) {
+    __m256i x = _mm256_or_si256(_mm256_srli_epi32(meld_bf16_round_hi(e), 16),
+                                _mm256_and_si256(meld_bf16_round_hi(o), _mm256_set1_epi32((int)0xffff0000u)));
+    if (((uintptr_t)p & 31) == 0) _mm256_stream_si256((__m256i *)p, x); else _mm256_storeu_si256((__m256i *)p, x);
+}
 static inline void stream_fence(void) { _mm_sfence(); }
 #define MELD_ISA_SUFFIX avx2
 /* f64 vectors for reductions: MELD_DW lanes; a vf widens to MELD_W / MELD_DW of them */

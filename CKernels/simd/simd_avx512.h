@@ -133,6 +133,33 @@ static inline void vf_stream_u16(uint16_t *p, vf v, int f16) {
     __m256i h = f16 ? _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) : meld_bf16_bits(v);
     if (((uintptr_t)p & 31) == 0) _mm256_stream_si256((__m256i *)p, h); else _mm256_storeu_si256((__m256i *)p, h);
 }
+/* Pairs: 2 * MELD_W bf16 as two vectors, lane j of `e` holding element 2j and of `o` element
+ * 2j + 1. One plain load and a shift or a mask each (no widening shuffle); for elementwise
+ * kernels the lane order does not matter as long as the store inverts it. */
+static inline __attribute__((always_inline)) void vf2_load_bf16(const uint16_t *p, vf *e, vf *o) {
+    __m512i x = _mm512_loadu_si512((const void *)p);
+    *e = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    *o = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u)));
+}
+/* f32 bits whose top half is the bf16 (RNE; NaN quieted, as meld_f32_to_bf16) */
+static inline __attribute__((always_inline)) __m512i meld_bf16_round_hi(vf v) {
+    __m512i b = _mm512_castps_si512(v);
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)),
+                                 _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1)));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_or_epi32(r, nan, b, _mm512_set1_epi32(0x400000));
+}
+/* keep bits of a pair: w holds 2 * MELD_W bits in element order */
+static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) {
+    *e = _pext_u32(w, 0x55555555u);
+    *o = _pext_u32(w, 0xAAAAAAAAu);
+}
+static inline __attribute__((always_inline)) void vf2_stream_bf16(uint16_t *p, vf e, vf o) {
+    /* low halves from e, high halves from o: (e >> 16) | (o & 0xffff0000) */
+    __m512i x = _mm512_ternarylogic_epi32(_mm512_srli_epi32(meld_bf16_round_hi(e), 16), meld_bf16_round_hi(o),
+                                          _mm512_set1_epi32((int)0xffff0000u), 0xF8);
+    if (((uintptr_t)p & 63) == 0) _mm512_stream_si512((void *)p, x); else _mm512_storeu_si512((void *)p, x);
+}
 static inline void stream_fence(void) { _mm_sfence(); }
 /* f64 vectors for reductions: MELD_DW lanes; a vf widens to MELD_W / MELD_DW of them */
 #define MELD_DW 8

@@ -4,6 +4,17 @@
 /* Exported ukernel name: meld_<op>__<isa>, e.g. meld_xf32_tv_merge__avx512. */
 #define UK(name) MELD_CAT(name, MELD_ISA_SUFFIX)
 
+/* Per-vector helpers of the kernel bodies: forced inline when optimizing (so their arrays stay
+ * in registers); left as calls at -O0, where inlining them into every specialized body gave
+ * stack frames larger than an OpenMP worker's stack. */
+#ifndef MELD_VEC_INLINE
+#ifdef __OPTIMIZE__
+#define MELD_VEC_INLINE static inline __attribute__((always_inline))
+#else
+#define MELD_VEC_INLINE static inline
+#endif
+#endif
+
 /* always_inline: these run once per vector, and clang had left stream_dt an out-of-line call */
 static inline __attribute__((always_inline)) vf load_dt(const void *p, int dt, size_t i) {
     switch (dt) {
@@ -36,6 +47,16 @@ static inline vm load_bits(const uint8_t *p, size_t j) {
     uint32_t w = p[j >> 3];
     if (MELD_W > 8) w |= (uint32_t)p[(j >> 3) + 1] << 8;
     return vm_from_bits(w >> (j & 7));
+}
+
+/* 2W keep bits for the lanes of a pair starting at local index j (a multiple of 2W) */
+static inline uint32_t load_bits2(const uint8_t *p, size_t j) {
+    if (2 * MELD_W >= 8) {
+        uint32_t w = 0;
+        memcpy(&w, p + (j >> 3), 2 * MELD_W / 8);
+        return w;
+    }
+    return (uint32_t)(p[j >> 3] >> (j & 7)) & ((1u << (2 * MELD_W)) - 1u);
 }
 
 /* Lanes l with global index gi + l < cut. */

@@ -6,6 +6,80 @@ void UK(meld_xf32_convert)(size_t n, meld_uk_in src, void *dst, int dst_dt) {
     stream_fence();
 }
 
+/* Per-call constants of the task-vector body (see tv_body). */
+typedef struct tv_consts {
+    vf wv[MELD_MAX_MODELS], sv[MELD_MAX_MODELS];
+    uint32_t kind[MELD_MAX_MODELS], thr[MELD_MAX_MODELS], thr2[MELD_MAX_MODELS], gt_thr[MELD_MAX_MODELS];
+    uint64_t cut[MELD_MAX_MODELS], cut2[MELD_MAX_MODELS];
+    const uint8_t *bitsp[MELD_MAX_MODELS];
+    int scaled[MELD_MAX_MODELS];
+    int deltas, unweighted, has_base;
+    const int8_t *sign_in;
+    int8_t *sign_out;
+    vf lambda, fixed;
+} tv_consts;
+
+/* One vector: base b and inputs x[k] (loaded) give the merged value; with a specialized BITS
+ * rule bm[k] are the keep masks; i is the call-local index of lane 0 (index-dependent rules,
+ * signs). Sets *skip when there is no output to write. */
+MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, size_t i0,
+                                                       size_t i, const size_t K, const int cons, const int divm,
+                                                       const int rk, int has_out, int *skip) {
+    const vf one = vf_set1(1.0f), zero = vf_zero();
+    vf v[MELD_MAX_MODELS], u[MELD_MAX_MODELS];
+    vf s = zero;
+    for (size_t k = 0; k < K; k++) {
+        vf d = x[k];
+        if (!c->deltas) d = vf_sub(d, b);
+        vf t = d;
+        const uint32_t kk = rk >= 0 ? (uint32_t)rk : c->kind[k];
+        if (rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) {
+            /* t = d * (kept ? 1 : 0) in one masked multiply: d = x - b is never a signalling NaN */
+            vm m = rk == MELD_RULE_TOP ? vi_gt(vf_absbits(d), vi_set1(c->gt_thr[k])) : bm[k];
+            t = vf_mask_mul(vm_not(m), d, d, zero);
+        } else if (kk != MELD_RULE_ALL) {
+            vm m;
+            if (kk == MELD_RULE_TOP) m = top_mask(vf_absbits(d), c->thr[k], c->cut[k], i0 + i);
+            else if (kk == MELD_RULE_BITS) m = load_bits(c->bitsp[k], i);
+            else if (kk == MELD_RULE_WINDOW) {
+                vi bb = vf_absbits(d);
+                m = vm_andnot(top_mask(bb, c->thr2[k], c->cut2[k], i0 + i), top_mask(bb, c->thr[k], c->cut[k], i0 + i));
+            } else m = vm_none();
+            t = vf_mul(d, vf_select(m, one, zero));
+        }
+        if (rk == MELD_RULE_BITS || (rk < 0 && c->scaled[k])) t = vf_mul(t, c->sv[k]);
+        v[k] = vf_mul(t, c->wv[k]);
+        u[k] = c->unweighted ? t : v[k];
+        if (cons == MELD_CONSENSUS_SUM) s = vf_add(s, u[k]);
+        else if (cons == MELD_CONSENSUS_COUNT) s = vf_add(s, vf_sign(u[k]));
+    }
+    vm pos = vm_all();
+    if (cons != MELD_CONSENSUS_NONE) pos = c->sign_in ? vm_from_i8_pos(c->sign_in + i) : vf_ge(s, zero);
+    if (c->sign_out) vm_store_sign_i8(c->sign_out + i, pos);
+    *skip = !has_out;
+    if (!has_out) return zero;
+    vf mixed = zero, div = zero;
+    if (cons == MELD_CONSENSUS_NONE) {
+        for (size_t k = 0; k < K; k++) mixed = vf_add(mixed, v[k]); /* v * 1 == v */
+        div = c->fixed;
+    } else {
+        /* Σ v_k·ag_k and Σ w_k·ag_k (ag = 1 where expert k agrees with the elected sign, else
+         * 0) with masked ops, exactly: v·1 == v (v is a product, never a signalling NaN);
+         * v·0 is kept, as it is ±0 or NaN; adding w·0 = ±0 leaves div alone (div is never -0). */
+        const vm neg = vm_not(pos);
+        for (size_t k = 0; k < K; k++) {
+            vm agree = vf_gt(vf_mask_neg(neg, u[k]), zero); /* u > 0 where +1 won, u < 0 where -1 */
+            mixed = vf_add(mixed, vf_mask_mul(vm_not(agree), v[k], v[k], zero));
+            if (divm == MELD_DIVISOR_WEIGHT_SUM) div = vf_mask_add(agree, div, div, c->wv[k]);
+            else if (divm == MELD_DIVISOR_COUNT) div = vf_mask_add(agree, div, div, one);
+        }
+    }
+    if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, vf_select(vf_eq(div, zero), one, div));
+    mixed = vf_mul(mixed, c->lambda);
+    if (c->has_base) mixed = vf_add(b, mixed);
+    return mixed;
+}
+
 /* The body, inlined with compile-time K, input dtype (-1: per input), consensus, divisor and
  * rule kind (rk, -1: per expert, with the optional inputs and outputs checked at run time) in
  * the common cases so loops unroll and branches fold; the generic call passes runtime values.
@@ -15,93 +89,63 @@ void UK(meld_xf32_convert)(size_t n, meld_uk_in src, void *dst, int dst_dt) {
 static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a,
                                                           const size_t K, const int dt, const int cons,
                                                           const int divm, const int rk) {
-    const vf one = vf_set1(1.0f), zero = vf_zero();
-    vf v[MELD_MAX_MODELS], u[MELD_MAX_MODELS], wv[MELD_MAX_MODELS], sv[MELD_MAX_MODELS];
-    uint32_t kind[MELD_MAX_MODELS], thr[MELD_MAX_MODELS], thr2[MELD_MAX_MODELS];
-    uint64_t cut[MELD_MAX_MODELS], cut2[MELD_MAX_MODELS];
-    const uint8_t *bitsp[MELD_MAX_MODELS];
-    int scaled[MELD_MAX_MODELS];
+    tv_consts c;
     const void *xp[MELD_MAX_MODELS];
     int xdt[MELD_MAX_MODELS];
-    /* TOP in a specialized body: the call lies wholly before or after each tie cutoff (see
-     * tv_uniform_rule), so the rule is one compare: |d| > thr, or |d| >= thr as |d| > thr - 1
-     * (signed: thr = 0 keeps all) */
-    uint32_t gt_thr[MELD_MAX_MODELS];
     for (size_t k = 0; k < K; k++) {
-        gt_thr[k] = a->rule[k].cut >= i0 + n ? a->rule[k].thr - 1u : a->rule[k].thr;
-        wv[k] = vf_set1(a->w[k]);
-        sv[k] = vf_set1(a->rule[k].scale);
-        scaled[k] = a->rule[k].scale != 1.0f;
+        /* TOP in a specialized body: the call lies wholly before or after each tie cutoff (see
+         * tv_uniform_rule), so the rule is one compare: |d| > thr, or |d| >= thr as |d| > thr - 1
+         * (signed: thr = 0 keeps all) */
+        c.gt_thr[k] = a->rule[k].cut >= i0 + n ? a->rule[k].thr - 1u : a->rule[k].thr;
+        c.wv[k] = vf_set1(a->w[k]);
+        c.sv[k] = vf_set1(a->rule[k].scale);
+        c.scaled[k] = a->rule[k].scale != 1.0f;
         /* rule fields in locals: stores through the untyped output may alias the argument struct */
-        kind[k] = a->rule[k].kind;
-        thr[k] = a->rule[k].thr; thr2[k] = a->rule[k].thr2;
-        cut[k] = a->rule[k].cut; cut2[k] = a->rule[k].cut2;
-        bitsp[k] = a->rule[k].bits;
+        c.kind[k] = a->rule[k].kind;
+        c.thr[k] = a->rule[k].thr; c.thr2[k] = a->rule[k].thr2;
+        c.cut[k] = a->rule[k].cut; c.cut2[k] = a->rule[k].cut2;
+        c.bitsp[k] = a->rule[k].bits;
         xp[k] = a->x[k].p;
         xdt[k] = dt >= 0 ? dt : a->x[k].dt;
     }
     const void *bp = a->base.p;
     const int bdt = dt >= 0 ? dt : a->base.dt;
-    const int deltas = a->x_are_deltas, unweighted = rk < 0 && a->vote_unweighted;
+    c.deltas = a->x_are_deltas;
+    c.unweighted = rk < 0 && a->vote_unweighted;
+    c.has_base = bp != NULL;
     /* in locals: stores through the untyped output may alias the argument struct */
     void *const out = a->out;
     const int out_dt = a->out_dt;
-    int8_t *const sign_out = rk < 0 ? a->sign_out : NULL;
-    const int8_t *const sign_in = rk < 0 ? a->sign_in : NULL;
-    const vf lambda = vf_set1(a->lambda);
-    const vf fixed = vf_set1(cons == MELD_CONSENSUS_NONE && divm == MELD_DIVISOR_COUNT ? (float)K : a->fixed_div);
-    for (size_t i = 0; i < n; i += MELD_W) {
-        vf b = bp ? load_dt(bp, bdt, i) : zero;
-        vf s = zero;
-        for (size_t k = 0; k < K; k++) {
-            vf d = load_dt(xp[k], xdt[k], i);
-            if (!deltas) d = vf_sub(d, b);
-            vf t = d;
-            const uint32_t kk = rk >= 0 ? (uint32_t)rk : kind[k];
-            if (rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) {
-                /* t = d * (kept ? 1 : 0) in one masked multiply: d = x - b is never a signalling NaN */
-                vm m = rk == MELD_RULE_TOP ? vi_gt(vf_absbits(d), vi_set1(gt_thr[k])) : load_bits(bitsp[k], i);
-                t = vf_mask_mul(vm_not(m), d, d, zero);
-            } else if (kk != MELD_RULE_ALL) {
-                vm m;
-                if (kk == MELD_RULE_TOP) m = top_mask(vf_absbits(d), thr[k], cut[k], i0 + i);
-                else if (kk == MELD_RULE_BITS) m = load_bits(bitsp[k], i);
-                else if (kk == MELD_RULE_WINDOW) {
-                    vi bb = vf_absbits(d);
-                    m = vm_andnot(top_mask(bb, thr2[k], cut2[k], i0 + i), top_mask(bb, thr[k], cut[k], i0 + i));
-                } else m = vm_none();
-                t = vf_mul(d, vf_select(m, one, zero));
-            }
-            if (rk == MELD_RULE_BITS || (rk < 0 && scaled[k])) t = vf_mul(t, sv[k]);
-            v[k] = vf_mul(t, wv[k]);
-            u[k] = unweighted ? t : v[k];
-            if (cons == MELD_CONSENSUS_SUM) s = vf_add(s, u[k]);
-            else if (cons == MELD_CONSENSUS_COUNT) s = vf_add(s, vf_sign(u[k]));
-        }
-        vm pos = vm_all();
-        if (cons != MELD_CONSENSUS_NONE) pos = sign_in ? vm_from_i8_pos(sign_in + i) : vf_ge(s, zero);
-        if (sign_out) vm_store_sign_i8(sign_out + i, pos);
-        if (rk < 0 && !out) continue;
-        vf mixed = zero, div = zero;
-        if (cons == MELD_CONSENSUS_NONE) {
-            for (size_t k = 0; k < K; k++) mixed = vf_add(mixed, v[k]); /* v * 1 == v */
-            div = fixed;
-        } else {
-            /* Σ v_k·ag_k and Σ w_k·ag_k (ag = 1 where expert k agrees with the elected sign, else
-             * 0) with masked ops, exactly: v·1 == v (v is a product, never a signalling NaN);
-             * v·0 is kept, as it is ±0 or NaN; adding w·0 = ±0 leaves div alone (div is never -0). */
-            const vm neg = vm_not(pos);
+    c.sign_out = rk < 0 ? a->sign_out : NULL;
+    c.sign_in = rk < 0 ? a->sign_in : NULL;
+    c.lambda = vf_set1(a->lambda);
+    c.fixed = vf_set1(cons == MELD_CONSENSUS_NONE && divm == MELD_DIVISOR_COUNT ? (float)K : a->fixed_div);
+    const int has_out = rk >= 0 || out != NULL;
+    size_t i = 0;
+    int skip;
+    vm bme[MELD_MAX_MODELS], bmo[MELD_MAX_MODELS];
+    /* all bf16 and no index-dependent rule: pairs of vectors in even/odd lane order (plain
+     * loads and stores, no widening or narrowing shuffles) */
+    if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16)
+        for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
+            vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
+            if (bp) vf2_load_bf16((const uint16_t *)bp + i, &be, &bo);
             for (size_t k = 0; k < K; k++) {
-                vm agree = vf_gt(vf_mask_neg(neg, u[k]), zero); /* u > 0 where +1 won, u < 0 where -1 */
-                mixed = vf_add(mixed, vf_mask_mul(vm_not(agree), v[k], v[k], zero));
-                if (divm == MELD_DIVISOR_WEIGHT_SUM) div = vf_mask_add(agree, div, div, wv[k]);
-                else if (divm == MELD_DIVISOR_COUNT) div = vf_mask_add(agree, div, div, one);
+                vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
+                if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c.bitsp[k], i), &bme[k], &bmo[k]);
             }
+            vf me = tv_vec(&c, be, xe, bme, i0, i, K, cons, divm, rk, 1, &skip);
+            vf mo = tv_vec(&c, bo, xo, bmo, i0, i, K, cons, divm, rk, 1, &skip);
+            vf2_stream_bf16((uint16_t *)out + i, me, mo);
         }
-        if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, vf_select(vf_eq(div, zero), one, div));
-        mixed = vf_mul(mixed, lambda);
-        if (bp) mixed = vf_add(b, mixed);
-        stream_dt(out, out_dt, i, mixed);
+    for (; i < n; i += MELD_W) {
+        vf b = bp ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
+        for (size_t k = 0; k < K; k++) {
+            x[k] = load_dt(xp[k], xdt[k], i);
+            if (rk == MELD_RULE_BITS) bme[k] = load_bits(c.bitsp[k], i);
+        }
+        vf mixed = tv_vec(&c, b, x, bme, i0, i, K, cons, divm, rk, has_out, &skip);
+        if (!skip) stream_dt(out, out_dt, i, mixed);
     }
     stream_fence();
 }

@@ -3,12 +3,38 @@
 /* The body, inlined with compile-time K and dtype in the common cases: the counters then stay in
  * registers (with a runtime K they lived on the stack, and the candidate count's store-to-load
  * round trip each vector was the loop's critical path). */
+/* One vector of magnitude bits b of one expert: per-lane counts of b > hi, b >= hi and b >= lo,
+ * by arithmetic rather than compares: for t, b in [0, 2^31), t - b is negative (bit 31 set)
+ * exactly when b > t, so b > t adds (t - b) >> 31 and b >= t adds (t - 1 - b) >> 31. Compares
+ * into masks have a fraction of the throughput of integer adds and shifts; only the candidate
+ * test needs a mask (for the compress). A call covers at most one stream tile, far below 2^32
+ * per lane. */
+typedef struct collect_lane {
+    vi hi, him1, lom1, lo1, width; /* width: lo < b < hi is b - (lo + 1) < width, unsigned */
+    vi gt, geh, gel;
+} collect_lane;
+
+MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_t *count,
+                                                              size_t cap) {
+    c->gt = vi_add(c->gt, vi_srl(vi_sub(c->hi, bits), 31));
+    c->geh = vi_add(c->geh, vi_srl(vi_sub(c->him1, bits), 31));
+    c->gel = vi_add(c->gel, vi_srl(vi_sub(c->lom1, bits), 31));
+    vm in = vi_ltu(vi_sub(bits, c->lo1), c->width);
+    /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
+    size_t n = *count;
+    if (n + MELD_UK_ALIGN <= cap) *count = n + vi_compress_store(cand + n, in, bits);
+    else *count = n + (size_t)__builtin_popcount(vm_to_bits(in));
+}
+
+/* The body, inlined with compile-time K and dtype in the common cases: the counters then stay in
+ * registers (with a runtime K they lived on the stack, and the candidate count's store-to-load
+ * round trip each vector was the loop's critical path). */
 static inline __attribute__((always_inline)) void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K,
                                                                const int dt) {
     /* counters live in registers/stack for the call: the callers' arrays may share cache
      * lines between threads */
     size_t count[MELD_MAX_MODELS], before[MELD_MAX_MODELS];
-    vi hi[MELD_MAX_MODELS], him1[MELD_MAX_MODELS], lom1[MELD_MAX_MODELS], lo1[MELD_MAX_MODELS], width[MELD_MAX_MODELS];
+    collect_lane c[MELD_MAX_MODELS];
     const void *xp[MELD_MAX_MODELS];
     int xdt[MELD_MAX_MODELS];
     uint32_t *cand[MELD_MAX_MODELS];
@@ -16,44 +42,39 @@ static inline __attribute__((always_inline)) void collect_body(size_t n, const m
     for (size_t k = 0; k < K; k++) {
         before[k] = count[k] = a->count[k];
         const uint32_t l = a->lo[k], h = a->hi[k];
-        hi[k] = vi_set1(h);
-        him1[k] = vi_set1(h - 1u);
-        lom1[k] = vi_set1(l - 1u);
-        lo1[k] = vi_set1(l + 1u);
-        width[k] = vi_set1(h > l ? h - l - 1u : 0u); /* (lo, hi) is b - (lo + 1) < width, unsigned */
+        c[k] = (collect_lane){.hi = vi_set1(h), .him1 = vi_set1(h - 1u), .lom1 = vi_set1(l - 1u), .lo1 = vi_set1(l + 1u),
+                              .width = vi_set1(h > l ? h - l - 1u : 0u), .gt = vi_set1(0), .geh = vi_set1(0), .gel = vi_set1(0)};
         xp[k] = a->x[k].p;
         xdt[k] = dt >= 0 ? dt : a->x[k].dt;
         cand[k] = a->cand[k];
     }
     const void *bp = a->base.p;
     const int bdt = dt >= 0 ? dt : a->base.dt;
-    /* Per-lane counts of b > hi, b >= hi and b >= lo, by arithmetic rather than compares:
-     * for t, b in [0, 2^31), t - b is negative (bit 31 set) exactly when b > t, so b > t adds
-     * (t - b) >> 31 and b >= t adds (t - 1 - b) >> 31. Compares into masks have a fraction of
-     * the throughput of integer adds and shifts; only the candidate test needs a mask (for the
-     * compress). The equal counts follow: b == hi is (b >= hi) - (b > hi), b == lo is
-     * (b >= lo) - (b >= hi) - (lo < b < hi). A call covers at most one stream tile, far below
-     * 2^32 per lane. */
-    vi gtv[MELD_MAX_MODELS], gehv[MELD_MAX_MODELS], gelv[MELD_MAX_MODELS];
-    for (size_t k = 0; k < K; k++) gtv[k] = gehv[k] = gelv[k] = vi_set1(0);
-    for (size_t i = 0; i < n; i += MELD_W) {
+    size_t i = 0;
+    if (dt == MELD_BF16) /* all inputs bf16: pairs of vectors (lane order does not matter here) */
+        for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
+            vf be = vf_zero(), bo = vf_zero();
+            if (bp) vf2_load_bf16((const uint16_t *)bp + i, &be, &bo);
+            for (size_t k = 0; k < K; k++) {
+                vf de, dd;
+                vf2_load_bf16((const uint16_t *)xp[k] + i, &de, &dd);
+                if (bp) { de = vf_sub(de, be); dd = vf_sub(dd, bo); }
+                collect_vec(&c[k], vf_absbits(de), cand[k], &count[k], cap);
+                collect_vec(&c[k], vf_absbits(dd), cand[k], &count[k], cap);
+            }
+        }
+    for (; i < n; i += MELD_W) {
         vf b = bp ? load_dt(bp, bdt, i) : vf_zero();
         for (size_t k = 0; k < K; k++) {
             vf d = load_dt(xp[k], xdt[k], i);
             if (bp) d = vf_sub(d, b);
-            vi bits = vf_absbits(d);
-            gtv[k] = vi_add(gtv[k], vi_srl(vi_sub(hi[k], bits), 31));
-            gehv[k] = vi_add(gehv[k], vi_srl(vi_sub(him1[k], bits), 31));
-            gelv[k] = vi_add(gelv[k], vi_srl(vi_sub(lom1[k], bits), 31));
-            vm in = vi_ltu(vi_sub(bits, lo1[k]), width[k]);
-            /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
-            size_t c = count[k];
-            if (c + MELD_UK_ALIGN <= cap) count[k] = c + vi_compress_store(cand[k] + c, in, bits);
-            else count[k] = c + (size_t)__builtin_popcount(vm_to_bits(in));
+            collect_vec(&c[k], vf_absbits(d), cand[k], &count[k], cap);
         }
     }
+    /* the equal counts: b == hi is (b >= hi) - (b > hi); b == lo is (b >= lo) - (b >= hi) -
+     * (lo < b < hi) */
     for (size_t k = 0; k < K; k++) {
-        const uint64_t gt = vi_total(gtv[k]), geh = vi_total(gehv[k]), gel = vi_total(gelv[k]);
+        const uint64_t gt = vi_total(c[k].gt), geh = vi_total(c[k].geh), gel = vi_total(c[k].gel);
         a->gt[k] += gt;
         a->eq_hi[k] += geh - gt;
         a->eq_lo[k] += a->lo[k] < a->hi[k] ? gel - geh - (count[k] - before[k]) : 0;

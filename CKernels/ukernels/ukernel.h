@@ -71,8 +71,8 @@ typedef struct meld_uk_tv_args {
 /* Candidate collection for exact selection: per element of each of k task vectors,
  * b = absbits(d_k) (d_k = x_k - base, or x_k when base.p is NULL); count b > hi_k into gt[k],
  * b == hi_k into eq_hi[k], b == lo_k into eq_lo[k] (only when lo_k < hi_k); append b to cand[k]
- * when lo_k < b < hi_k,
- * in index order, while count[k] + MELD_UK_ALIGN <= cap (past that only count[k] grows).
+ * when lo_k < b < hi_k
+ * (in any order within the call), while count[k] + MELD_UK_ALIGN <= cap (past that only count[k] grows).
  * Counting the bracket's ends instead of storing them keeps heavy ties (bf16) cheap.
  * cand[k] needs MELD_UK_ALIGN entries of slack. */
 typedef struct meld_uk_collect_args {

@@ -167,4 +167,39 @@ final class MergeTests: XCTestCase {
             XCTAssertEqual(lin.map(\.bitPattern), linf.map(bf16Reference))
         }
     }
+
+    /// All-bf16 merges run two vectors per step in even/odd lane order (plain loads and stores).
+    /// Every output must be the RNE rounding of the same merge with an f32 output, bit for bit
+    /// (NaN payloads, ±Inf and subnormals included), on every ISA path and thread count, for the
+    /// rules ALL (task arithmetic, linear), TOP (TIES) and BITS (DARE), at sizes around the pair
+    /// width and with ragged tails.
+    func testBF16PairPathRoundsTheF32Result() throws {
+        var rng = Rng(77)
+        let specials: [UInt16] = [0x7fc1, 0xffc0, 0x7f80, 0xff80, 0x0001, 0x8003, 0x007f, 0x0080, 0x7f7f, 0xff7f, 0x0000, 0x8000]
+        for n in [1, 31, 32, 33, 63, 64, 65, 4096 + 45, 70_001] {
+            var base = rng.floats(n, scale: 0.02).map { BFloat16($0) }
+            var xs = (0..<3).map { _ in base.map { BFloat16($0.floatValue + rng.normal() * 0.002) } }
+            for (j, s) in specials.enumerated() {
+                if j * 7 + 3 < n { xs[j % 3][j * 7 + 3] = BFloat16(bitPattern: s) }
+                if j * 11 + 5 < n { base[j * 11 + 5] = BFloat16(bitPattern: s) }
+            }
+            // results that are bf16 subnormals, and exact ties between two bf16 neighbours
+            if n > 40 { base[40] = BFloat16(bitPattern: 0x0005); for k in 0..<3 { xs[k][40] = BFloat16(bitPattern: 0x0002) } }
+            let w: [Float] = [0.7, -0.4, 1.3]
+            let sp = (0..<3).map { Sparsifier.dare(0.4, seed: 9, stream: UInt64($0), rescale: .density) }
+            let mo = MergeOptions(consensus: .sum, divisor: .weightSum)
+            for ctx in try allContexts() {
+                func same(_ a: [BFloat16], _ f: [Float], _ what: String) {
+                    XCTAssertEqual(a.map(\.bitPattern), f.map { BFloat16($0).bitPattern }, "\(what) n=\(n) \(ctx.isa) \(ctx.threads)")
+                }
+                same(try ctx.taskArithmetic(base: base, xs, weights: w, lambda: 0.9),
+                     try ctx.taskArithmetic(base: base, xs, weights: w, lambda: 0.9), "task arithmetic")
+                same(try ctx.linear(xs, weights: [1, 2, 3]), try ctx.linear(xs, weights: [1, 2, 3]), "linear")
+                same(try ctx.ties(base: base, xs, weights: w, densities: [0.3, 0.5, 0.7]),
+                     try ctx.ties(base: base, xs, weights: w, densities: [0.3, 0.5, 0.7]), "ties")
+                same(try ctx.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: sp, options: mo),
+                     try ctx.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: sp, options: mo), "dare_ties")
+            }
+        }
+    }
 }
