@@ -129,8 +129,9 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
     if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16)
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
-            if (bp) vf2_load_bf16((const uint16_t *)bp + i, &be, &bo);
+            if (bp) { prefetch_u16(bp, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
             for (size_t k = 0; k < K; k++) {
+                prefetch_u16(xp[k], i);
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
                 if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c.bitsp[k], i), &bme[k], &bmo[k]);
             }
@@ -139,8 +140,10 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
             vf2_stream_bf16((uint16_t *)out + i, me, mo);
         }
     for (; i < n; i += MELD_W) {
+        if (bp) prefetch_dt(bp, bdt, i);
         vf b = bp ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
         for (size_t k = 0; k < K; k++) {
+            prefetch_dt(xp[k], xdt[k], i);
             x[k] = load_dt(xp[k], xdt[k], i);
             if (rk == MELD_RULE_BITS) bme[k] = load_bits(c.bitsp[k], i);
         }

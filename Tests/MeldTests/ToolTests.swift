@@ -24,8 +24,8 @@ func floats(_ f: ModelFolder, _ name: String) throws -> [Float] {
 
 func runMerge(_ config: String, _ out: String, in dir: String, threads: Int = 2, seed: UInt64 = 1, shard: Int = 5_000_000_000) throws -> MergeSummary {
     let cwd = FileManager.default.currentDirectoryPath
-    FileManager.default.changeCurrentDirectoryPath(dir)
-    defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+    XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(dir), "cd \(dir)")
+    defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
     var r = MergeRequest(configPath: config, outDir: out)
     r.threads = threads; r.seed = seed; r.quiet = true; r.overwrite = true; r.shardSize = shard
     return try Merger.run(r)
@@ -78,8 +78,8 @@ final class ConformanceTests: XCTestCase {
         let text = try String(contentsOfFile: caseDir + "/config.yml", encoding: .utf8)
         let cfg = try MergeConfig(yaml: text)
         let cwd = FileManager.default.currentDirectoryPath
-        FileManager.default.changeCurrentDirectoryPath(caseDir)
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(caseDir), "cd \(caseDir)")
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
         let base = try ModelFolder(path: cfg.baseModel!)
         let experts = try cfg.models.map { try ModelFolder(path: $0.model) }
         let rescale = { if case .bool(false)? = cfg.parameters["rescale"] { return false }; return true }()
@@ -184,8 +184,8 @@ final class ToolTests: XCTestCase {
         write(ties(), d + "/c.yml")
         try FileManager.default.createDirectory(atPath: d + "/out", withIntermediateDirectories: true)
         let cwd = FileManager.default.currentDirectoryPath
-        FileManager.default.changeCurrentDirectoryPath(d)
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(d), "cd \(d)")
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
         var r = MergeRequest(configPath: "c.yml", outDir: "out")
         r.quiet = true
         XCTAssertThrowsError(try Merger.run(r)) { XCTAssertTrue("\($0)".contains("already exists")) }
