@@ -84,9 +84,17 @@ static inline __attribute__((always_inline)) void apply_body(size_t n, const mel
     const void *vp[MELD_MAX_MODELS];
     const uint8_t *bits[MELD_MAX_MODELS];
     for (size_t k = 0; k < K; k++) { pos[k] = 0; sc[k] = vf_set1(a->scale[k]); vp[k] = a->values[k].p; bits[k] = a->bits[k]; }
+    /* bf16 values: 2 + 2K streams, more than the hardware prefetcher follows well; software
+     * prefetch ahead on each (-17%; the f32 kernel ran slower with it) */
+    const int pf = vdt == MELD_BF16;
     for (size_t i = 0; i < n; i += MELD_W) {
+        if (pf && a->base.p) prefetch_dt(a->base.p, a->base.dt, i);
         vf acc = a->base.p ? load_dt(a->base.p, a->base.dt, i) : vf_zero();
         for (size_t k = 0; k < K; k++) {
+            if (pf) {
+                __builtin_prefetch(bits[k] + i / 8 + 128, 0, 3);
+                __builtin_prefetch((const char *)vp[k] + (pos[k] + 128) * 2, 0, 3);
+            }
             vm m = load_bits(bits[k], i); /* no skip when empty: unpredictable at 10% density */
             vf v = vf_expand(m, load_dt(vp[k], vdt >= 0 ? vdt : a->values[k].dt, pos[k]));
             pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
@@ -101,16 +109,10 @@ static inline __attribute__((always_inline)) void apply_body(size_t n, const mel
 void UK(meld_xf32_sparse_apply)(size_t n, const meld_uk_apply_args *a) {
     int dt = a->values[0].dt;
     for (size_t k = 1; k < a->k; k++) if (a->values[k].dt != dt) dt = -1;
-    if (dt == MELD_F32) {
-        switch (a->k) {
-        case 1: apply_body(n, a, 1, MELD_F32); return;
-        case 2: apply_body(n, a, 2, MELD_F32); return;
-        case 4: apply_body(n, a, 4, MELD_F32); return;
-        default: break;
-        }
-    } else if (dt == MELD_BF16 && a->k == 4) {
-        apply_body(n, a, 4, MELD_BF16);
-        return;
-    }
+#define APPLY_KS(DT) switch (a->k) { case 1: apply_body(n, a, 1, DT); return; case 2: apply_body(n, a, 2, DT); return; \
+    case 3: apply_body(n, a, 3, DT); return; case 4: apply_body(n, a, 4, DT); return; default: break; }
+    if (dt == MELD_F32) APPLY_KS(MELD_F32)
+    else if (dt == MELD_BF16) APPLY_KS(MELD_BF16)
+#undef APPLY_KS
     apply_body(n, a, a->k, -1);
 }
