@@ -22,7 +22,12 @@ static inline __attribute__((always_inline)) void gram_body(size_t n, const meld
     vd acc[MELD_GRAM_MAX * (MELD_GRAM_MAX + 1) / 2][GRAM_ACC];
     for (size_t p = 0; p < P; p++) for (int j = 0; j < GRAM_ACC; j++) acc[p][j] = vd_zero();
     const void *bp = a->base.p;
+    const int pf = K + (bp != NULL) >= 2; /* several streams: software prefetch (see prefetch_dt) */
     for (size_t i = 0; i < n; i += 16) {
+        if (pf) {
+            if (bp) prefetch_dt(bp, a->base.dt, i);
+            for (size_t k = 0; k < K; k++) prefetch_dt(a->x[k].p, a->x[k].dt, i);
+        }
         for (int h = 0; h < 16 / MELD_W; h++) {
             const size_t at = i + (size_t)h * MELD_W;
             vf b = bp ? load_dt(bp, a->base.dt, at) : vf_zero();
