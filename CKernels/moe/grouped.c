@@ -33,7 +33,7 @@ static int use_bf16_dot(const meld_context *ctx, meld_dtype dtype) {
     if (!env || strcmp(env, "1")) return 0;
     __builtin_cpu_init();
     return dtype == MELD_BF16 && ctx->isa == MELD_ISA_AVX512 && __builtin_cpu_supports("avx512bf16") &&
-           ctx->uk->gemm_mr == 8 && ctx->uk->gemm_nr == 32;
+           ctx->uk->gemm_nr == 32;
 #else
     (void)ctx; (void)dtype;
     return 0;
@@ -110,7 +110,8 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                                 const float *const *arow, float *const *crow) {
     const meld_ukernels *uk = ctx->uk;
     const meld_gemm_ukernel gemm = w->pairs ? meld_bf16_gemm_dot__avx512bf16 : uk->gemm;
-    const size_t MR = uk->gemm_mr, NR = w->nr, MC = GM_MC_BLOCKS * MR, N = w->N, K = w->K;
+    /* the AVX512-BF16 dot kernel has its own 8-row block */
+    const size_t MR = w->pairs ? 8 : uk->gemm_mr, NR = w->nr, MC = GM_MC_BLOCKS * MR, N = w->N, K = w->K;
     const size_t es = meld_dtype_size(w->dtype);
     size_t rows_max = 0, ntasks = 0;
     for (size_t e = 0; e < w->E; e++) {

@@ -117,7 +117,7 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
     *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
-#define MELD_MR 8
+#define MELD_MR 12
 static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 63) == 0) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);
 }
