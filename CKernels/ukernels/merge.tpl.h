@@ -9,7 +9,8 @@ void UK(meld_xf32_convert)(size_t n, meld_uk_in src, void *dst, int dst_dt) {
 /* Per-call constants of the task-vector body (see tv_body). */
 typedef struct tv_consts {
     vf wv[MELD_MAX_MODELS], sv[MELD_MAX_MODELS];
-    uint32_t kind[MELD_MAX_MODELS], thr[MELD_MAX_MODELS], thr2[MELD_MAX_MODELS], gt_thr[MELD_MAX_MODELS];
+    vi gt_thr[MELD_MAX_MODELS]; /* broadcast once: a scalar here was re-broadcast every vector */
+    uint32_t kind[MELD_MAX_MODELS], thr[MELD_MAX_MODELS], thr2[MELD_MAX_MODELS];
     uint64_t cut[MELD_MAX_MODELS], cut2[MELD_MAX_MODELS];
     const uint8_t *bitsp[MELD_MAX_MODELS];
     int scaled[MELD_MAX_MODELS];
@@ -35,7 +36,7 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
         const uint32_t kk = rk >= 0 ? (uint32_t)rk : c->kind[k];
         if (rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) {
             /* t = d * (kept ? 1 : 0) in one masked multiply: d = x - b is never a signalling NaN */
-            vm m = rk == MELD_RULE_TOP ? vi_gt(vf_absbits(d), vi_set1(c->gt_thr[k])) : bm[k];
+            vm m = rk == MELD_RULE_TOP ? vi_gt(vf_absbits(d), c->gt_thr[k]) : bm[k];
             t = vf_mask_mul(vm_not(m), d, d, zero);
         } else if (kk != MELD_RULE_ALL) {
             vm m;
@@ -96,7 +97,7 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
         /* TOP in a specialized body: the call lies wholly before or after each tie cutoff (see
          * tv_uniform_rule), so the rule is one compare: |d| > thr, or |d| >= thr as |d| > thr - 1
          * (signed: thr = 0 keeps all) */
-        c.gt_thr[k] = a->rule[k].cut >= i0 + n ? a->rule[k].thr - 1u : a->rule[k].thr;
+        c.gt_thr[k] = vi_set1(a->rule[k].cut >= i0 + n ? a->rule[k].thr - 1u : a->rule[k].thr);
         c.wv[k] = vf_set1(a->w[k]);
         c.sv[k] = vf_set1(a->rule[k].scale);
         c.scaled[k] = a->rule[k].scale != 1.0f;
