@@ -1,8 +1,5 @@
 /* Candidate collection for exact magnitude selection (template). Contract: ukernel.h. */
 
-/* The body, inlined with compile-time K and dtype in the common cases: the counters then stay in
- * registers (with a runtime K they lived on the stack, and the candidate count's store-to-load
- * round trip each vector was the loop's critical path). */
 /* One vector of magnitude bits b of one expert: per-lane counts of b > hi, b >= hi and b >= lo,
  * by arithmetic rather than compares: for t, b in [0, 2^31), t - b is negative (bit 31 set)
  * exactly when b > t, so b > t adds (t - b) >> 31 and b >= t adds (t - 1 - b) >> 31. Compares
