@@ -46,9 +46,6 @@ static inline __attribute__((always_inline)) void stream_dt(void *p, int dt, siz
  * bf16 loops keep few iterations in flight, and the hardware prefetcher alone left them waiting
  * on memory. */
 #define MELD_PF_AHEAD 1024
-static inline __attribute__((always_inline)) void prefetch_u16(const void *p, size_t i) {
-    __builtin_prefetch((const uint16_t *)p + i + MELD_PF_AHEAD, 0, 3);
-}
 static inline __attribute__((always_inline)) void prefetch_dt(const void *p, int dt, size_t i) {
     __builtin_prefetch((const char *)p + (i + MELD_PF_AHEAD) * (dt == MELD_F32 ? 4 : 2), 0, 3);
 }

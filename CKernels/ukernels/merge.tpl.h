@@ -130,9 +130,9 @@ static inline __attribute__((always_inline)) void tv_body(size_t n, size_t i0, c
     if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16)
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
-            if (bp) { prefetch_u16(bp, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
+            if (bp) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
             for (size_t k = 0; k < K; k++) {
-                prefetch_u16(xp[k], i);
+                prefetch_dt(xp[k], MELD_BF16, i);
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
                 if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c.bitsp[k], i), &bme[k], &bmo[k]);
             }

@@ -51,10 +51,10 @@ static inline __attribute__((always_inline)) void collect_body(size_t n, const m
     if (dt == MELD_BF16) /* all inputs bf16: pairs of vectors (lane order does not matter here) */
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             vf be = vf_zero(), bo = vf_zero();
-            if (bp) { prefetch_u16(bp, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
+            if (bp) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
             for (size_t k = 0; k < K; k++) {
                 vf de, dd;
-                if (K > 1 || bp) prefetch_u16(xp[k], i); /* one stream: the hardware keeps up */
+                if (K > 1 || bp) prefetch_dt(xp[k], MELD_BF16, i); /* one stream: the hardware keeps up */
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &de, &dd);
                 if (bp) { de = vf_sub(de, be); dd = vf_sub(dd, bo); }
                 collect_vec(&c[k], vf_absbits(de), cand[k], &count[k], cap);
