@@ -25,7 +25,7 @@ static inline double now_s(void) {
     for (int r_ = 0; r_ < (reps); r_++) { double t0_ = now_s(); body; double t_ = now_s() - t0_; if (t_ < secs) secs = t_; } \
 } while (0)
 
-static void *xmalloc(size_t n) {
+static inline void *xmalloc(size_t n) {
     void *p = aligned_alloc(64, (n + 63) / 64 * 64);
     if (!p) { fprintf(stderr, "out of memory (%zu bytes)\n", n); exit(2); }
     return p;
@@ -37,7 +37,7 @@ static inline uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-static void fill_normalish(float *p, size_t n, uint64_t seed, float scale) {
+static inline void fill_normalish(float *p, size_t n, uint64_t seed, float scale) {
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         uint64_t r = mix64(seed * 0x9E3779B97F4A7C15ull + i);
@@ -48,7 +48,7 @@ static void fill_normalish(float *p, size_t n, uint64_t seed, float scale) {
 }
 
 /* STREAM triad a = b + s*c over n floats; returns GB/s counting 12 bytes per element. */
-static double triad_gbs(size_t n, int reps, int threads) {
+static inline double triad_gbs(size_t n, int reps, int threads) {
     float *a = xmalloc(n * 4), *b = xmalloc(n * 4), *c = xmalloc(n * 4);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (size_t i = 0; i < n; i++) { a[i] = 0; b[i] = 1; c[i] = 2; }
@@ -65,7 +65,7 @@ static double triad_gbs(size_t n, int reps, int threads) {
 }
 
 /* One streaming read of bytes at p (xor-reduce of 64-bit words); returns seconds. */
-static double read_pass_s(const void *p, size_t bytes, int reps, int threads) {
+static inline double read_pass_s(const void *p, size_t bytes, int reps, int threads) {
     const uint64_t *w = p;
     size_t n = bytes / 8;
     volatile uint64_t sink = 0;
