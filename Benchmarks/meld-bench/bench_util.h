@@ -5,6 +5,7 @@
 #define MELD_BENCH_UTIL_H
 #include <stdint.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -48,19 +49,28 @@ static inline void fill_normalish(float *p, size_t n, uint64_t seed, float scale
 }
 
 /* STREAM triad a = b + s*c over n floats; returns GB/s counting 12 bytes per element. */
+/* STREAM triad arrays, and one pass over them (seconds): a[i] = b[i] + 3 c[i], 12 bytes/element */
+typedef struct triad_arrays { float *a, *b, *c; size_t n; int threads; } triad_arrays;
+static inline triad_arrays triad_alloc(size_t n, int threads) {
+    triad_arrays t = {xmalloc(n * 4), xmalloc(n * 4), xmalloc(n * 4), n, threads};
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (size_t i = 0; i < n; i++) { t.a[i] = 0; t.b[i] = 1; t.c[i] = 2; }
+    return t;
+}
+static inline void triad_free(triad_arrays *t) { free(t->a); free(t->b); free(t->c); }
+static inline double triad_pass_s(const triad_arrays *t) {
+    float *a = t->a;
+    const float *b = t->b, *c = t->c;
+    double t0 = now_s();
+#pragma omp parallel for schedule(static) num_threads(t->threads)
+    for (size_t i = 0; i < t->n; i++) a[i] = b[i] + 3.0f * c[i];
+    return now_s() - t0;
+}
 static inline double triad_gbs(size_t n, int reps, int threads) {
-    float *a = xmalloc(n * 4), *b = xmalloc(n * 4), *c = xmalloc(n * 4);
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (size_t i = 0; i < n; i++) { a[i] = 0; b[i] = 1; c[i] = 2; }
+    triad_arrays ta = triad_alloc(n, threads);
     double t = 1e30;
-    for (int r = 0; r < reps; r++) {
-        double t0 = now_s();
-#pragma omp parallel for schedule(static) num_threads(threads)
-        for (size_t i = 0; i < n; i++) a[i] = b[i] + 3.0f * c[i];
-        double dt = now_s() - t0;
-        if (dt < t) t = dt;
-    }
-    free(a); free(b); free(c);
+    for (int r = 0; r < reps; r++) t = fmin(t, triad_pass_s(&ta));
+    triad_free(&ta);
     return 12.0 * (double)n / t / 1e9;
 }
 

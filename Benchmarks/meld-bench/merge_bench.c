@@ -1,6 +1,8 @@
 /* Merge kernel benchmark: per kernel and dtype, GB/s over the bytes each kernel must move
- * (inputs read once + output written once) and its ratio to the STREAM triad measured in the
- * same run; magnitude selection as a multiple of one streaming read of its tensor. */
+ * (inputs read once + output written once) and its ratio to a STREAM triad measured beside it;
+ * magnitude selection as a multiple of one streaming read of its tensor. Each case alternates
+ * the reference pass (triad or read) with the kernel, best of each, so both see the same
+ * machine: on a shared machine the bandwidth drifts within a run. */
 #include <math.h>
 #include <meld.h>
 #include "bench_util.h"
@@ -28,9 +30,20 @@ void merge_bench(const bench_cfg *c) {
     CHECK(meld_context_create(c->threads, &ctx));
     meld_isa isa;
     meld_context_isa(ctx, &isa);
+    triad_arrays ta = triad_alloc(n, c->threads);
     double triad = triad_gbs(n, c->reps, c->threads);
-    printf("# merge kernels: n = %zu, K = %d, %d threads, isa %s, STREAM triad %.2f GB/s\n", n, K, c->threads,
-           meld_isa_name(isa), triad);
+    printf("# merge kernels: n = %zu, K = %d, %d threads, isa %s, STREAM triad %.2f GB/s at the start; each\n"
+           "# ratio is to a triad timed alternately with its kernel (best of %d each)\n", n, K, c->threads,
+           meld_isa_name(isa), triad, c->reps);
+/* t: best seconds of body; triad: GB/s of the best triad pass run alternately with it */
+#define CASE(body) do { \
+        double tt_ = 1e30; t = 1e30; \
+        for (int r_ = 0; r_ < c->reps; r_++) { \
+            tt_ = fmin(tt_, triad_pass_s(&ta)); \
+            double t0_ = now_s(); body; t = fmin(t, now_s() - t0_); \
+        } \
+        triad = 12.0 * (double)n / tt_ / 1e9; \
+    } while (0)
 
     float *base32 = xmalloc(n * 4), *x32[3], *out32 = xmalloc(n * 4);
     fill_normalish(base32, n, 1, 0.02f);
@@ -59,22 +72,28 @@ void merge_bench(const bench_cfg *c) {
         meld_span o = {out, n, dt};
         double t, tensor = (double)n * (double)es;
 
-        BEST_OF(c->reps, t, CHECK(meld_linear(ctx, K, m, w, 1, o)));
+        CASE(CHECK(meld_linear(ctx, K, m, w, 1, o)));
         report(c, "linear", dn, t, (K + 1) * tensor, triad, "triad_ratio", 0.80, (K + 1) * tensor / t / 1e9 / triad);
-        BEST_OF(c->reps, t, CHECK(meld_task_arithmetic(ctx, b, K, m, w, 1.0f, 0, o)));
+        CASE(CHECK(meld_task_arithmetic(ctx, b, K, m, w, 1.0f, 0, o)));
         report(c, "task_arithmetic", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.80, (K + 2) * tensor / t / 1e9 / triad);
 
         /* selection of one tensor vs one streaming read of it */
-        double tread = read_pass_s(m[0].data, n * es, c->reps, c->threads);
         meld_selection sel[3];
-        BEST_OF(c->reps, t, CHECK(meld_magnitude_select(ctx, m[0], 0.2, &sel[0])));
+        double tread = 1e30;
+        t = 1e30;
+        for (int r = 0; r < c->reps; r++) {
+            tread = fmin(tread, read_pass_s(m[0].data, n * es, 1, c->threads));
+            double t0 = now_s();
+            CHECK(meld_magnitude_select(ctx, m[0], 0.2, &sel[0]));
+            t = fmin(t, now_s() - t0);
+        }
         report(c, "select(1 tensor)", dn, t, tensor, triad, "reads", 3.0, t / tread);
 
-        BEST_OF(c->reps, t, CHECK(meld_task_select(ctx, b, K, m, dens, sel)));
+        CASE(CHECK(meld_task_select(ctx, b, K, m, dens, sel)));
         report(c, "task_select(K)", dn, t, (K + 1) * tensor, triad, "triad_ratio", 0.0, (K + 1) * tensor / t / 1e9 / triad);
-        BEST_OF(c->reps, t, CHECK(meld_ties_fused(ctx, b, K, m, w, sel, &opt, o)));
+        CASE(CHECK(meld_ties_fused(ctx, b, K, m, w, sel, &opt, o)));
         report(c, "ties_fused_pass", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.0, (K + 2) * tensor / t / 1e9 / triad);
-        BEST_OF(c->reps, t, CHECK(meld_ties(ctx, b, K, m, w, dens, &opt, o)));
+        CASE(CHECK(meld_ties(ctx, b, K, m, w, dens, &opt, o)));
         report(c, "ties_end_to_end", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.40, (K + 2) * tensor / t / 1e9 / triad);
 
         /* dare_ties: Philox masks generated inside the fused pass (no rescale pass) */
@@ -82,16 +101,16 @@ void merge_bench(const bench_cfg *c) {
         for (int k = 0; k < K; k++)
             sp[k] = (meld_sparsifier){.method = MELD_SPARSIFY_RANDOM, .density = 0.3f, .rescale = MELD_RESCALE_DENSITY, .seed = 1, .stream = (uint64_t)k};
         meld_merge_options mo = {.consensus = MELD_CONSENSUS_SUM, .divisor = MELD_DIVISOR_NONE, .lambda = 1.0f};
-        BEST_OF(c->reps, t, CHECK(meld_merge_task_vectors(ctx, b, K, m, w, sp, &mo, o)));
+        CASE(CHECK(meld_merge_task_vectors(ctx, b, K, m, w, sp, &mo, o)));
         report(c, "dare_ties_fused", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.40, (K + 2) * tensor / t / 1e9 / triad);
         for (int k = 0; k < K; k++) sp[k].rescale = MELD_RESCALE_L1;
-        BEST_OF(c->reps, t, CHECK(meld_merge_task_vectors(ctx, b, K, m, w, sp, &mo, o)));
+        CASE(CHECK(meld_merge_task_vectors(ctx, b, K, m, w, sp, &mo, o)));
         report(c, "dare_ties_l1_rescale", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.0, (K + 2) * tensor / t / 1e9 / triad);
 
         /* SLERP and Model Stock: a reduction pass plus a combine pass; bytes = inputs + output once */
-        BEST_OF(c->reps, t, CHECK(meld_slerp(ctx, 0.3f, m[0], m[1], o)));
+        CASE(CHECK(meld_slerp(ctx, 0.3f, m[0], m[1], o)));
         report(c, "slerp", dn, t, 3 * tensor, triad, "triad_ratio", 0.50, 3 * tensor / t / 1e9 / triad);
-        BEST_OF(c->reps, t, CHECK(meld_model_stock(ctx, b, K, m, o, NULL)));
+        CASE(CHECK(meld_model_stock(ctx, b, K, m, o, NULL)));
         report(c, "model_stock", dn, t, (K + 2) * tensor, triad, "triad_ratio", 0.50, (K + 2) * tensor / t / 1e9 / triad);
 
         /* K = 4 packed deltas of 10% density applied to the base */
@@ -114,11 +133,12 @@ void merge_bench(const bench_cfg *c) {
                 pv[k] = (meld_packed_view){mask[k], vals[k], n, nnz, dt};
                 touched += (double)((n + 7) / 8) + (double)nnz * (double)es;
             }
-            BEST_OF(c->reps, t, CHECK(meld_sparse_apply(ctx, b, KP, pv, sc, o)));
+            CASE(CHECK(meld_sparse_apply(ctx, b, KP, pv, sc, o)));
             report(c, "sparse_apply_K4_10pct", dn, t, touched, triad, "triad_ratio", 0.60, touched / t / 1e9 / triad);
             for (int k = 0; k < KP; k++) { free(mask[k]); free(vals[k]); }
         }
     }
+    triad_free(&ta);
     free(base32); free(out32); free(base16); free(out16);
     for (int k = 0; k < K; k++) { free(x32[k]); free(x16[k]); }
     meld_context_destroy(ctx);
