@@ -104,7 +104,7 @@ static inline __attribute__((always_inline)) void apply_body(size_t n, const mel
             vf v = vf_expand(m, load_dt(vp[k], vdt >= 0 ? vdt : a->values[k].dt, pos[k]));
             pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
             /* lanes without a value stay untouched (identical on every vector width) */
-            acc = vf_select(m, vf_add(acc, vf_mul(sc[k], v)), acc);
+            acc = vf_mask_add(m, acc, acc, vf_mul(sc[k], v));
         }
         stream_dt(a->out, a->out_dt, i, acc);
     }
