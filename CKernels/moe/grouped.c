@@ -21,8 +21,8 @@ static inline size_t panel_offset(const meld_moe_weights *w, size_t e, size_t k0
     return (e * K + k0) * w->panels * w->nr + panel * kc * w->nr;
 }
 
-void meld_bf16_gemm_dot__avx512bf16(size_t kc, const float *const *a, const void *b, int b_dt, float *const *c, size_t mr,
-                                    size_t nr, int accumulate);
+void meld_bf16_gemm_dot__avx512bf16(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt,
+                                    float *const *c, size_t mr, size_t nr, int accumulate);
 
 /* AVX512-BF16 dot products for bf16 weights on the AVX-512 path when MELD_BF16_DOT=1. Opt-in:
  * on the Zen 5 machine this was measured on, VDPBF16PS (2 k-steps an instruction, activations
@@ -144,6 +144,11 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
             for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
                 const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
                 const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
+                /* the panel this task reads next: the next one of this k block, else the first
+                 * of the next block (prefetched by the first row tile's call) */
+                const char *b_next = n0 + NR < n1      ? b + kc * NR * es
+                                     : k0 + GM_KC < K ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es
+                                                      : NULL;
                 for (size_t m = t.m0; m < m1; m += MR) {
                     const size_t mr = m1 - m < MR ? m1 - m : MR;
                     for (size_t r = 0; r < MR; r++) {
@@ -151,7 +156,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                         a[r] = arow[row] + k0;
                         c[r] = crow[row] + n0;
                     }
-                    gemm(kc, a, b, w->dtype, c, mr, nr, k0 > 0);
+                    gemm(kc, a, b, m == t.m0 ? b_next : NULL, w->dtype, c, mr, nr, k0 > 0);
                 }
             }
         }

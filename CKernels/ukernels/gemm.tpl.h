@@ -2,19 +2,20 @@
 #define MELD_NR (2 * MELD_W)
 
 /* R rows (compile time: mr <= R <= MELD_MR; decode calls with few rows do no wasted FMAs).
- * Each C element gets the same FMA sequence whatever R (bit-identical). The packed panel that
- * follows this one in memory (the next panel of the same k block) is prefetched as this one
- * is consumed: with few rows per expert every panel comes from DRAM once. */
+ * Each C element gets the same FMA sequence whatever R (bit-identical). The caller's next panel
+ * is prefetched as this one is consumed (a panel of its own size: kc x NR). */
 static inline __attribute__((always_inline)) void gemm_body(size_t kc, const float *const *a, const void *b,
-                                                            const int bdt, float *const *c, size_t mr, size_t nr,
-                                                            int accumulate, const int R) {
+                                                            const void *b_next, const int bdt, float *const *c,
+                                                            size_t mr, size_t nr, int accumulate, const int R) {
     vf c0[MELD_MR], c1[MELD_MR];
     const size_t es = bdt == MELD_F32 ? 4 : 2;
-    const char *next = (const char *)b + kc * MELD_NR * es;
+    const char *next = b_next;
     for (int r = 0; r < R; r++) c0[r] = c1[r] = vf_zero();
     for (size_t k = 0; k < kc; k++) {
-        __builtin_prefetch(next + k * MELD_NR * es, 0, 3);
-        if (MELD_NR * es > 64) __builtin_prefetch(next + k * MELD_NR * es + 64, 0, 3);
+        if (next) {
+            __builtin_prefetch(next + k * MELD_NR * es, 0, 3);
+            if (MELD_NR * es > 64) __builtin_prefetch(next + k * MELD_NR * es + 64, 0, 3);
+        }
         vf b0 = load_dt(b, bdt, k * MELD_NR), b1 = load_dt(b, bdt, k * MELD_NR + MELD_W);
         for (int r = 0; r < R; r++) {
             vf av = vf_set1(a[r][k]);
@@ -37,21 +38,21 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
 }
 
 static inline __attribute__((always_inline)) void gemm_rows(size_t kc, const float *const *a, const void *b,
-                                                            const int bdt, float *const *c, size_t mr, size_t nr,
-                                                            int accumulate) {
+                                                            const void *bn, const int bdt, float *const *c, size_t mr,
+                                                            size_t nr, int accumulate) {
     /* decode sizes exactly; between them, the next size up */
-    if (mr <= 1) gemm_body(kc, a, b, bdt, c, mr, nr, accumulate, 1);
-    else if (mr <= 2) gemm_body(kc, a, b, bdt, c, mr, nr, accumulate, 2);
-    else if (mr <= 4) gemm_body(kc, a, b, bdt, c, mr, nr, accumulate, 4 < MELD_MR ? 4 : MELD_MR);
-    else if (mr <= 8 && 8 < MELD_MR) gemm_body(kc, a, b, bdt, c, mr, nr, accumulate, 8 < MELD_MR ? 8 : MELD_MR);
-    else gemm_body(kc, a, b, bdt, c, mr, nr, accumulate, MELD_MR);
+    if (mr <= 1) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 1);
+    else if (mr <= 2) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 2);
+    else if (mr <= 4) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 4 < MELD_MR ? 4 : MELD_MR);
+    else if (mr <= 8 && 8 < MELD_MR) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 8 < MELD_MR ? 8 : MELD_MR);
+    else gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, MELD_MR);
 }
 
-void UK(meld_f32_gemm)(size_t kc, const float *const *a, const void *b, int b_dt, float *const *c, size_t mr,
-                       size_t nr, int accumulate) {
+void UK(meld_f32_gemm)(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt, float *const *c,
+                       size_t mr, size_t nr, int accumulate) {
     switch (b_dt) {
-    case MELD_F32: gemm_rows(kc, a, b, MELD_F32, c, mr, nr, accumulate); break;
-    case MELD_BF16: gemm_rows(kc, a, b, MELD_BF16, c, mr, nr, accumulate); break;
-    default: gemm_rows(kc, a, b, MELD_F16, c, mr, nr, accumulate); break;
+    case MELD_F32: gemm_rows(kc, a, b, b_next, MELD_F32, c, mr, nr, accumulate); break;
+    case MELD_BF16: gemm_rows(kc, a, b, b_next, MELD_BF16, c, mr, nr, accumulate); break;
+    default: gemm_rows(kc, a, b, b_next, MELD_F16, c, mr, nr, accumulate); break;
     }
 }
