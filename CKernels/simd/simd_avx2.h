@@ -17,17 +17,18 @@ static inline vf vf_load_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
 }
 static inline vf vf_load_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-static inline void vf_store_bf16(uint16_t *p, vf v) {
+/* f32 bits whose top half is the bf16 (RNE; NaN quieted, as meld_f32_to_bf16) */
+static inline __attribute__((always_inline)) __m256i meld_bf16_round_hi(vf v) {
     __m256i b = _mm256_castps_si256(v);
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-    __m256i abs = _mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff));
-    __m256i nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7f800000));
-    __m256i q = _mm256_or_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(0x40));
-    r = _mm256_blendv_epi8(r, q, nan);
+    __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
+                                 _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1)));
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    return _mm256_blendv_epi8(r, _mm256_or_si256(b, _mm256_set1_epi32(0x400000)), nan);
+}
+static inline void vf_store_bf16(uint16_t *p, vf v) {
+    __m256i r = _mm256_srli_epi32(meld_bf16_round_hi(v), 16);
     /* pack 8 x u32 (values < 2^16) into 8 x u16 */
-    __m128i lo = _mm256_castsi256_si128(r), hi = _mm256_extracti128_si256(r, 1);
-    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(lo, hi));
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
 }
 static inline void vf_store_f16(uint16_t *p, vf v) {
     _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
@@ -135,13 +136,6 @@ static inline __attribute__((always_inline)) void vf2_load_bf16(const uint16_t *
     __m256i x = _mm256_loadu_si256((const __m256i *)p);
     *e = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
     *o = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xffff0000u)));
-}
-static inline __attribute__((always_inline)) __m256i meld_bf16_round_hi(vf v) {
-    __m256i b = _mm256_castps_si256(v);
-    __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
-                                 _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1)));
-    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-    return _mm256_blendv_epi8(r, _mm256_or_si256(b, _mm256_set1_epi32(0x400000)), nan);
 }
 /* keep bits of a pair: w holds 2 * MELD_W bits in element order (shifts, not PEXT: PEXT is
  * microcoded on some AVX2 cores) */

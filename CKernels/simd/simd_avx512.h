@@ -121,14 +121,15 @@ static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
 static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 63) == 0) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);
 }
-static inline __m256i meld_bf16_bits(vf v) {
+/* f32 bits whose top half is the bf16 (RNE; NaN quieted, as meld_f32_to_bf16) */
+static inline __attribute__((always_inline)) __m512i meld_bf16_round_hi(vf v) {
     __m512i b = _mm512_castps_si512(v);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)),
+                                 _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1)));
     __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(0x40)));
-    return _mm512_cvtepi32_epi16(r);
+    return _mm512_mask_or_epi32(r, nan, b, _mm512_set1_epi32(0x400000));
 }
+static inline __m256i meld_bf16_bits(vf v) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(meld_bf16_round_hi(v), 16)); }
 static inline void vf_stream_u16(uint16_t *p, vf v, int f16) {
     __m256i h = f16 ? _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) : meld_bf16_bits(v);
     if (((uintptr_t)p & 31) == 0) _mm256_stream_si256((__m256i *)p, h); else _mm256_storeu_si256((__m256i *)p, h);
@@ -140,14 +141,6 @@ static inline __attribute__((always_inline)) void vf2_load_bf16(const uint16_t *
     __m512i x = _mm512_loadu_si512((const void *)p);
     *e = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
     *o = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u)));
-}
-/* f32 bits whose top half is the bf16 (RNE; NaN quieted, as meld_f32_to_bf16) */
-static inline __attribute__((always_inline)) __m512i meld_bf16_round_hi(vf v) {
-    __m512i b = _mm512_castps_si512(v);
-    __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)),
-                                 _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1)));
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    return _mm512_mask_or_epi32(r, nan, b, _mm512_set1_epi32(0x400000));
 }
 /* keep bits of a pair: w holds 2 * MELD_W bits in element order */
 static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) {
