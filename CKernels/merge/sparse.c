@@ -331,6 +331,22 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
          * need a dense temp; evaluate it per element instead (same predicate as the kernels) */
         const tv_rule *r = &plan.rule[0];
         memset(mask, 0, (n + 7) / 8);
+        if (r->kind == TV_BERNOULLI) { /* the kernels' own Philox bits, a tile at a time */
+            const size_t tiles = meld_stream_tiles(n);
+#pragma omp parallel for schedule(static) num_threads(ctx->threads)
+            for (size_t t = 0; t < tiles; t++) {
+                const size_t i0 = t * MELD_TILE, len = n - i0 < MELD_TILE ? n - i0 : MELD_TILE;
+                const size_t padded = (len + MELD_UK_ALIGN - 1) & ~(size_t)(MELD_UK_ALIGN - 1);
+                uint8_t bits[MELD_TILE / 8];
+                meld_uk_philox_args pa = {r->key0, r->key1, r->p24, bits};
+                ctx->uk->philox_bits(padded, i0, &pa);
+                memcpy(mask + i0 / 8, bits, (len + 7) / 8);
+                if (len & 7) mask[(i0 + len) / 8] &= (uint8_t)((1u << (len & 7)) - 1);
+            }
+            *scale = r->scale;
+            plan_free(&plan, 1);
+            return MELD_OK;
+        }
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
         for (size_t byte = 0; byte < (n + 7) / 8; byte++) {
             uint8_t m = 0;

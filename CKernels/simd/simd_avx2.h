@@ -118,12 +118,13 @@ static inline vf vf_expand(vm m, vf packed) {
     __m256i p = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)idx));
     return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, p), meld_avx2_lanes(m));
 }
-static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
-    __m256i even = _mm256_mul_epu32(a, b);
-    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));
-    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-}
+/* Philox in 64-bit lanes (philox.tpl.h); no fast PDEP (microcoded on Zen 2) */
+#define MELD_SIMD_PHILOX 1
+static inline vi vi_mul_lo32(vi a, vi b) { return _mm256_mul_epu32(a, b); }
+static inline vi vi_hi32_down(vi a) { return _mm256_srli_epi64(a, 32); }
+static inline vi vi_lo32_up(vi a) { return _mm256_slli_epi64(a, 32); }
+static inline vi vi_xor3(vi a, vi b, vi c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
+static inline vi vi_blend_odd(vi even, vi odd) { return _mm256_blend_epi32(even, odd, 0xAA); }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 6
 static inline void vf_stream(float *p, vf v) {

@@ -89,33 +89,17 @@ static inline vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
 static inline vi vi_count(vi acc, vm m) { return _mm512_mask_sub_epi32(acc, (__mmask16)m, acc, _mm512_set1_epi32(-1)); }
 static inline uint64_t vi_total(vi acc) { return (uint32_t)_mm512_reduce_add_epi32(acc); }
 static inline vf vf_expand(vm m, vf packed) { return _mm512_maskz_expand_ps((__mmask16)m, packed); }
-/* Philox4x32-10 rounds on sixteen blocks (lane l: block l; c[w]: word w). Even and odd lanes run
- * as two halves in 64-bit lanes, where one VPMULUDQ gives both product halves and the junk in
- * the upper 32 bits never reaches a low half: 6 instructions per half-round instead of 16 per
- * round with blends. rk0/rk1: the ten round keys, broadcast. Same results as philox_rounds. */
+/* Philox in 64-bit lanes (philox.tpl.h): the 32x32->64 product of the low halves, the high
+ * half moved down, the low half moved up, a three-way xor, odd 32-bit lanes from `odd`. */
 #define MELD_SIMD_PHILOX 1
-static inline void vi_philox_rounds(vi c[4], const vi rk0[10], const vi rk1[10]) {
-    const __m512i m0 = _mm512_set1_epi64(0xD2511F53u), m1 = _mm512_set1_epi64(0xCD9E8D57u);
-    __m512i h[2][4];
-    for (int w = 0; w < 4; w++) { h[0][w] = c[w]; h[1][w] = _mm512_srli_epi64(c[w], 32); }
-    for (int r = 0; r < 10; r++) {
-        for (int q = 0; q < 2; q++) {
-            __m512i p0 = _mm512_mul_epu32(h[q][0], m0), p1 = _mm512_mul_epu32(h[q][2], m1);
-            __m512i n0 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p1, 32), h[q][1], rk0[r], 0x96);
-            __m512i n2 = _mm512_ternarylogic_epi32(_mm512_srli_epi64(p0, 32), h[q][3], rk1[r], 0x96);
-            h[q][0] = n0; h[q][1] = p1; h[q][2] = n2; h[q][3] = p0;
-        }
-    }
-    for (int w = 0; w < 4; w++) c[w] = _mm512_mask_blend_epi32(0xAAAA, h[0][w], _mm512_slli_epi64(h[1][w], 32));
-}
+static inline vi vi_mul_lo32(vi a, vi b) { return _mm512_mul_epu32(a, b); }
+static inline vi vi_hi32_down(vi a) { return _mm512_srli_epi64(a, 32); }
+static inline vi vi_lo32_up(vi a) { return _mm512_slli_epi64(a, 32); }
+static inline vi vi_xor3(vi a, vi b, vi c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
+static inline vi vi_blend_odd(vi even, vi odd) { return _mm512_mask_blend_epi32(0xAAAA, even, odd); }
+#define MELD_FAST_PDEP 1
 /* bit l of m moved to bit 4l */
 static inline uint64_t meld_spread4(uint32_t m) { return _pdep_u64(m, 0x1111111111111111ull); }
-static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
-    __m512i even = _mm512_mul_epu32(a, b);
-    __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
-    *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-    *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-}
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 12
 static inline void vf_stream(float *p, vf v) {

@@ -1,23 +1,52 @@
 /* Philox4x32-10 keep bits (template), vectorized across counter blocks. Contract: ukernel.h. */
 
-static inline void philox_rounds(vi c[4], uint32_t k0, uint32_t k1) {
+#ifdef MELD_SIMD_PHILOX
+/* Rounds on U groups of W blocks (group u, lane l: block u*W + l; c[u][w]: word w). Even and odd
+ * lanes run as separate halves in 64-bit lanes, where one 32x32->64 multiply gives both product
+ * halves and the junk above bit 32 never reaches a low half (the multiply ignores it): 6
+ * instructions per half-round. The U groups are interleaved round by round: a round is a chain
+ * of multiply, shift and xor, and one group alone leaves the core waiting on that latency (the
+ * scheduler cannot reach far enough into the next call to hide it). rk0/rk1: the round keys. */
+static inline __attribute__((always_inline)) void philox_rounds_x(vi c[][4], const int U, const vi rk0[10], const vi rk1[10]) {
     const vi m0 = vi_set1(0xD2511F53u), m1 = vi_set1(0xCD9E8D57u);
+    vi h[2 * 4][4]; /* U <= 4 */
+    for (int u = 0; u < U; u++)
+        for (int w = 0; w < 4; w++) { h[2 * u][w] = c[u][w]; h[2 * u + 1][w] = vi_hi32_down(c[u][w]); }
+#pragma clang loop unroll(full)
+    for (int r = 0; r < 10; r++)
+#pragma clang loop unroll(full)
+        for (int q = 0; q < 2 * U; q++) {
+            vi p0 = vi_mul_lo32(h[q][0], m0), p1 = vi_mul_lo32(h[q][2], m1);
+            vi n0 = vi_xor3(vi_hi32_down(p1), h[q][1], rk0[r]);
+            vi n2 = vi_xor3(vi_hi32_down(p0), h[q][3], rk1[r]);
+            h[q][0] = n0; h[q][1] = p1; h[q][2] = n2; h[q][3] = p0;
+        }
+    for (int u = 0; u < U; u++)
+        for (int w = 0; w < 4; w++) c[u][w] = vi_blend_odd(h[2 * u][w], vi_lo32_up(h[2 * u + 1][w]));
+}
+#define PHILOX_GROUPS 3
+#else
+static inline void philox_rounds_x(vi c[][4], const int U, uint32_t k0, uint32_t k1) {
+    const vi m0 = vi_set1(0xD2511F53u), m1 = vi_set1(0xCD9E8D57u);
+    (void)U;
     for (int r = 0; r < 10; r++) {
         vi hi0, lo0, hi1, lo1;
-        vi_mulhilo(m0, c[0], &hi0, &lo0); /* both halves from the same 64-bit products */
-        vi_mulhilo(m1, c[2], &hi1, &lo1);
-        vi n0 = vi_xor(vi_xor(hi1, c[1]), vi_set1(k0));
-        vi n2 = vi_xor(vi_xor(hi0, c[3]), vi_set1(k1));
-        c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
+        vi_mulhilo(m0, c[0][0], &hi0, &lo0); /* both halves from the same 64-bit products */
+        vi_mulhilo(m1, c[0][2], &hi1, &lo1);
+        vi n0 = vi_xor(vi_xor(hi1, c[0][1]), vi_set1(k0));
+        vi n2 = vi_xor(vi_xor(hi0, c[0][3]), vi_set1(k1));
+        c[0][0] = n0; c[0][1] = lo1; c[0][2] = n2; c[0][3] = lo0;
         k0 += 0x9E3779B9u;
         k1 += 0xBB67AE85u;
     }
 }
+#define PHILOX_GROUPS 1
+#endif
 
 /* Spread the low 16 bits of m so that bit l lands at bit 4l (BMI2 PDEP where the ISA has it fast). */
 static inline uint64_t spread4(uint32_t m) {
-#ifdef MELD_SIMD_PHILOX /* the ISA header gives rounds and spread (PDEP) together */
-    return meld_spread4(m);
+#ifdef MELD_FAST_PDEP
+    return _pdep_u64(m, 0x1111111111111111ull);
 #else
     uint64_t x = m & 0xffffu;
     x = (x | (x << 24)) & 0x000000FF000000FFull;
@@ -28,8 +57,32 @@ static inline uint64_t spread4(uint32_t m) {
 #endif
 }
 
+/* counters of the W blocks starting at block c0 */
+static inline void philox_counters(uint64_t c0, vi c[4]) {
+    c[2] = c[3] = vi_set1(0);
+    if ((uint32_t)c0 <= UINT32_MAX - (MELD_W - 1)) { /* no carry into the high word */
+        c[0] = vi_add(vi_set1((uint32_t)c0), vi_iota());
+        c[1] = vi_set1((uint32_t)(c0 >> 32));
+    } else {
+        uint32_t clo[MELD_W], chi[MELD_W];
+        for (int l = 0; l < MELD_W; l++) {
+            clo[l] = (uint32_t)(c0 + (uint64_t)l);
+            chi[l] = (uint32_t)((c0 + (uint64_t)l) >> 32);
+        }
+        c[0] = vi_load(clo);
+        c[1] = vi_load(chi);
+    }
+}
+
+/* the 4W keep bits of one group: bit 4l + w from word w of lane l */
+static inline uint64_t philox_keep(const vi c[4], vi p) {
+    uint64_t bits = 0;
+    for (int w = 0; w < 4; w++) bits |= spread4(vm_to_bits(vi_lt(vi_srl(c[w], 8), p))) << w;
+    return bits;
+}
+
 void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
-    uint32_t clo[MELD_W], chi[MELD_W];
+    enum { G = 4 * MELD_W, U = PHILOX_GROUPS }; /* elements per group, groups per step */
     uint64_t acc = 0;
     unsigned nbits = 0;
     uint8_t *out = a->out;
@@ -40,35 +93,29 @@ void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
         rk0[r] = vi_set1(k0);
         rk1[r] = vi_set1(k1);
     }
-#endif
-    for (size_t j = 0; j < n; j += 4 * MELD_W) {
-        uint64_t c0 = (i0 + j) >> 2;
-        vi c[4] = {vi_set1(0), vi_set1(0), vi_set1(0), vi_set1(0)};
-        if ((uint32_t)c0 <= UINT32_MAX - (MELD_W - 1)) { /* no carry into the high word */
-            c[0] = vi_add(vi_set1((uint32_t)c0), vi_iota());
-            c[1] = vi_set1((uint32_t)(c0 >> 32));
-        } else {
-            for (int l = 0; l < MELD_W; l++) {
-                clo[l] = (uint32_t)(c0 + (uint64_t)l);
-                chi[l] = (uint32_t)((c0 + (uint64_t)l) >> 32);
-            }
-            c[0] = vi_load(clo);
-            c[1] = vi_load(chi);
-        }
-#ifdef MELD_SIMD_PHILOX
-        vi_philox_rounds(c, rk0, rk1);
+#define PHILOX_KEYS rk0, rk1
 #else
-        philox_rounds(c, a->key0, a->key1);
+#define PHILOX_KEYS a->key0, a->key1
 #endif
-        uint64_t bits = 0;
-        for (int w = 0; w < 4; w++) bits |= spread4(vm_to_bits(vi_lt(vi_srl(c[w], 8), p))) << w;
-        /* 4W bits produced; fewer are needed when n is not a multiple of 4W */
-        unsigned produced = (unsigned)(n - j < 4 * MELD_W ? n - j : 4 * MELD_W);
-        if (produced == 64 && nbits == 0) { /* whole bytes, nothing waiting: store them as they are */
-            memcpy(out, &bits, 8);
-            out += 8;
-            continue;
+    size_t j = 0;
+    if (G % 8 == 0) /* whole bytes per group */
+        for (; j + U * G <= n; j += U * G) {
+            vi c[U][4];
+            for (int u = 0; u < U; u++) philox_counters((i0 + j + (size_t)u * G) >> 2, c[u]);
+            philox_rounds_x(c, U, PHILOX_KEYS);
+            for (int u = 0; u < U; u++) {
+                uint64_t bits = philox_keep(c[u], p);
+                memcpy(out, &bits, G / 8);
+                out += G / 8;
+            }
         }
+    for (; j < n; j += G) {
+        vi c[1][4];
+        philox_counters((i0 + j) >> 2, c[0]);
+        philox_rounds_x(c, 1, PHILOX_KEYS);
+        uint64_t bits = philox_keep(c[0], p);
+        /* G bits produced; fewer are needed when n is not a multiple of G */
+        unsigned produced = (unsigned)(n - j < G ? n - j : G);
         if (produced < 64) bits &= (1ull << produced) - 1;
         /* produced is a multiple of 16 when MELD_W > 1 and 4 when MELD_W == 1, so after each
          * flush at most 4 bits wait and the next add fits in 64 bits */
@@ -76,4 +123,5 @@ void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
         nbits += produced;
         while (nbits >= 8) { *out++ = (uint8_t)acc; acc >>= 8; nbits -= 8; }
     }
+#undef PHILOX_KEYS
 }

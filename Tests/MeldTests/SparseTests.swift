@@ -42,6 +42,18 @@ final class SparseTests: XCTestCase {
                 XCTAssertLessThanOrEqual(abs(Double(kept) - Double(n) * Double(d)), 4 * sigma + 1, "n=\(n) d=\(d)")
                 // the documented layout: word i % 4 of Philox(key, (i / 4, 0, 0, 0)), u = word >> 8
                 if n == 4101 {
+                    func splitmix64(_ x: UInt64) -> UInt64 {
+                        var z = x &+ 0x9E37_79B9_7F4A_7C15
+                        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+                        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+                        return z ^ (z >> 31)
+                    }
+                    let key = splitmix64(42 ^ splitmix64(7))
+                    let p24 = UInt32((Double(Float(d)) * 16_777_216).rounded(.up)) // the density is an f32 in the C options
+                    for i in 0..<n {
+                        let words = Context.philox(counter: (UInt32(i / 4), 0, 0, 0), key: (UInt32(truncatingIfNeeded: key), UInt32(key >> 32)))
+                        XCTAssertEqual(maskBit(m, i), words[i % 4] >> 8 < p24, "element \(i), d=\(d)")
+                    }
                     let other = try Context(threads: 1).sparsifyMask(base: nil, x, Sparsifier.dare(d, seed: 42, stream: 8)).mask
                     XCTAssertNotEqual(m, other, "different streams give different masks")
                 }
