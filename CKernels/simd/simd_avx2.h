@@ -150,6 +150,12 @@ static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) {
     *e = meld_even_bits16(w);
     *o = meld_even_bits16(w >> 1);
 }
+/* two vectors of consecutive elements (a: the first W) rounded to bf16: one pack, one lane permute */
+static inline __attribute__((always_inline)) void vf2_stream_bf16_seq(uint16_t *p, vf a, vf b) {
+    __m256i x = _mm256_packus_epi32(_mm256_srli_epi32(meld_bf16_round_hi(a), 16), _mm256_srli_epi32(meld_bf16_round_hi(b), 16));
+    x = _mm256_permute4x64_epi64(x, 0xD8);
+    if (((uintptr_t)p & 31) == 0) _mm256_stream_si256((__m256i *)p, x); else _mm256_storeu_si256((__m256i *)p, x);
+}
 static inline __attribute__((always_inline)) void vf2_stream_bf16(uint16_t *p, vf e, vf o) {
     __m256i x = _mm256_or_si256(_mm256_srli_epi32(meld_bf16_round_hi(e), 16),
                                 _mm256_and_si256(meld_bf16_round_hi(o), _mm256_set1_epi32((int)0xffff0000u)));

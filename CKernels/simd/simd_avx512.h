@@ -137,6 +137,15 @@ static inline __attribute__((always_inline)) void vf2_stream_bf16(uint16_t *p, v
                                           _mm512_set1_epi32((int)0xffff0000u), 0xF8);
     if (((uintptr_t)p & 63) == 0) _mm512_stream_si512((void *)p, x); else _mm512_storeu_si512((void *)p, x);
 }
+/* Two vectors of consecutive elements (a: the first W) rounded to bf16 and stored with one
+ * two-source word permute (two narrowing moves otherwise). */
+static inline __attribute__((always_inline)) void vf2_stream_bf16_seq(uint16_t *p, vf a, vf b) {
+    const __m512i odd_words = _mm512_setr_epi32(0x00030001, 0x00070005, 0x000b0009, 0x000f000d, 0x00130011, 0x00170015,
+                                                0x001b0019, 0x001f001d, 0x00230021, 0x00270025, 0x002b0029, 0x002f002d,
+                                                0x00330031, 0x00370035, 0x003b0039, 0x003f003d);
+    __m512i x = _mm512_permutex2var_epi16(meld_bf16_round_hi(a), odd_words, meld_bf16_round_hi(b));
+    if (((uintptr_t)p & 63) == 0) _mm512_stream_si512((void *)p, x); else _mm512_storeu_si512((void *)p, x);
+}
 static inline void stream_fence(void) { _mm_sfence(); }
 /* f64 vectors for reductions: MELD_DW lanes; a vf widens to MELD_W / MELD_DW of them */
 #define MELD_DW 8

@@ -83,6 +83,7 @@ static inline void vf_stream_u16(uint16_t *p, vf v, int f16) { if (f16) vf_store
 /* Pairs: two elements as e (element 0) and o (element 1); see simd_avx512.h. */
 static inline __attribute__((always_inline)) void vf2_load_bf16(const uint16_t *p, vf *e, vf *o) { *e = meld_bf16_to_f32(p[0]); *o = meld_bf16_to_f32(p[1]); }
 static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) { *e = w & 1u; *o = (w >> 1) & 1u; }
+static inline __attribute__((always_inline)) void vf2_stream_bf16_seq(uint16_t *p, vf a, vf b) { p[0] = meld_f32_to_bf16(a); p[1] = meld_f32_to_bf16(b); }
 static inline __attribute__((always_inline)) void vf2_stream_bf16(uint16_t *p, vf e, vf o) { p[0] = meld_f32_to_bf16(e); p[1] = meld_f32_to_bf16(o); }
 static inline void stream_fence(void) {}
 #define MELD_ISA_SUFFIX scalar

@@ -82,33 +82,57 @@ void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
     for (size_t k = 0; k < a->k; k++) { a->out[2 * k] += lanes_sum(all[k]); a->out[2 * k + 1] += lanes_sum(kept[k]); }
 }
 
+/* One vector of elements [i, i + W): base plus the scaled expansions. pf: prefetch the slowly
+ * advancing bitmaps and packed values (once per 64 elements). */
+MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits, const void *const *vp, size_t *pos,
+                             const vf *sc, size_t i, const size_t K, const int vdt, const int *vdts, int pf) {
+    vf acc = bp ? load_dt(bp, bdt, i) : vf_zero();
+    for (size_t k = 0; k < K; k++) {
+        if (pf) {
+            __builtin_prefetch(bits[k] + i / 8 + 128, 0, 3);
+            __builtin_prefetch((const char *)vp[k] + (pos[k] + 128) * (vdt == MELD_F32 ? 4 : 2), 0, 3);
+        }
+        vm m = load_bits(bits[k], i); /* no skip when empty: unpredictable at 10% density */
+        vf v = vf_expand(m, load_dt(vp[k], vdt >= 0 ? vdt : vdts[k], pos[k]));
+        pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
+        /* lanes without a value stay untouched (identical on every vector width) */
+        acc = vf_mask_add(m, acc, acc, vf_mul(sc[k], v));
+    }
+    return acc;
+}
+
 static inline __attribute__((always_inline)) void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K,
                                                              const int vdt) {
     size_t pos[MELD_MAX_MODELS];
     vf sc[MELD_MAX_MODELS];
     const void *vp[MELD_MAX_MODELS];
+    int vdts[MELD_MAX_MODELS];
     const uint8_t *bits[MELD_MAX_MODELS];
-    for (size_t k = 0; k < K; k++) { pos[k] = 0; sc[k] = vf_set1(a->scale[k]); vp[k] = a->values[k].p; bits[k] = a->bits[k]; }
+    for (size_t k = 0; k < K; k++) {
+        pos[k] = 0; sc[k] = vf_set1(a->scale[k]); vp[k] = a->values[k].p; vdts[k] = a->values[k].dt; bits[k] = a->bits[k];
+    }
+    /* in locals: stores through the untyped output may alias the argument struct */
+    const void *const bp = a->base.p;
+    const int bdt = a->base.dt;
+    void *const out = a->out;
+    const int out_dt = a->out_dt;
     /* 2 + 2K streams, more than the hardware prefetcher follows well: software prefetch ahead,
-     * of the bitmaps and packed values once per 64 elements (they advance slowly), and of a
-     * bf16 base (f32 ran slower with it; bf16 -17%, f32 -13% in interleaved runs) */
-    const int pf_base = a->base.p && a->base.dt == MELD_BF16;
-    for (size_t i = 0; i < n; i += MELD_W) {
-        if (pf_base) prefetch_dt(a->base.p, MELD_BF16, i);
-        const int pf = ((i / MELD_W) & (64 / MELD_W - 1)) == 0;
-        vf acc = a->base.p ? load_dt(a->base.p, a->base.dt, i) : vf_zero();
-        for (size_t k = 0; k < K; k++) {
-            if (pf) {
-                __builtin_prefetch(bits[k] + i / 8 + 128, 0, 3);
-                __builtin_prefetch((const char *)vp[k] + (pos[k] + 128) * (vdt == MELD_F32 ? 4 : 2), 0, 3);
-            }
-            vm m = load_bits(bits[k], i); /* no skip when empty: unpredictable at 10% density */
-            vf v = vf_expand(m, load_dt(vp[k], vdt >= 0 ? vdt : a->values[k].dt, pos[k]));
-            pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
-            /* lanes without a value stay untouched (identical on every vector width) */
-            acc = vf_mask_add(m, acc, acc, vf_mul(sc[k], v));
+     * of the bitmaps and packed values (apply_vec), and of a bf16 base (f32 ran slower with it;
+     * bf16 -17%, f32 -13% in interleaved runs) */
+    const int pf_base = bp && bdt == MELD_BF16;
+    size_t i = 0;
+    if (out_dt == MELD_BF16) /* bf16 out: two vectors at a time, one packing store */
+        for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
+            if (pf_base) prefetch_dt(bp, MELD_BF16, i);
+            const int pf = ((i / MELD_W) & (64 / MELD_W - 1)) == 0;
+            vf lo = apply_vec(bp, bdt, bits, vp, pos, sc, i, K, vdt, vdts, pf);
+            vf hi = apply_vec(bp, bdt, bits, vp, pos, sc, i + MELD_W, K, vdt, vdts, 0);
+            vf2_stream_bf16_seq((uint16_t *)out + i, lo, hi);
         }
-        stream_dt(a->out, a->out_dt, i, acc);
+    for (; i < n; i += MELD_W) {
+        if (pf_base) prefetch_dt(bp, MELD_BF16, i);
+        const int pf = ((i / MELD_W) & (64 / MELD_W - 1)) == 0;
+        stream_dt(out, out_dt, i, apply_vec(bp, bdt, bits, vp, pos, sc, i, K, vdt, vdts, pf));
     }
     stream_fence();
 }

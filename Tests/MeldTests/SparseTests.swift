@@ -192,6 +192,9 @@ final class SparseTests: XCTestCase {
                 var ref16 = base.map(Double.init)
                 for k in 0..<4 { for (j, i) in (0..<n).filter({ maskBit(masks[k], $0) }).enumerated() { ref16[i] += Double(scales[k]) * Double(p16[k].values[j].floatValue) } }
                 assertClose(o16.map(\.floatValue), ref16, atol: 1e-5, rtol: 1.0 / 128, "apply bf16")
+                // a bf16 output is exactly the RNE rounding of the same apply with an f32 output
+                let o32: [Float] = try ctx.sparseApply(base: base, p16, scales: scales)
+                XCTAssertEqual(o16.map(\.bitPattern), o32.map { BFloat16($0).bitPattern }, "bf16 out \(ctx.isa.name)/\(ctx.threads) n=\(n)")
             }
         }
         let ctx = try Context(threads: 1)
