@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 const char *meld_status_string(meld_status status) {
     switch (status) {
@@ -188,4 +191,18 @@ void *meld_scratch(meld_context *ctx, size_t bytes) {
     ctx->scratch = malloc(bytes);
     ctx->scratch_bytes = ctx->scratch ? bytes : 0;
     return ctx->scratch;
+}
+
+/* Large long-lived buffers (packed expert weights) on 2 MiB boundaries, asking for transparent
+ * huge pages: streamed weights then cross no 4 KiB page boundary, where the hardware prefetcher
+ * stops, and cost no TLB miss per 4 KiB. Freed with free(). */
+void *meld_alloc_large(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge) return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    void *p = NULL;
+    if (posix_memalign(&p, huge, (bytes + huge - 1) / huge * huge) != 0) return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (!getenv("MELD_NO_HUGEPAGE")) madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE); /* advice only */
+#endif
+    return p;
 }

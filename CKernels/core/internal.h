@@ -25,6 +25,7 @@ struct meld_context {
 
 /* Scratch of at least bytes, owned by ctx and valid until the next call; NULL if out of memory. */
 void *meld_scratch(meld_context *ctx, size_t bytes);
+void *meld_alloc_large(size_t bytes); /* 64-byte aligned, huge pages where the OS gives them; free() */
 void meld_set_error(meld_context *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Validation helpers; each returns a status (MELD_OK when fine). */

@@ -67,7 +67,7 @@ meld_status meld_moe_weights_pack(meld_context *ctx, const void *w, meld_dtype d
     *p = (meld_moe_weights){.isa = ctx->isa, .dtype = dtype, .E = E, .N = N, .K = K, .nr = nr, .panels = panels,
                             .pairs = use_bf16_dot(ctx, dtype)};
     p->bytes = E * panels * (K + (p->pairs ? K & 1 : 0)) * nr * es;
-    p->data = aligned_alloc(64, (p->bytes + 63) / 64 * 64);
+    p->data = meld_alloc_large(p->bytes);
     if (!p->data) { free(p); return MELD_ERR_OUT_OF_MEMORY; }
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
     for (size_t q = 0; q < E * panels; q++) {
