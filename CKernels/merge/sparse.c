@@ -49,13 +49,6 @@ static uint32_t p24_of(double p) {
     return (uint32_t)ceil(p * 16777216.0);
 }
 
-/* 24-bit uniform of element i */
-static inline uint32_t uniform24(uint32_t k0, uint32_t k1, uint64_t i) {
-    uint32_t c[4] = {(uint32_t)(i >> 2), (uint32_t)(i >> 34), 0, 0}, o[4];
-    philox(c, k0, k1, o);
-    return o[i & 3] >> 8;
-}
-
 /* ---- validation ---------------------------------------------------------------------------- */
 static meld_status check_sparsifier(const meld_sparsifier *s) {
     if (!s) return MELD_ERR_NULL_POINTER;
@@ -87,7 +80,7 @@ static meld_status della_mask(meld_context *ctx, const della_job *j) {
     meld_status st = MELD_OK;
 #pragma omp parallel num_threads(ctx->threads)
     {
-        uint32_t *key = malloc(row * sizeof(uint32_t) * 2), *idx = malloc(row * sizeof(uint32_t) * 2);
+        uint32_t *key = malloc(row * sizeof(uint32_t) * 3), *idx = malloc(row * sizeof(uint32_t) * 2);
         if (!key || !idx) {
 #pragma omp atomic write
             st = MELD_ERR_OUT_OF_MEMORY;
@@ -118,10 +111,18 @@ static meld_status della_mask(meld_context *ctx, const della_job *j) {
                 memcpy(key, k2, m * sizeof *key);
                 memcpy(idx, i2, m * sizeof *idx);
             }
+            /* the row's uniforms in index order: one Philox block gives four neighbours */
+            uint32_t *u = key + 2 * row;
+            for (size_t g = a & ~(size_t)3; g < a + m; g += 4) {
+                uint32_t c[4] = {(uint32_t)(g >> 2), (uint32_t)(g >> 34), 0, 0}, o[4];
+                philox(c, j->k0, j->k1, o);
+                for (size_t w = 0; w < 4; w++)
+                    if (g + w >= a && g + w < a + m) u[g + w - a] = o[w] >> 8;
+            }
             for (size_t q = 0; q < m; q++) { /* q = rank - 1 */
                 double p = m > 1 ? (j->d - j->eps) + 2.0 * j->eps * (double)q / (double)(m - 1) : j->d;
                 size_t i = a + idx[q];
-                if (uniform24(j->k0, j->k1, i) < p24_of(p)) {
+                if (u[idx[q]] < p24_of(p)) {
 #pragma omp atomic update
                     j->mask[i >> 3] |= (uint8_t)(1u << (i & 7));
                 }
@@ -362,7 +363,6 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
                     keep = (bits > r->thr || (bits == r->thr && i < r->cut)) && !(bits > r->thr2 || (bits == r->thr2 && i < r->cut2));
                     break;
                 case TV_MASK: keep = (r->mask[i >> 3] >> (i & 7)) & 1; break;
-                case TV_BERNOULLI: keep = uniform24(r->key0, r->key1, i) < r->p24; break;
                 default: keep = 0;
                 }
                 m |= (uint8_t)(keep << (i & 7));

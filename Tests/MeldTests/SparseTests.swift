@@ -129,7 +129,7 @@ final class SparseTests: XCTestCase {
     /// identical bits everywhere, epsilon validated.
     func testDellaMasks() throws {
         var rng = Rng(34)
-        let rows = 64, cols = 1000, n = rows * cols
+        let rows = 64, cols = 1001, n = rows * cols
         let x = rng.floats(n)
         let s = Sparsifier.della(0.5, epsilon: 0.3, seed: 9, stream: 3, rowLength: cols)
         var first: [UInt8]?
@@ -144,6 +144,26 @@ final class SparseTests: XCTestCase {
             let row = Array(x[(r * cols)..<((r + 1) * cols)])
             let order = row.indices.sorted { abs(row[$0]) != abs(row[$1]) ? abs(row[$0]) < abs(row[$1]) : $0 < $1 }
             for (rank, j) in order.enumerated() where maskBit(m, r * cols + j) { if rank < cols / 2 { lowKept += 1 } else { highKept += 1 } }
+        }
+        // the documented bits: element i of rank q (0-based, ascending |x|, ties by index) in its
+        // row is kept iff (word i % 4 of Philox(key, (i / 4, 0, 0, 0))) >> 8 < ceil(p(q) 2^24),
+        // p(q) = (d - eps) + 2 eps q / (cols - 1); rows of 1001 mostly start inside a 4-element block
+        func splitmix64(_ x: UInt64) -> UInt64 {
+            var z = x &+ 0x9E37_79B9_7F4A_7C15
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        let key = splitmix64(9 ^ splitmix64(3))
+        for r in [0, 1, 37, rows - 1] {
+            let row = Array(x[(r * cols)..<((r + 1) * cols)])
+            let order = row.indices.sorted { abs(row[$0]) != abs(row[$1]) ? abs(row[$0]) < abs(row[$1]) : $0 < $1 }
+            for (q, j) in order.enumerated() {
+                let i = r * cols + j
+                let p = (0.5 - 0.3) + 2 * 0.3 * Double(q) / Double(cols - 1)
+                let words = Context.philox(counter: (UInt32(i / 4), 0, 0, 0), key: (UInt32(truncatingIfNeeded: key), UInt32(key >> 32)))
+                XCTAssertEqual(maskBit(m, i), words[i % 4] >> 8 < UInt32((p * 16_777_216).rounded(.up)), "row \(r) element \(j)")
+            }
         }
         // expected p: low half ~ 0.35, high half ~ 0.65 (d -/+ eps/2); 4 sigma ~ 0.0075 n/2
         let half = Double(n / 2)
