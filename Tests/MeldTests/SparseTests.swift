@@ -42,18 +42,9 @@ final class SparseTests: XCTestCase {
                 XCTAssertLessThanOrEqual(abs(Double(kept) - Double(n) * Double(d)), 4 * sigma + 1, "n=\(n) d=\(d)")
                 // the documented layout: word i % 4 of Philox(key, (i / 4, 0, 0, 0)), u = word >> 8
                 if n == 4101 {
-                    func splitmix64(_ x: UInt64) -> UInt64 {
-                        var z = x &+ 0x9E37_79B9_7F4A_7C15
-                        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-                        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-                        return z ^ (z >> 31)
-                    }
-                    let key = splitmix64(42 ^ splitmix64(7))
-                    let p24 = UInt32((Double(Float(d)) * 16_777_216).rounded(.up)) // the density is an f32 in the C options
-                    for i in 0..<n {
-                        let words = Context.philox(counter: (UInt32(i / 4), 0, 0, 0), key: (UInt32(truncatingIfNeeded: key), UInt32(key >> 32)))
-                        XCTAssertEqual(maskBit(m, i), words[i % 4] >> 8 < p24, "element \(i), d=\(d)")
-                    }
+                    let key = philoxKey(seed: 42, stream: 7)
+                    let p24 = UInt32((d * 16_777_216).rounded(.up))
+                    for i in 0..<n { XCTAssertEqual(maskBit(m, i), uniform24(i, key: key) < p24, "element \(i), d=\(d)") }
                     let other = try Context(threads: 1).sparsifyMask(base: nil, x, Sparsifier.dare(d, seed: 42, stream: 8)).mask
                     XCTAssertNotEqual(m, other, "different streams give different masks")
                 }
@@ -148,21 +139,14 @@ final class SparseTests: XCTestCase {
         // the documented bits: element i of rank q (0-based, ascending |x|, ties by index) in its
         // row is kept iff (word i % 4 of Philox(key, (i / 4, 0, 0, 0))) >> 8 < ceil(p(q) 2^24),
         // p(q) = (d - eps) + 2 eps q / (cols - 1); rows of 1001 mostly start inside a 4-element block
-        func splitmix64(_ x: UInt64) -> UInt64 {
-            var z = x &+ 0x9E37_79B9_7F4A_7C15
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        let key = splitmix64(9 ^ splitmix64(3))
+        let key = philoxKey(seed: 9, stream: 3)
         for r in [0, 1, 37, rows - 1] {
             let row = Array(x[(r * cols)..<((r + 1) * cols)])
             let order = row.indices.sorted { abs(row[$0]) != abs(row[$1]) ? abs(row[$0]) < abs(row[$1]) : $0 < $1 }
             for (q, j) in order.enumerated() {
                 let i = r * cols + j
                 let p = (0.5 - 0.3) + 2 * 0.3 * Double(q) / Double(cols - 1)
-                let words = Context.philox(counter: (UInt32(i / 4), 0, 0, 0), key: (UInt32(truncatingIfNeeded: key), UInt32(key >> 32)))
-                XCTAssertEqual(maskBit(m, i), words[i % 4] >> 8 < UInt32((p * 16_777_216).rounded(.up)), "row \(r) element \(j)")
+                XCTAssertEqual(maskBit(m, i), uniform24(i, key: key) < UInt32((p * 16_777_216).rounded(.up)), "row \(r) element \(j)")
             }
         }
         // expected p: low half ~ 0.35, high half ~ 0.65 (d -/+ eps/2); 4 sigma ~ 0.0075 n/2
@@ -221,4 +205,21 @@ final class SparseTests: XCTestCase {
         let bad = PackedDelta<Float>(mask: [0xff], values: [1, 2, 3], count: 8) // nnz mismatch
         XCTAssertThrowsError(try ctx.sparseApply(base: [Float](repeating: 0, count: 8), [bad], scales: [1]) as [Float])
     }
+}
+
+/// The documented Philox key (meld_sparse.h): splitmix64(seed ^ splitmix64(stream)), low word first.
+func philoxKey(seed: UInt64, stream: UInt64) -> (UInt32, UInt32) {
+    func splitmix64(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    let k = splitmix64(seed ^ splitmix64(stream))
+    return (UInt32(truncatingIfNeeded: k), UInt32(k >> 32))
+}
+
+/// The documented 24-bit uniform of element i: word i % 4 of Philox(key, (i / 4, 0, 0, 0)), >> 8.
+func uniform24(_ i: Int, key: (UInt32, UInt32)) -> UInt32 {
+    Context.philox(counter: (UInt32(i / 4), 0, 0, 0), key: key)[i % 4] >> 8
 }
