@@ -331,7 +331,6 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
         /* materialize the rule: a task-vector pass with one expert writes 1.0 where kept would
          * need a dense temp; evaluate it per element instead (same predicate as the kernels) */
         const tv_rule *r = &plan.rule[0];
-        memset(mask, 0, (n + 7) / 8);
         if (r->kind == TV_BERNOULLI) { /* the kernels' own Philox bits, a tile at a time */
             const size_t tiles = meld_stream_tiles(n);
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
@@ -344,30 +343,28 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
                 memcpy(mask + i0 / 8, bits, (len + 7) / 8);
                 if (len & 7) mask[(i0 + len) / 8] &= (uint8_t)((1u << (len & 7)) - 1);
             }
-            *scale = r->scale;
-            plan_free(&plan, 1);
-            return MELD_OK;
-        }
+        } else {
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
-        for (size_t byte = 0; byte < (n + 7) / 8; byte++) {
-            uint8_t m = 0;
-            for (size_t i = byte * 8; i < byte * 8 + 8 && i < n; i++) {
-                float v = meld_load_scalar(x.data, x.dtype, i);
-                if (b.data) v = v - meld_load_scalar(b.data, b.dtype, i);
-                uint32_t bits = meld_f32_bits(v) & 0x7fffffffu;
-                int keep;
-                switch (r->kind) {
-                case TV_ALL: keep = 1; break;
-                case TV_TOP: keep = bits > r->thr || (bits == r->thr && i < r->cut); break;
-                case TV_WINDOW:
-                    keep = (bits > r->thr || (bits == r->thr && i < r->cut)) && !(bits > r->thr2 || (bits == r->thr2 && i < r->cut2));
-                    break;
-                case TV_MASK: keep = (r->mask[i >> 3] >> (i & 7)) & 1; break;
-                default: keep = 0;
+            for (size_t byte = 0; byte < (n + 7) / 8; byte++) {
+                uint8_t m = 0;
+                for (size_t i = byte * 8; i < byte * 8 + 8 && i < n; i++) {
+                    float v = meld_load_scalar(x.data, x.dtype, i);
+                    if (b.data) v = v - meld_load_scalar(b.data, b.dtype, i);
+                    uint32_t bits = meld_f32_bits(v) & 0x7fffffffu;
+                    int keep;
+                    switch (r->kind) {
+                    case TV_ALL: keep = 1; break;
+                    case TV_TOP: keep = bits > r->thr || (bits == r->thr && i < r->cut); break;
+                    case TV_WINDOW:
+                        keep = (bits > r->thr || (bits == r->thr && i < r->cut)) && !(bits > r->thr2 || (bits == r->thr2 && i < r->cut2));
+                        break;
+                    case TV_MASK: keep = (r->mask[i >> 3] >> (i & 7)) & 1; break;
+                    default: keep = 0;
+                    }
+                    m |= (uint8_t)(keep << (i & 7));
                 }
-                m |= (uint8_t)(keep << (i & 7));
+                mask[byte] = m;
             }
-            mask[byte] = m;
         }
         *scale = r->scale;
     }

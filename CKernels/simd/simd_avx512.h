@@ -97,8 +97,8 @@ static inline vi vi_hi32_down(vi a) { return _mm512_srli_epi64(a, 32); }
 static inline vi vi_lo32_up(vi a) { return _mm512_slli_epi64(a, 32); }
 static inline vi vi_xor3(vi a, vi b, vi c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
 static inline vi vi_blend_odd(vi even, vi odd) { return _mm512_mask_blend_epi32(0xAAAA, even, odd); }
+/* bit l of m moved to bit 4l (BMI2 PDEP: fast here, microcoded on Zen 2, so AVX2 shifts instead) */
 #define MELD_FAST_PDEP 1
-/* bit l of m moved to bit 4l */
 static inline uint64_t meld_spread4(uint32_t m) { return _pdep_u64(m, 0x1111111111111111ull); }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 12

@@ -46,7 +46,7 @@ static inline void philox_rounds_x(vi c[][4], const int U, uint32_t k0, uint32_t
 /* Spread the low 16 bits of m so that bit l lands at bit 4l (BMI2 PDEP where the ISA has it fast). */
 static inline uint64_t spread4(uint32_t m) {
 #ifdef MELD_FAST_PDEP
-    return _pdep_u64(m, 0x1111111111111111ull);
+    return meld_spread4(m);
 #else
     uint64_t x = m & 0xffffu;
     x = (x | (x << 24)) & 0x000000FF000000FFull;
