@@ -215,12 +215,17 @@ INL void tv_chunk(TV_PARAMS, const uint K, ulong i0, const uint *rnd) {
         EACH(SUM)
         div = divisor == 2 ? (float)K : fixed_div;
     } else {
+        /* as the CPU kernels (merge.tpl.h): under the weighted sum vote the NaN of the v·0 terms
+         * comes from the vote s, so agreeing terms are added alone and NaN lanes take s */
+        const int nan_from_vote = consensus == 1 && !unweighted && !has_sign_in;
 #define AGREE(k) if (k < K) { \
-            vf ag = select((vf)0.0f, (vf)1.0f, (pos & (u##k > 0.0f)) | (~pos & (u##k < 0.0f))); \
-            mixed = mixed + v##k * ag; \
+            vi agm = (pos & (u##k > 0.0f)) | (~pos & (u##k < 0.0f)); \
+            vf ag = select((vf)0.0f, (vf)1.0f, agm); \
+            mixed = nan_from_vote ? select(mixed, mixed + v##k, agm) : mixed + v##k * ag; \
             if (divisor == 1) div = div + rule[k].w * ag; \
             else if (divisor == 2) div = div + ag; }
         EACH(AGREE)
+        if (nan_from_vote) mixed = select(mixed, s, isnan(s));
     }
     if (divisor != 0) mixed = mixed / select(div, (vf)1.0f, div == 0.0f);
     mixed = mixed * lambda;

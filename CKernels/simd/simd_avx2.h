@@ -49,12 +49,16 @@ static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, mel
 /* masked arithmetic: lanes in m get the result, the others src */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_mul_ps(a, b), src); }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_add_ps(a, b), src); }
+static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_div_ps(a, b), src); }
+static inline vf vf_xor(vf a, vf b) { return _mm256_xor_ps(a, b); }
 /* a with the sign bit flipped in the lanes of m */
 static inline vf vf_mask_neg(vm m, vf a) { return _mm256_xor_ps(a, _mm256_and_ps(meld_avx2_lanes(m), _mm256_set1_ps(-0.0f))); }
 static inline vm vf_gt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
 static inline vm vf_lt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 static inline vm vf_ge(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
 static inline vm vf_eq(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
+static inline vm vf_neq(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NEQ_UQ)); }
+static inline vm vf_isnan(vf a) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 static inline vi vf_absbits(vf a) { return _mm256_and_si256(_mm256_castps_si256(a), _mm256_set1_epi32(0x7fffffff)); }
 static inline vi vi_set1(uint32_t x) { return _mm256_set1_epi32((int)x); }
 static inline vi vi_iota(void) { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }

@@ -33,6 +33,8 @@ static inline vf vf_select(vm m, vf t, vf f) { return _mm512_mask_blend_ps((__mm
 /* masked arithmetic: lanes in m get the result, the others src (one instruction each) */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return _mm512_mask_mul_ps(src, (__mmask16)m, a, b); }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return _mm512_mask_add_ps(src, (__mmask16)m, a, b); }
+static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return _mm512_mask_div_ps(src, (__mmask16)m, a, b); }
+static inline vf vf_xor(vf a, vf b) { return _mm512_xor_ps(a, b); }
 /* a with the sign bit flipped in the lanes of m */
 static inline vf vf_mask_neg(vm m, vf a) {
     return _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(a), (__mmask16)m, _mm512_castps_si512(a),
@@ -42,6 +44,8 @@ static inline vm vf_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ)
 static inline vm vf_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 static inline vm vf_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
 static inline vm vf_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+static inline vm vf_neq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_UQ); }
+static inline vm vf_isnan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 static inline vi vf_absbits(vf a) { return _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)); }
 static inline vi vi_set1(uint32_t x) { return _mm512_set1_epi32((int)x); }
 static inline vi vi_iota(void) { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }

@@ -29,12 +29,16 @@ static inline vf vf_select(vm m, vf t, vf f) { return (m & 1u) ? t : f; }
 /* masked arithmetic: lanes in m get the result, the others src */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return (m & 1u) ? a * b : src; }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return (m & 1u) ? a + b : src; }
+static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return (m & 1u) ? a / b : src; }
+static inline vf vf_xor(vf a, vf b) { return meld_bits_f32(meld_f32_bits(a) ^ meld_f32_bits(b)); }
 /* a with the sign bit flipped in the lanes of m */
 static inline vf vf_mask_neg(vm m, vf a) { return (m & 1u) ? meld_bits_f32(meld_f32_bits(a) ^ 0x80000000u) : a; }
 static inline vm vf_gt(vf a, vf b) { return a > b; }
 static inline vm vf_lt(vf a, vf b) { return a < b; }
 static inline vm vf_ge(vf a, vf b) { return a >= b; }
 static inline vm vf_eq(vf a, vf b) { return a == b; }
+static inline vm vf_neq(vf a, vf b) { return !(a == b); }
+static inline vm vf_isnan(vf a) { return a != a; }
 static inline vi vf_absbits(vf a) { return meld_f32_bits(a) & 0x7fffffffu; }
 static inline vi vi_set1(uint32_t x) { return x; }
 static inline vi vi_iota(void) { return 0; }

@@ -34,10 +34,19 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
         if (!c->deltas) d = vf_sub(d, b);
         vf t = d;
         const uint32_t kk = rk >= 0 ? (uint32_t)rk : c->kind[k];
-        if (rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) {
+        if (rk == MELD_RULE_TOP) {
+            /* v = kept ? d·w : +0 in one masked multiply. The general form (d·0)·w differs only
+             * in the sign of a zero (no dropped d is NaN or infinite: the specialized TOP body
+             * needs a finite threshold, see tv_uniform_rule), and no result depends on that sign:
+             * zeros never agree and sums start at +0. */
+            v[k] = vf_mask_mul(vi_gt(vf_absbits(d), c->gt_thr[k]), zero, d, c->wv[k]);
+            u[k] = v[k];
+            if (cons == MELD_CONSENSUS_SUM) s = k ? vf_add(s, u[k]) : u[k];
+            continue;
+        }
+        if (rk == MELD_RULE_BITS) {
             /* t = d * (kept ? 1 : 0) in one masked multiply: d = x - b is never a signalling NaN */
-            vm m = rk == MELD_RULE_TOP ? vi_gt(vf_absbits(d), c->gt_thr[k]) : bm[k];
-            t = vf_mask_mul(vm_not(m), d, d, zero);
+            t = vf_mask_mul(vm_not(bm[k]), d, d, zero);
         } else if (kk != MELD_RULE_ALL) {
             vm m;
             if (kk == MELD_RULE_TOP) m = top_mask(vf_absbits(d), c->thr[k], c->cut[k], i0 + i);
@@ -51,8 +60,10 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
         if (rk == MELD_RULE_BITS || (rk < 0 && c->scaled[k])) t = vf_mul(t, c->sv[k]);
         v[k] = vf_mul(t, c->wv[k]);
         u[k] = c->unweighted ? t : v[k];
-        if (cons == MELD_CONSENSUS_SUM) s = vf_add(s, u[k]);
-        else if (cons == MELD_CONSENSUS_COUNT) s = vf_add(s, vf_sign(u[k]));
+        /* the vote starts at u_0, not 0 + u_0: they differ only in the sign of a zero sum, and
+         * -0 >= 0 elects +1 as +0 does */
+        if (cons == MELD_CONSENSUS_SUM) s = k ? vf_add(s, u[k]) : u[k];
+        else if (cons == MELD_CONSENSUS_COUNT) s = k ? vf_add(s, vf_sign(u[k])) : vf_sign(u[k]);
     }
     vm pos = vm_all();
     if (cons != MELD_CONSENSUS_NONE) pos = c->sign_in ? vm_from_i8_pos(c->sign_in + i) : vf_ge(s, zero);
@@ -64,18 +75,26 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
         for (size_t k = 0; k < K; k++) mixed = vf_add(mixed, v[k]); /* v * 1 == v */
         div = c->fixed;
     } else {
-        /* Σ v_k·ag_k and Σ w_k·ag_k (ag = 1 where expert k agrees with the elected sign, else
-         * 0) with masked ops, exactly: v·1 == v (v is a product, never a signalling NaN);
-         * v·0 is kept, as it is ±0 or NaN; adding w·0 = ±0 leaves div alone (div is never -0). */
-        const vm neg = vm_not(pos);
+        /* agree: u_k has the elected sign (u > 0 where +1 won, u < 0 where -1; zeros never
+         * agree), tested as (u xor sign) > 0. Σ v_k·agree_k and Σ w_k·agree_k by masked adds;
+         * adding w·0 = ±0 would leave div alone (div is never -0). */
+        const vf sgn = vf_select(pos, zero, vf_set1(-0.0f));
+        /* The torch form Σ v_k·agree_k also adds v_k·0, which is NaN where v_k is NaN or an
+         * infinite v_k disagrees. Under the weighted sum vote (u = v) with an elected sign,
+         * that happens exactly where the vote s is NaN, so those lanes take s afterwards;
+         * otherwise (count vote, unweighted vote, given signs) the products are added. */
+        const int nan_from_vote = cons == MELD_CONSENSUS_SUM && !c->unweighted && !c->sign_in;
         for (size_t k = 0; k < K; k++) {
-            vm agree = vf_gt(vf_mask_neg(neg, u[k]), zero); /* u > 0 where +1 won, u < 0 where -1 */
-            mixed = vf_add(mixed, vf_mask_mul(vm_not(agree), v[k], v[k], zero));
+            vm agree = vf_gt(vf_xor(u[k], sgn), zero);
+            if (nan_from_vote) mixed = vf_mask_add(agree, mixed, mixed, v[k]);
+            else mixed = vf_add(mixed, vf_mask_mul(vm_not(agree), v[k], v[k], zero)); /* v·1 == v */
             if (divm == MELD_DIVISOR_WEIGHT_SUM) div = vf_mask_add(agree, div, div, c->wv[k]);
             else if (divm == MELD_DIVISOR_COUNT) div = vf_mask_add(agree, div, div, one);
         }
+        if (nan_from_vote) mixed = vf_select(vf_isnan(s), s, mixed);
     }
-    if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, vf_select(vf_eq(div, zero), one, div));
+    /* a zero divisor counts as 1: those lanes keep mixed (mixed / 1 == mixed) */
+    if (divm != MELD_DIVISOR_NONE) mixed = vf_mask_div(vf_neq(div, zero), mixed, mixed, div);
     mixed = vf_mul(mixed, c->lambda);
     if (c->has_base) mixed = vf_add(b, mixed);
     return mixed;
@@ -171,6 +190,7 @@ static int tv_uniform_rule(size_t n, size_t i0, const meld_uk_tv_args *a) {
         if ((int)r->kind != rk) return -1;
         if (rk != MELD_RULE_BITS && r->scale != 1.0f) return -1;
         if (rk == MELD_RULE_TOP && r->cut > i0 && r->cut < i0 + n) return -1; /* the cutoff falls inside */
+        if (rk == MELD_RULE_TOP && r->thr >= 0x7f800000u) return -1; /* Inf/NaN may be dropped (see tv_vec) */
     }
     return rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS ? rk : -1;
 }

@@ -139,6 +139,29 @@ final class MergeTests: XCTestCase {
             XCTAssertEqual(nn[4], x[4])
             let ta: [Float] = try ctx.taskArithmetic(base: base, [xn], weights: [1])
             XCTAssertTrue(ta[3].isNaN); XCTAssertEqual(ta[5], .infinity)
+            // +Inf against -Inf: the sum vote is NaN and the disagreeing Inf times 0 is NaN;
+            // under a count vote a disagreeing Inf alone (vote -1 against +Inf) gives NaN too
+            var xp = x, xm = x, xl = x; xp[6] = .infinity; xm[6] = -.infinity; xl[2] = -1; xp[2] = .infinity
+            for divisor in [Divisor.weightSum, .count, .none] {
+                let pm: [Float] = try ctx.ties(base: base, [xp, xm, x], weights: [1, 1, 1], densities: [1, 1, 1],
+                                               options: TiesOptions(divisor: divisor))
+                XCTAssertTrue(pm[6].isNaN, "\(ctx.isa) \(divisor)")
+                XCTAssertEqual(pm[2], .infinity) // xl unused here: Inf wins the sum vote and agrees
+                XCTAssertEqual(pm[4], divisor == .none ? base[4] + 3 * base[4] : x[4])
+                let cv: [Float] = try ctx.ties(base: base, [xp, xl, xl], weights: [1, 1, 1], densities: [1, 1, 1],
+                                               options: TiesOptions(consensus: .count, divisor: divisor))
+                XCTAssertTrue(cv[2].isNaN, "count vote \(ctx.isa) \(divisor)")
+            }
+            // more Inf/NaN deltas than kept ones: the threshold is not finite; a dropped Inf or NaN
+            // times 0 is NaN (torch), kept Infs stay Inf, the rest of the tensor is unaffected
+            var xi = x
+            for j in [1, 4, 9, 12] { xi[j] = .infinity }
+            xi[7] = .nan
+            let ti: [Float] = try ctx.ties(base: base, [xi, x], weights: [1, 1], densities: [2.0 / 17, 1])
+            XCTAssertTrue(ti[7].isNaN) // NaN magnitudes rank first: kept
+            XCTAssertEqual(ti[1], .infinity) // the lower index wins the tie among the Infs
+            for j in [4, 9, 12] { XCTAssertTrue(ti[j].isNaN, "dropped Inf at \(j) \(ctx.isa)") }
+            XCTAssertEqual(ti[2], x[2])
             // n = 0
             let e: [Float] = try ctx.ties(base: [Float](), [[Float]()], weights: [1], densities: [0.5])
             XCTAssertEqual(e, [])
