@@ -56,6 +56,7 @@ const char *meld_isa_name(meld_isa isa) {
     case MELD_ISA_SCALAR: return "scalar";
     case MELD_ISA_AVX2: return "avx2";
     case MELD_ISA_AVX512: return "avx512";
+    case MELD_ISA_AVX512BF16: return "avx512bf16";
     }
     return "unknown";
 }
@@ -72,6 +73,8 @@ int meld_isa_supported(meld_isa isa) {
         return meld_isa_supported(MELD_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512vl");
+    case MELD_ISA_AVX512BF16:
+        return meld_isa_supported(MELD_ISA_AVX512) && __builtin_cpu_supports("avx512bf16");
     }
     return 0;
 #else
@@ -82,6 +85,7 @@ int meld_isa_supported(meld_isa isa) {
 static const meld_ukernels *registry_for(meld_isa isa) {
     switch (isa) {
 #if defined(__x86_64__)
+    case MELD_ISA_AVX512BF16: return &meld_ukernels_avx512bf16;
     case MELD_ISA_AVX512: return &meld_ukernels_avx512;
     case MELD_ISA_AVX2: return &meld_ukernels_avx2;
 #endif
@@ -96,9 +100,11 @@ static meld_isa resolve_isa(meld_isa want) {
             if (!strcmp(env, "scalar")) want = MELD_ISA_SCALAR;
             else if (!strcmp(env, "avx2")) want = MELD_ISA_AVX2;
             else if (!strcmp(env, "avx512")) want = MELD_ISA_AVX512;
+            else if (!strcmp(env, "avx512bf16")) want = MELD_ISA_AVX512BF16;
         }
     }
     if (want == MELD_ISA_AUTO) {
+        if (meld_isa_supported(MELD_ISA_AVX512BF16)) return MELD_ISA_AVX512BF16;
         if (meld_isa_supported(MELD_ISA_AVX512)) return MELD_ISA_AVX512;
         if (meld_isa_supported(MELD_ISA_AVX2)) return MELD_ISA_AVX2;
         return MELD_ISA_SCALAR;
@@ -110,7 +116,7 @@ meld_status meld_context_create_ex(const meld_context_options *options, meld_con
     if (!options || !out) return MELD_ERR_NULL_POINTER;
     *out = NULL;
     if (options->threads < 0 || options->threads > 4096) return MELD_ERR_INVALID_ARGUMENT;
-    if (options->isa < MELD_ISA_AUTO || options->isa > MELD_ISA_AVX512) return MELD_ERR_INVALID_ARGUMENT;
+    if (options->isa < MELD_ISA_AUTO || options->isa > MELD_ISA_AVX512BF16) return MELD_ERR_INVALID_ARGUMENT;
     meld_isa isa = resolve_isa(options->isa);
     if (!meld_isa_supported(isa)) return MELD_ERR_UNSUPPORTED;
     meld_context *ctx = calloc(1, sizeof *ctx);

@@ -32,7 +32,7 @@ static int use_bf16_dot(const meld_context *ctx, meld_dtype dtype) {
     const char *env = getenv("MELD_BF16_DOT");
     if (!env || strcmp(env, "1")) return 0;
     __builtin_cpu_init();
-    return dtype == MELD_BF16 && ctx->isa == MELD_ISA_AVX512 && __builtin_cpu_supports("avx512bf16") &&
+    return dtype == MELD_BF16 && (ctx->isa == MELD_ISA_AVX512 || ctx->isa == MELD_ISA_AVX512BF16) && __builtin_cpu_supports("avx512bf16") &&
            ctx->uk->gemm_nr == 32;
 #else
     (void)ctx; (void)dtype;

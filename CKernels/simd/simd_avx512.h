@@ -117,7 +117,22 @@ static inline __attribute__((always_inline)) __m512i meld_bf16_round_hi(vf v) {
     __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
     return _mm512_mask_or_epi32(r, nan, b, _mm512_set1_epi32(0x400000));
 }
-static inline __m256i meld_bf16_bits(vf v) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(meld_bf16_round_hi(v), 16)); }
+static inline __m256i meld_bf16_bits_int(vf v) { return _mm512_cvtepi32_epi16(_mm512_srli_epi32(meld_bf16_round_hi(v), 16)); }
+#ifdef MELD_HW_BF16
+/* AVX512-BF16: VCVTNE(2)PS2BF16 round to nearest even and quiet NaNs as meld_f32_to_bf16 does,
+ * but read f32 subnormals as zero (their bf16 is not always zero). Lanes holding a subnormal
+ * (VFPCLASSPS category 0x20; rare in weights) take the integer rounding, so the bits equal the
+ * other paths'. */
+#define MELD_F32_SUBNORMAL 0x20
+static inline __m256i meld_bf16_bits(vf v) {
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+    __mmask16 sub = _mm512_fpclass_ps_mask(v, MELD_F32_SUBNORMAL);
+    if (__builtin_expect(sub != 0, 0)) h = _mm256_mask_blend_epi16(sub, h, meld_bf16_bits_int(v));
+    return h;
+}
+#else
+static inline __m256i meld_bf16_bits(vf v) { return meld_bf16_bits_int(v); }
+#endif
 static inline void vf_stream_u16(uint16_t *p, vf v, int f16) {
     __m256i h = f16 ? _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) : meld_bf16_bits(v);
     if (((uintptr_t)p & 31) == 0) _mm256_stream_si256((__m256i *)p, h); else _mm256_storeu_si256((__m256i *)p, h);
@@ -135,10 +150,23 @@ static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) {
     *e = _pext_u32(w, 0x55555555u);
     *o = _pext_u32(w, 0xAAAAAAAAu);
 }
-static inline __attribute__((always_inline)) void vf2_stream_bf16(uint16_t *p, vf e, vf o) {
+static inline __attribute__((always_inline)) __m512i meld_bf16_pair_int(vf e, vf o) {
     /* low halves from e, high halves from o: (e >> 16) | (o & 0xffff0000) */
-    __m512i x = _mm512_ternarylogic_epi32(_mm512_srli_epi32(meld_bf16_round_hi(e), 16), meld_bf16_round_hi(o),
-                                          _mm512_set1_epi32((int)0xffff0000u), 0xF8);
+    return _mm512_ternarylogic_epi32(_mm512_srli_epi32(meld_bf16_round_hi(e), 16), meld_bf16_round_hi(o),
+                                     _mm512_set1_epi32((int)0xffff0000u), 0xF8);
+}
+static inline __attribute__((always_inline)) void vf2_stream_bf16(uint16_t *p, vf e, vf o) {
+#ifdef MELD_HW_BF16
+    /* one conversion of both (words 0-15 from e, 16-31 from o), then word 2j <- j, 2j+1 <- 16+j */
+    const __m512i inter = _mm512_setr_epi32(0x00100000, 0x00110001, 0x00120002, 0x00130003, 0x00140004, 0x00150005,
+                                            0x00160006, 0x00170007, 0x00180008, 0x00190009, 0x001a000a, 0x001b000b,
+                                            0x001c000c, 0x001d000d, 0x001e000e, 0x001f000f);
+    __m512i x = _mm512_permutexvar_epi16(inter, (__m512i)_mm512_cvtne2ps_pbh(o, e));
+    if (__builtin_expect((_mm512_fpclass_ps_mask(e, MELD_F32_SUBNORMAL) | _mm512_fpclass_ps_mask(o, MELD_F32_SUBNORMAL)) != 0, 0))
+        x = meld_bf16_pair_int(e, o);
+#else
+    __m512i x = meld_bf16_pair_int(e, o);
+#endif
     if (((uintptr_t)p & 63) == 0) _mm512_stream_si512((void *)p, x); else _mm512_storeu_si512((void *)p, x);
 }
 /* Two vectors of consecutive elements (a: the first W) rounded to bf16 and stored with one
@@ -147,7 +175,14 @@ static inline __attribute__((always_inline)) void vf2_stream_bf16_seq(uint16_t *
     const __m512i odd_words = _mm512_setr_epi32(0x00030001, 0x00070005, 0x000b0009, 0x000f000d, 0x00130011, 0x00170015,
                                                 0x001b0019, 0x001f001d, 0x00230021, 0x00270025, 0x002b0029, 0x002f002d,
                                                 0x00330031, 0x00370035, 0x003b0039, 0x003f003d);
+#ifdef MELD_HW_BF16
+    (void)odd_words;
+    __m512i x = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* words 0-15 from a, 16-31 from b */
+    if (__builtin_expect((_mm512_fpclass_ps_mask(a, MELD_F32_SUBNORMAL) | _mm512_fpclass_ps_mask(b, MELD_F32_SUBNORMAL)) != 0, 0))
+        x = _mm512_permutex2var_epi16(meld_bf16_round_hi(a), odd_words, meld_bf16_round_hi(b));
+#else
     __m512i x = _mm512_permutex2var_epi16(meld_bf16_round_hi(a), odd_words, meld_bf16_round_hi(b));
+#endif
     if (((uintptr_t)p & 63) == 0) _mm512_stream_si512((void *)p, x); else _mm512_storeu_si512((void *)p, x);
 }
 static inline void stream_fence(void) { _mm_sfence(); }
@@ -161,5 +196,9 @@ static inline void vd_widen(vf v, vd out[2]) {
     out[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
     out[1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
+#ifdef MELD_HW_BF16
+#define MELD_ISA_SUFFIX avx512bf16
+#else
 #define MELD_ISA_SUFFIX avx512
+#endif
 #endif

@@ -15,6 +15,15 @@
 #endif
 #endif
 
+/* Specialized bodies (compile-time K, dtype, rule): forced inline when optimizing, so each
+ * specialization folds; plain calls at -O0, where every inlined copy kept its own stack slots
+ * (tv_merge's frame reached 8 MiB, a whole thread stack). */
+#ifdef __OPTIMIZE__
+#define MELD_BODY_INLINE static inline __attribute__((always_inline))
+#else
+#define MELD_BODY_INLINE static inline
+#endif
+
 /* always_inline: these run once per vector, and clang had left stream_dt an out-of-line call */
 static inline __attribute__((always_inline)) vf load_dt(const void *p, int dt, size_t i) {
     switch (dt) {

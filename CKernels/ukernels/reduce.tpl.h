@@ -17,7 +17,7 @@ static inline double lanes_sum(const double *acc) {
  * multiply-add rounds as the multiply-then-add of the scalar path. */
 #define GRAM_VPV (MELD_W / MELD_DW) /* f64 vectors per f32 vector */
 #define GRAM_ACC (16 / MELD_DW)     /* f64 vectors per 16 lanes */
-static inline __attribute__((always_inline)) void gram_body(size_t n, const meld_uk_gram_args *a, const size_t K) {
+MELD_BODY_INLINE void gram_body(size_t n, const meld_uk_gram_args *a, const size_t K) {
     const size_t P = K * (K + 1) / 2;
     vd acc[MELD_GRAM_MAX * (MELD_GRAM_MAX + 1) / 2][GRAM_ACC];
     for (size_t p = 0; p < P; p++) for (int j = 0; j < GRAM_ACC; j++) acc[p][j] = vd_zero();
@@ -101,7 +101,7 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
     return acc;
 }
 
-static inline __attribute__((always_inline)) void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K,
+MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K,
                                                              const int vdt) {
     size_t pos[MELD_MAX_MODELS];
     vf sc[MELD_MAX_MODELS];

@@ -5,6 +5,7 @@
 #define meld_ukernels__scalar meld_ukernels_scalar
 #define meld_ukernels__avx2 meld_ukernels_avx2
 #define meld_ukernels__avx512 meld_ukernels_avx512
+#define meld_ukernels__avx512bf16 meld_ukernels_avx512bf16
 
 const meld_ukernels MELD_REG_NAME = {
     .isa = MELD_ISA_ID,

@@ -167,4 +167,5 @@ typedef struct meld_ukernels {
 extern const meld_ukernels meld_ukernels_scalar;
 extern const meld_ukernels meld_ukernels_avx2;
 extern const meld_ukernels meld_ukernels_avx512;
+extern const meld_ukernels meld_ukernels_avx512bf16;
 #endif

@@ -35,7 +35,7 @@ public enum DType: UInt32, Sendable, CaseIterable {
 
 /// Instruction-set paths; `.auto` picks the best (or `MELD_ISA` from the environment).
 public enum ISA: UInt32, Sendable, CaseIterable {
-    case auto = 0, scalar = 1, avx2 = 2, avx512 = 3
+    case auto = 0, scalar = 1, avx2 = 2, avx512 = 3, avx512bf16 = 4
     public var isSupported: Bool { meld_isa_supported(meld_isa(rawValue: rawValue)) != 0 }
     public var name: String { String(cString: meld_isa_name(meld_isa(rawValue: rawValue))) }
 }

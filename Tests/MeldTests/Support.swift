@@ -24,7 +24,7 @@ struct Rng {
 /// Every (ISA, threads) the machine can run: the scalar reference path first.
 func allContexts() throws -> [Context] {
     var out: [Context] = []
-    for isa in [ISA.scalar, .avx2, .avx512] where isa.isSupported {
+    for isa in [ISA.scalar, .avx2, .avx512, .avx512bf16] where isa.isSupported {
         for t in [1, 2] { out.append(try Context(threads: t, isa: isa)) }
     }
     return out

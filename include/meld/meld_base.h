@@ -50,12 +50,14 @@ typedef enum meld_dtype {
 MELD_API size_t meld_dtype_size(meld_dtype dtype);
 MELD_API const char *meld_dtype_name(meld_dtype dtype);
 
-/* Instruction-set paths. The environment variable MELD_ISA=scalar|avx2|avx512 overrides AUTO. */
+/* Instruction-set paths. The environment variable MELD_ISA=scalar|avx2|avx512|avx512bf16
+ * overrides AUTO. Every path gives the same bits. */
 typedef enum meld_isa {
     MELD_ISA_AUTO = 0,
     MELD_ISA_SCALAR = 1,
     MELD_ISA_AVX2 = 2,   /* AVX2 + FMA + F16C */
     MELD_ISA_AVX512 = 3, /* AVX-512 F/BW/DQ/VL */
+    MELD_ISA_AVX512BF16 = 4, /* AVX512 with AVX512-BF16 conversions for bf16 outputs */
 } meld_isa;
 
 MELD_API int meld_isa_supported(meld_isa isa); /* 1 if this machine can run it */
