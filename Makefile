@@ -22,6 +22,7 @@ build/obj/%.o: %.c $(DEPS)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 build/libmeld.a: $(OBJ)
+	@rm -f $@ # a fresh archive: members of renamed or removed sources must not linger
 	ar rcs $@ $^
 
 build/libmeld.so: $(OBJ)
