@@ -51,12 +51,9 @@ static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return vf_select(m, _mm
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_add_ps(a, b), src); }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_div_ps(a, b), src); }
 static inline vf vf_xor(vf a, vf b) { return _mm256_xor_ps(a, b); }
-/* a with the sign bit flipped in the lanes of m */
-static inline vf vf_mask_neg(vm m, vf a) { return _mm256_xor_ps(a, _mm256_and_ps(meld_avx2_lanes(m), _mm256_set1_ps(-0.0f))); }
 static inline vm vf_gt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
 static inline vm vf_lt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
 static inline vm vf_ge(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
-static inline vm vf_eq(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)); }
 static inline vm vf_neq(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NEQ_UQ)); }
 static inline vm vf_isnan(vf a) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
 static inline vi vf_absbits(vf a) { return _mm256_and_si256(_mm256_castps_si256(a), _mm256_set1_epi32(0x7fffffff)); }
@@ -74,12 +71,6 @@ static inline vm vi_ltu(vi a, vi b) {
 static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
 static inline vi vi_xor(vi a, vi b) { return _mm256_xor_si256(a, b); }
 static inline vi vi_srl(vi a, int s) { return _mm256_srli_epi32(a, s); }
-static inline vi vi_mullo(vi a, vi b) { return _mm256_mullo_epi32(a, b); }
-static inline vi vi_mulhi(vi a, vi b) {
-    __m256i even = _mm256_srli_epi64(_mm256_mul_epu32(a, b), 32);
-    __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));
-    return _mm256_blend_epi32(even, odd, 0xAA);
-}
 static inline vm vm_and(vm a, vm b) { return a & b; }
 static inline vm vm_or(vm a, vm b) { return a | b; }
 static inline vm vm_andnot(vm a, vm b) { return (~a) & b & 0xffu; }
@@ -107,8 +98,7 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
 }
 static inline vi vi_and(vi a, vi b) { return _mm256_and_si256(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
-/* per-lane counters: +1 in the lanes of m; their total */
-static inline vi vi_count(vi acc, vm m) { return _mm256_sub_epi32(acc, _mm256_castps_si256(meld_avx2_lanes(m))); }
+/* the sum of the lanes (per-lane counters) */
 static inline uint64_t vi_total(vi acc) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));

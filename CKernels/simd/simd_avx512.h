@@ -35,15 +35,9 @@ static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return _mm512_mask_mul_
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return _mm512_mask_add_ps(src, (__mmask16)m, a, b); }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return _mm512_mask_div_ps(src, (__mmask16)m, a, b); }
 static inline vf vf_xor(vf a, vf b) { return _mm512_xor_ps(a, b); }
-/* a with the sign bit flipped in the lanes of m */
-static inline vf vf_mask_neg(vm m, vf a) {
-    return _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(a), (__mmask16)m, _mm512_castps_si512(a),
-                                                     _mm512_set1_epi32((int)0x80000000u)));
-}
 static inline vm vf_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
 static inline vm vf_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 static inline vm vf_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
-static inline vm vf_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
 static inline vm vf_neq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_NEQ_UQ); }
 static inline vm vf_isnan(vf a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
 static inline vi vf_absbits(vf a) { return _mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff)); }
@@ -56,12 +50,6 @@ static inline vm vi_ltu(vi a, vi b) { return _mm512_cmplt_epu32_mask(a, b); }
 static inline vi vi_add(vi a, vi b) { return _mm512_add_epi32(a, b); }
 static inline vi vi_xor(vi a, vi b) { return _mm512_xor_si512(a, b); }
 static inline vi vi_srl(vi a, int s) { return _mm512_srli_epi32(a, (unsigned)s); }
-static inline vi vi_mullo(vi a, vi b) { return _mm512_mullo_epi32(a, b); }
-static inline vi vi_mulhi(vi a, vi b) {
-    __m512i even = _mm512_srli_epi64(_mm512_mul_epu32(a, b), 32);
-    __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
-    return _mm512_mask_blend_epi32(0xAAAA, even, odd);
-}
 static inline vm vm_and(vm a, vm b) { return a & b; }
 static inline vm vm_or(vm a, vm b) { return a | b; }
 static inline vm vm_andnot(vm a, vm b) { return (~a) & b & 0xffffu; }
@@ -89,8 +77,7 @@ static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
 }
 static inline vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
-/* per-lane counters: +1 in the lanes of m; their total */
-static inline vi vi_count(vi acc, vm m) { return _mm512_mask_sub_epi32(acc, (__mmask16)m, acc, _mm512_set1_epi32(-1)); }
+/* the sum of the lanes (per-lane counters) */
 static inline uint64_t vi_total(vi acc) { return (uint32_t)_mm512_reduce_add_epi32(acc); }
 static inline vf vf_expand(vm m, vf packed) { return _mm512_maskz_expand_ps((__mmask16)m, packed); }
 /* Philox in 64-bit lanes (philox.tpl.h): the 32x32->64 product of the low halves, the high

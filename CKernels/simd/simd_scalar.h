@@ -31,12 +31,9 @@ static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return (m & 1u) ? a * b
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return (m & 1u) ? a + b : src; }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return (m & 1u) ? a / b : src; }
 static inline vf vf_xor(vf a, vf b) { return meld_bits_f32(meld_f32_bits(a) ^ meld_f32_bits(b)); }
-/* a with the sign bit flipped in the lanes of m */
-static inline vf vf_mask_neg(vm m, vf a) { return (m & 1u) ? meld_bits_f32(meld_f32_bits(a) ^ 0x80000000u) : a; }
 static inline vm vf_gt(vf a, vf b) { return a > b; }
 static inline vm vf_lt(vf a, vf b) { return a < b; }
 static inline vm vf_ge(vf a, vf b) { return a >= b; }
-static inline vm vf_eq(vf a, vf b) { return a == b; }
 static inline vm vf_neq(vf a, vf b) { return !(a == b); }
 static inline vm vf_isnan(vf a) { return a != a; }
 static inline vi vf_absbits(vf a) { return meld_f32_bits(a) & 0x7fffffffu; }
@@ -50,8 +47,6 @@ static inline vm vi_ltu(vi a, vi b) { return a < b; }
 static inline vi vi_add(vi a, vi b) { return a + b; }
 static inline vi vi_xor(vi a, vi b) { return a ^ b; }
 static inline vi vi_srl(vi a, int s) { return a >> s; }
-static inline vi vi_mullo(vi a, vi b) { return a * b; }
-static inline vi vi_mulhi(vi a, vi b) { return (uint32_t)(((uint64_t)a * b) >> 32); }
 static inline vm vm_and(vm a, vm b) { return a & b; }
 static inline vm vm_or(vm a, vm b) { return a | b; }
 static inline vm vm_andnot(vm a, vm b) { return (~a) & b & 1u; } /* !a & b */
@@ -69,8 +64,7 @@ static inline void vm_store_sign_i8(int8_t *p, vm pos) { p[0] = (pos & 1u) ? 1 :
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) { *p = v; return m & 1u; }
 static inline vi vi_and(vi a, vi b) { return a & b; }
 static inline vi vi_sub(vi a, vi b) { return a - b; }
-/* per-lane counters: +1 in the lanes of m; their total */
-static inline vi vi_count(vi acc, vm m) { return acc + (m & 1u); }
+/* the sum of the lanes (per-lane counters) */
 static inline uint64_t vi_total(vi acc) { return acc; }
 /* Place the first popcount(m) packed values at the lanes set in m (others 0). */
 static inline vf vf_expand(vm m, vf packed) { return (m & 1u) ? packed : 0.0f; }

@@ -33,14 +33,6 @@ static inline __attribute__((always_inline)) vf load_dt(const void *p, int dt, s
     }
 }
 
-static inline __attribute__((always_inline)) void store_dt(void *p, int dt, size_t i, vf v) {
-    switch (dt) {
-    case MELD_F32: vf_store((float *)p + i, v); break;
-    case MELD_F16: vf_store_f16((uint16_t *)p + i, v); break;
-    default: vf_store_bf16((uint16_t *)p + i, v); break;
-    }
-}
-
 /* Output stores of the streaming kernels: non-temporal (no read-for-ownership of lines that
  * are about to be overwritten whole); the kernel calls stream_fence() before returning. */
 static inline __attribute__((always_inline)) void stream_dt(void *p, int dt, size_t i, vf v) {

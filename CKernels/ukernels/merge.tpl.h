@@ -76,8 +76,8 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
         div = c->fixed;
     } else {
         /* agree: u_k has the elected sign (u > 0 where +1 won, u < 0 where -1; zeros never
-         * agree), tested as (u xor sign) > 0. Σ v_k·agree_k and Σ w_k·agree_k by masked adds;
-         * adding w·0 = ±0 would leave div alone (div is never -0). */
+         * agree), tested as (u xor sign) > 0. The divisor sums w_k over agreeing k by masked
+         * adds. */
         const vf sgn = vf_select(pos, zero, vf_set1(-0.0f));
         /* The torch form Σ v_k·agree_k also adds v_k·0, which is NaN where v_k is NaN or an
          * infinite v_k disagrees. Under the weighted sum vote (u = v) with an elected sign,
