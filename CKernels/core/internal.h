@@ -60,6 +60,9 @@ typedef struct meld_tile {
 
 typedef struct meld_stream {
     size_t n;
+    size_t first; /* global index of the stream's element 0: inputs are addressed by global index,
+                     outputs by index within the stream; a multiple of MELD_TILE, so a range has
+                     the whole tensor's tiles and bits */
     int nin, nout;
     const void *in[MELD_STREAM_MAX];
     int in_dt[MELD_STREAM_MAX];

@@ -5,8 +5,8 @@
 size_t meld_stream_tiles(size_t n) { return (n + MELD_TILE - 1) / MELD_TILE; }
 
 static void run_tile(const meld_stream *s, size_t t, meld_tile_fn fn, void *op) {
-    size_t i0 = t * MELD_TILE;
-    size_t len = s->n - i0 < MELD_TILE ? s->n - i0 : MELD_TILE;
+    const size_t l0 = t * MELD_TILE, i0 = s->first + l0; /* local and global */
+    size_t len = s->n - l0 < MELD_TILE ? s->n - l0 : MELD_TILE;
     size_t body = len & ~(size_t)(MELD_UK_ALIGN - 1), rem = len - body;
     meld_tile tile;
     tile.thread = omp_get_thread_num();
@@ -19,7 +19,7 @@ static void run_tile(const meld_stream *s, size_t t, meld_tile_fn fn, void *op) 
             tile.in_dt[j] = s->in_dt[j];
         }
         for (int j = 0; j < s->nout; j++) {
-            tile.out[j] = s->out[j] ? (char *)s->out[j] + i0 * meld_elem_size(s->out_dt[j]) : NULL;
+            tile.out[j] = s->out[j] ? (char *)s->out[j] + l0 * meld_elem_size(s->out_dt[j]) : NULL;
             tile.out_dt[j] = s->out_dt[j];
         }
         fn(&tile, op);
@@ -28,7 +28,7 @@ static void run_tile(const meld_stream *s, size_t t, meld_tile_fn fn, void *op) 
         /* Pad the last partial vector group with zeros, in f32 (int8 stays int8). */
         float inbuf[MELD_STREAM_MAX][MELD_UK_ALIGN];
         float outbuf[4][MELD_UK_ALIGN];
-        size_t base = i0 + body;
+        const size_t base = i0 + body, lbase = l0 + body;
         tile.i0 = base;
         tile.n = MELD_UK_ALIGN;
         tile.valid = rem;
@@ -51,13 +51,13 @@ static void run_tile(const meld_stream *s, size_t t, meld_tile_fn fn, void *op) 
         fn(&tile, op);
         for (int j = 0; j < s->nout; j++) {
             if (!s->out[j]) continue;
-            if (s->out_dt[j] == MELD_ELEM_I8) { memcpy((int8_t *)s->out[j] + base, outbuf[j], rem); continue; }
+            if (s->out_dt[j] == MELD_ELEM_I8) { memcpy((int8_t *)s->out[j] + lbase, outbuf[j], rem); continue; }
             /* convert through the scalar ukernel so rounding matches the vector paths */
             float tmp[MELD_UK_ALIGN];
             memcpy(tmp, outbuf[j], sizeof tmp);
             char conv[MELD_UK_ALIGN * 4];
             meld_ukernels_scalar.convert(MELD_UK_ALIGN, (meld_uk_in){tmp, MELD_F32}, conv, s->out_dt[j]);
-            memcpy((char *)s->out[j] + base * meld_elem_size(s->out_dt[j]), conv, rem * meld_elem_size(s->out_dt[j]));
+            memcpy((char *)s->out[j] + lbase * meld_elem_size(s->out_dt[j]), conv, rem * meld_elem_size(s->out_dt[j]));
         }
     }
 }

@@ -283,13 +283,27 @@ static meld_status build_rules(meld_context *ctx, meld_view base, size_t k, cons
     return l1_scales(ctx, base, k, x, plan->rule, want_l1);
 }
 
-meld_status meld_merge_task_vectors(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
-                                    const float *weights, const meld_sparsifier *sparsifiers,
-                                    const meld_merge_options *options, meld_span out) {
+_Static_assert(MELD_MERGE_RANGE_ALIGN % MELD_TILE == 0, "a range starts on a tile boundary");
+
+struct meld_merge_plan {
+    meld_context *ctx;
+    meld_view base;
+    size_t k, n;
+    meld_view x[MELD_MAX_MODELS];
+    float w[MELD_MAX_MODELS];
+    meld_merge_options options;
+    float fixed_div;
+    rule_plan rules;
+};
+
+meld_status meld_merge_plan_create(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
+                                   const float *weights, const meld_sparsifier *sparsifiers,
+                                   const meld_merge_options *options, meld_merge_plan **out) {
+    if (!out) return MELD_ERR_NULL_POINTER;
+    *out = NULL;
     if (!ctx || !weights || !sparsifiers || !options) return MELD_ERR_NULL_POINTER;
-    MELD_TRY(meld_check_span(out, out.numel));
-    MELD_TRY(meld_check_view(base, out.numel));
-    MELD_TRY(meld_check_models(k, models, out.numel));
+    MELD_TRY(meld_check_view(base, base.numel));
+    MELD_TRY(meld_check_models(k, models, base.numel));
     MELD_TRY(meld_check_floats(weights, k));
     for (size_t i = 0; i < k; i++) MELD_TRY(check_sparsifier(&sparsifiers[i]));
     for (size_t i = 0; i < k && meld_cl_active(ctx); i++)
@@ -301,18 +315,60 @@ meld_status meld_merge_task_vectors(meld_context *ctx, meld_view base, size_t k,
     if (options->consensus < MELD_CONSENSUS_NONE || options->consensus > MELD_CONSENSUS_COUNT ||
         options->divisor < MELD_DIVISOR_NONE || options->divisor > MELD_DIVISOR_COUNT || !isfinite(options->lambda))
         return MELD_ERR_INVALID_ARGUMENT;
-    rule_plan plan;
-    meld_status st = build_rules(ctx, base, k, models, sparsifiers, &plan);
-    if (st == MELD_OK) {
-        float wsum = 0.0f;
-        for (size_t i = 0; i < k; i++) wsum += weights[i];
-        tv_request r = {.base = base, .k = k, .x = models, .rule = plan.rule, .w = weights,
-                        .consensus = options->consensus, .vote_unweighted = options->vote_unweighted,
-                        .divisor = options->divisor, .fixed_div = fabsf(wsum) < 1e-8f ? 1.0f : wsum,
-                        .lambda = options->lambda, .out = out, .n = out.numel};
-        st = meld_tv_run(ctx, &r);
+    meld_merge_plan *p = calloc(1, sizeof *p);
+    if (!p) return MELD_ERR_OUT_OF_MEMORY;
+    meld_status st = build_rules(ctx, base, k, models, sparsifiers, &p->rules);
+    if (st != MELD_OK) {
+        plan_free(&p->rules, k);
+        free(p);
+        return st;
     }
-    plan_free(&plan, k);
+    float wsum = 0.0f;
+    for (size_t i = 0; i < k; i++) {
+        p->x[i] = models[i];
+        p->w[i] = weights[i];
+        wsum += weights[i];
+    }
+    p->ctx = ctx;
+    p->base = base;
+    p->k = k;
+    p->n = base.numel;
+    p->options = *options;
+    p->fixed_div = fabsf(wsum) < 1e-8f ? 1.0f : wsum;
+    *out = p;
+    return MELD_OK;
+}
+
+meld_status meld_merge_plan_run(meld_context *ctx, const meld_merge_plan *plan, size_t first, meld_span out) {
+    if (!ctx || !plan) return MELD_ERR_NULL_POINTER;
+    if (ctx != plan->ctx) return MELD_ERR_INVALID_ARGUMENT;
+    if (first > plan->n || out.numel > plan->n - first) return MELD_ERR_SIZE_MISMATCH;
+    if (first % MELD_MERGE_RANGE_ALIGN) return MELD_ERR_INVALID_ARGUMENT;
+    MELD_TRY(meld_check_span(out, out.numel));
+    const meld_merge_options *o = &plan->options;
+    tv_request r = {.base = plan->base, .k = plan->k, .x = plan->x, .rule = plan->rules.rule, .w = plan->w,
+                    .consensus = o->consensus, .vote_unweighted = o->vote_unweighted, .divisor = o->divisor,
+                    .fixed_div = plan->fixed_div, .lambda = o->lambda, .out = out, .n = out.numel, .first = first};
+    return meld_tv_run(ctx, &r);
+}
+
+meld_status meld_merge_plan_destroy(meld_merge_plan *plan) {
+    if (!plan) return MELD_OK;
+    plan_free(&plan->rules, plan->k);
+    free(plan);
+    return MELD_OK;
+}
+
+meld_status meld_merge_task_vectors(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
+                                    const float *weights, const meld_sparsifier *sparsifiers,
+                                    const meld_merge_options *options, meld_span out) {
+    if (!ctx || !weights || !sparsifiers || !options) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_span(out, out.numel));
+    MELD_TRY(meld_check_view(base, out.numel));
+    meld_merge_plan *plan;
+    MELD_TRY(meld_merge_plan_create(ctx, base, k, models, weights, sparsifiers, options, &plan));
+    meld_status st = meld_merge_plan_run(ctx, plan, 0, out);
+    meld_merge_plan_destroy(plan);
     return st;
 }
 

@@ -75,8 +75,8 @@ static void tv_tile(const meld_tile *t, void *opv) {
 }
 
 meld_status meld_tv_run(meld_context *ctx, const tv_request *r) {
-    if (meld_cl_active(ctx)) return meld_cl_tv_run(ctx, r);
-    meld_stream s = {.n = r->n, .nin = (int)r->k + 1 + (r->sign_in ? 1 : 0), .nout = 2};
+    if (meld_cl_active(ctx)) return r->first ? MELD_ERR_UNSUPPORTED : meld_cl_tv_run(ctx, r);
+    meld_stream s = {.n = r->n, .first = r->first, .nin = (int)r->k + 1 + (r->sign_in ? 1 : 0), .nout = 2};
     s.in[0] = r->base.data;
     s.in_dt[0] = r->base.data ? (int)r->base.dtype : MELD_F32;
     for (size_t k = 0; k < r->k; k++) {

@@ -39,6 +39,8 @@ typedef struct tv_request {
     meld_span out;       /* data NULL: none */
     int8_t *sign_out;
     size_t n;
+    size_t first;        /* global index of element 0 of the range (a multiple of MELD_TILE; inputs
+                            and rules are whole-tensor, out and sign_out hold the n of the range) */
 } tv_request;
 
 /* Top-k selections of count tensors (x_i - base, or x_i when base.data is NULL), one pass;

@@ -61,23 +61,68 @@ public struct PackedDelta<T: MeldScalar> {
 }
 
 /// Keeps caller mask arrays alive and addressable for one C call.
-func withSparsifiers<R>(_ s: [Sparsifier], _ body: ([meld_sparsifier]) throws -> R) rethrows -> R {
-    let total = s.reduce(0) { $0 + ($1.mask?.count ?? 0) }
-    let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: max(total, 1))
-    defer { buf.deallocate() }
-    var off = 0
-    let c: [meld_sparsifier] = s.map { sp in
-        var m: UnsafePointer<UInt8>? = nil
-        if let mask = sp.mask {
-            (buf + off).initialize(from: mask, count: mask.count)
-            m = UnsafePointer(buf + off)
-            off += mask.count
+/// C forms of sparsifiers, with their MASK bitmaps copied into storage that lives as long as this.
+final class SparsifierStorage {
+    let buf: UnsafeMutablePointer<UInt8>
+    let c: [meld_sparsifier]
+    init(_ s: [Sparsifier]) {
+        let total = s.reduce(0) { $0 + ($1.mask?.count ?? 0) }
+        let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: max(total, 1))
+        var off = 0
+        c = s.map { sp in
+            var m: UnsafePointer<UInt8>? = nil
+            if let mask = sp.mask {
+                (buf + off).initialize(from: mask, count: mask.count)
+                m = UnsafePointer(buf + off)
+                off += mask.count
+            }
+            return meld_sparsifier(method: meld_sparsify_method(rawValue: sp.method.rawValue), density: sp.density, gamma: sp.gamma,
+                                   epsilon: sp.epsilon, rescale: meld_rescale(rawValue: sp.rescale.rawValue), seed: sp.seed,
+                                   stream: sp.stream, row_length: sp.rowLength, mask: m)
         }
-        return meld_sparsifier(method: meld_sparsify_method(rawValue: sp.method.rawValue), density: sp.density, gamma: sp.gamma,
-                               epsilon: sp.epsilon, rescale: meld_rescale(rawValue: sp.rescale.rawValue), seed: sp.seed,
-                               stream: sp.stream, row_length: sp.rowLength, mask: m)
+        self.buf = buf
     }
-    return try body(c)
+    deinit { buf.deallocate() }
+}
+
+func withSparsifiers<R>(_ s: [Sparsifier], _ body: ([meld_sparsifier]) throws -> R) rethrows -> R {
+    let storage = SparsifierStorage(s)
+    return try withExtendedLifetime(storage) { try body(storage.c) }
+}
+
+/// A task-vector merge prepared once (thresholds, norms and masks computed) and then written in
+/// ranges, so a caller can stream the output in chunks with no tensor-sized buffer. The views it
+/// was made from must stay valid while it is used.
+public final class MergePlan {
+    let raw: OpaquePointer
+    let ctx: Context
+    let sparsifiers: SparsifierStorage
+    public let count: Int
+    /// Ranges start on multiples of this many elements.
+    public static let rangeAlignment = Int(MELD_MERGE_RANGE_ALIGN)
+
+    public init(_ ctx: Context, base: TensorView, _ models: [TensorView], weights: [Float], sparsifiers: [Sparsifier],
+                options: MergeOptions) throws {
+        let v = models.map(\.c)
+        guard weights.count == v.count, sparsifiers.count == v.count else {
+            throw MeldError(status: MeldError.sizeMismatch, message: "\(v.count) models, \(weights.count) weights, \(sparsifiers.count) sparsifiers")
+        }
+        let sp = SparsifierStorage(sparsifiers)
+        var o = options.c
+        var p: OpaquePointer?
+        try ctx.run(meld_merge_plan_create(ctx.raw, base.c, v.count, v, weights, sp.c, &o, &p))
+        raw = p!
+        self.ctx = ctx
+        self.sparsifiers = sp
+        count = base.count
+    }
+    deinit { meld_merge_plan_destroy(raw) }
+
+    /// Writes elements first ..< first + out.count of the merged tensor (the same bits as the
+    /// one-call merge); first is a multiple of `rangeAlignment`.
+    public func run(first: Int, into out: MutableTensorView) throws {
+        try ctx.run(meld_merge_plan_run(ctx.raw, raw, first, out.c))
+    }
 }
 
 extension Context {

@@ -68,8 +68,9 @@ public struct CheckpointGenerator: Sendable {
                         buf[i] = v
                     }
                 }
-                try ctx.convert(TensorView(data: UnsafeRawPointer(buf), count: n, dtype: .f32), into: writer.output(tname, dtype: dtype.meld!, count: n))
-                try writer.finish(tname)
+                let out = writer.staging(bytes: n * dtype.size)
+                try ctx.convert(TensorView(data: UnsafeRawPointer(buf), count: n, dtype: .f32), into: MutableTensorView(data: out, count: n, dtype: dtype.meld!))
+                try writer.write(tname, offset: 0, from: out, bytes: n * dtype.size)
             }
             try writer.close()
             let cfg: [String: Any] = [

@@ -12,6 +12,9 @@ public struct MergeRequest: Sendable {
     public var threads: Int = 0
     public var quiet = false
     public var overwrite = false
+    /// Flush the output to the disk before it takes its final name (survives a power loss, at the
+    /// disk's write speed). Off by default, as in mergekit: the folder still appears only whole.
+    public var sync = false
     public var isa: ISA = .auto
     /// nil: the CPU; otherwise the OpenCL device index (-1: MELD_CL_DEVICE or 0)
     public var openCLDevice: Int? = nil
@@ -27,8 +30,8 @@ public struct MergeSummary: Sendable {
     public var outDir: String
 }
 
-/// Runs a mergekit-style merge: one tensor at a time, inputs mmap'ed, outputs written in place
-/// into mmap'ed shards, pages dropped after each tensor, so memory does not grow with the model.
+/// Runs a mergekit-style merge: one tensor at a time, inputs mmap'ed and their pages dropped after
+/// each tensor, outputs streamed to the shards in chunks, so memory does not grow with the model.
 public enum Merger {
     static let tokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                                  "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json"]
@@ -68,6 +71,7 @@ public enum Merger {
             for f in tokenizerFiles where fm.fileExists(atPath: plan.reference.path + "/" + f) {
                 try fm.copyItem(atPath: plan.reference.path + "/" + f, toPath: tmp + "/" + f)
             }
+            if req.sync { try syncFolder(tmp) }
             if fm.fileExists(atPath: out) {
                 let old = parent + "/.meld-old-\(getpid())-" + (out as NSString).lastPathComponent
                 try fm.moveItem(atPath: out, toPath: old)
@@ -76,6 +80,7 @@ public enum Merger {
             } else {
                 try fm.moveItem(atPath: tmp, toPath: out)
             }
+            if req.sync { try syncFolder(parent, files: false) }
             var s = summary
             s.outDir = out
             s.seconds = Date().timeIntervalSince(start)
@@ -83,6 +88,17 @@ public enum Merger {
         } catch {
             try? fm.removeItem(atPath: tmp)
             throw error
+        }
+    }
+
+    /// fsync of a folder's files and of the folder itself (its entries).
+    static func syncFolder(_ dir: String, files: Bool = true) throws {
+        let names = files ? ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []) : []
+        for p in names.map({ dir + "/" + $0 }) + [dir] {
+            let fd = open(p, O_RDONLY)
+            guard fd >= 0 else { throw ToolError("cannot open \(p) to sync it") }
+            defer { Glibc.close(fd) }
+            guard fsync(fd) == 0 else { throw ToolError("cannot sync \(p): \(String(cString: strerror(errno)))") }
         }
     }
 
@@ -171,7 +187,7 @@ public enum Merger {
         let ctx = try Context(threads: req.threads, isa: req.isa)
         if let dev = req.openCLDevice { try ctx.useOpenCL(device: dev) }
         let planned = plan.names.map { ShardedWriter.Planned(name: $0, dtype: plan.outDtype[$0]!, shape: plan.reference.info($0)!.shape) }
-        let writer = try ShardedWriter(directory: dir, plan: planned, shardSize: req.shardSize)
+        let writer = try ShardedWriter(directory: dir, plan: planned, shardSize: req.shardSize, sync: req.sync)
         let inputFolders = plan.entries.map(\.folder) + (plan.base.map { [$0] } ?? [])
         var uniqueInputs: [ModelFolder] = []
         for f in inputFolders where !uniqueInputs.contains(where: { $0 === f }) { uniqueInputs.append(f) }
@@ -182,14 +198,13 @@ public enum Merger {
         var tKernel = 0.0, tRelease = 0.0
         for (i, name) in plan.names.enumerated() {
             let info = plan.reference.info(name)!
-            let od = plan.outDtype[name]!.meld!
-            let out = writer.output(name, dtype: od, count: info.count)
+            let sink = TensorSink(writer: writer, name: name, dtype: plan.outDtype[name]!.meld!, count: info.count,
+                                  chunks: req.openCLDevice == nil)
             let t0 = Date()
             for f in uniqueInputs { f.prefetch(name) }
-            try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, out: out)
+            try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, sink: sink)
             let t1 = Date()
             for f in uniqueInputs { f.release(name) }
-            try writer.finish(name)
             tKernel += t1.timeIntervalSince(t0)
             tRelease += Date().timeIntervalSince(t1)
             done += uniqueInputs.reduce(0) { $0 + ($1.info(name).map { $0.end - $0.begin } ?? 0) } + info.count * plan.outDtype[name]!.size
@@ -199,7 +214,7 @@ public enum Merger {
         try writer.close()
         progress.finish()
         if timing {
-            FileHandle.standardError.write(String(format: "timing: setup %.3f s, kernels %.3f s, release %.3f s, close %.3f s\n",
+            FileHandle.standardError.write(String(format: "timing: setup %.3f s, kernels and writes %.3f s, release %.3f s, close %.3f s\n",
                 tc.timeIntervalSince(start) - tKernel - tRelease, tKernel, tRelease, Date().timeIntervalSince(tc)).data(using: .utf8)!)
         }
         return MergeSummary(method: cfg.method, tensors: plan.names.count, bytesRead: totalIn, bytesWritten: writer.totalBytes,
@@ -226,9 +241,40 @@ public enum Merger {
         return v
     }
 
+    /// Where a merged tensor goes. Elementwise methods stream it in chunks: the chunk stays in
+    /// cache between the kernel and the write, and no tensor-sized buffer is needed. Methods
+    /// with whole-tensor reductions (or on OpenCL) fill the staging buffer and write it at once.
+    struct TensorSink {
+        let writer: ShardedWriter, name: String, dtype: DType, count: Int
+        let chunks: Bool
+        static let chunk = 64 * MergePlan.rangeAlignment
+
+        func whole(_ body: (MutableTensorView) throws -> Void) throws {
+            let bytes = count * dtype.size
+            let buf = writer.staging(bytes: bytes)
+            try body(MutableTensorView(data: buf, count: count, dtype: dtype))
+            try writer.write(name, offset: 0, from: buf, bytes: bytes)
+        }
+
+        /// body(first, out) writes elements first ..< first + out.count; first is a multiple of
+        /// MergePlan.rangeAlignment.
+        func chunked(_ body: (Int, MutableTensorView) throws -> Void) throws {
+            guard chunks else { return try whole { try body(0, $0) } }
+            let buf = writer.staging(bytes: min(count, Self.chunk) * dtype.size)
+            var first = 0
+            while first < count {
+                let c = min(Self.chunk, count - first)
+                try body(first, MutableTensorView(data: buf, count: c, dtype: dtype))
+                try writer.write(name, offset: first * dtype.size, from: buf, bytes: c * dtype.size)
+                first += c
+            }
+        }
+    }
+
     static func mergeTensor(_ name: String, info: TensorInfo, plan: Plan, cfg: MergeConfig, seed: UInt64, ctx: Context,
-                            out: MutableTensorView) throws {
-        let inputs = Inputs()
+                            sink: TensorSink) throws {
+        let inputs = Inputs()   // converted copies, which the views below point into
+        defer { withExtendedLifetime(inputs) {} }
         func v(_ f: ModelFolder) throws -> TensorView { try inputs.view(try f.view(name), dtype: cfg.dtype) }
         func p(_ key: String, _ e: ModelEntry? = nil) -> Double? { plan.param(key, entry: e, tensor: name) }
         func flag(_ key: String, _ def: Bool) -> Bool { p(key).map { $0 != 0 } ?? def }
@@ -239,17 +285,25 @@ public enum Merger {
         switch plan.method {
         case "linear":
             let w = try plan.entries.map { Float(try required(p("weight", $0.entry), "weight", model: $0.entry.model, tensor: name)) }
-            try ctx.linear(try plan.entries.map { try v($0.folder) }, weights: w, normalize: flag("normalize", true), into: out)
+            let xs = try plan.entries.map { try v($0.folder) }
+            let normalize = flag("normalize", true)
+            try sink.chunked { first, out in   // elementwise: a range of the inputs gives that range of the output
+                try ctx.linear(xs.map { x in TensorView(data: x.data.map { $0 + first * x.dtype.size }, count: out.count, dtype: x.dtype) },
+                               weights: w, normalize: normalize, into: out)
+            }
         case "slerp":
             let t = try required(p("t"), "t", model: "(global)", tensor: name)
             let other = plan.entries.first { $0.folder !== plan.base! }!.folder
-            try ctx.slerp(t: try check(t, "t", 0...1, "(global)"), try v(plan.base!), try v(other), into: out)
+            let (t32, b, o) = (try check(t, "t", 0...1, "(global)"), try v(plan.base!), try v(other))
+            try sink.whole { try ctx.slerp(t: t32, b, o, into: $0) }
         case "nuslerp":
             let e = plan.experts
             let w = try e.map { try required(p("weight", $0.entry), "weight", model: $0.entry.model, tensor: name) }
-            try ctx.nuslerp(base: try plan.base.map(v), try v(e[0].folder), try v(e[1].folder), weights: (Float(w[0]), Float(w[1])), into: out)
+            let (b, x0, x1) = (try plan.base.map(v), try v(e[0].folder), try v(e[1].folder))
+            try sink.whole { try ctx.nuslerp(base: b, x0, x1, weights: (Float(w[0]), Float(w[1])), into: $0) }
         case "model_stock":
-            _ = try ctx.modelStock(base: try v(plan.base!), try plan.experts.map { try v($0.folder) }, into: out)
+            let (b, xs) = (try v(plan.base!), try plan.experts.map { try v($0.folder) })
+            try sink.whole { _ = try ctx.modelStock(base: b, xs, into: $0) }
         default:
             let m = plan.method
             let sparsify: Sparsifier.Method = switch m {
@@ -281,8 +335,10 @@ public enum Merger {
                 sp.append(s)
             }
             let opts = MergeOptions(consensus: consensus, divisor: normalize ? .weightSum : .none, lambda: Float(lambda))
-            try ctx.mergeTaskVectors(base: try v(plan.base!), try plan.experts.map { try v($0.folder) }, weights: weights,
-                                     sparsifiers: sp, options: opts, into: out)
+            // the thresholds, norms and masks need the whole tensor; the pass that writes it does not
+            let merge = try MergePlan(ctx, base: try v(plan.base!), try plan.experts.map { try v($0.folder) }, weights: weights,
+                                      sparsifiers: sp, options: opts)
+            try sink.chunked { first, out in try merge.run(first: first, into: out) }
         }
     }
 

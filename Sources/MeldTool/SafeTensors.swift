@@ -168,9 +168,12 @@ public final class ShardedWriter {
     var location: [String: (shard: Int, begin: Int, bytes: Int)] = [:]
     public let directory: String
     public let totalBytes: Int
+    /// Flush every shard to the disk before close() returns (survives a power loss).
+    let sync: Bool
 
-    public init(directory: String, plan: [Planned], shardSize: Int) throws {
+    public init(directory: String, plan: [Planned], shardSize: Int, sync: Bool = false) throws {
         self.directory = directory
+        self.sync = sync
         var groups: [[Planned]] = [[]]
         var acc = 0
         for p in plan {
@@ -214,39 +217,40 @@ public final class ShardedWriter {
         }
     }
 
-    /// Where the kernels write a planned tensor: a staging buffer reused for every tensor (its
-    /// pages fault in once), written to the shard by finish(). Writing into fresh file pages
-    /// through the mapping costs a fault and a block allocation per 4 KiB instead.
-    public func output(_ name: String, dtype: DType, count: Int) -> MutableTensorView {
-        let bytes = location[name]!.bytes
-        if bytes > stagingBytes {
+    /// A buffer of at least `bytes` that the kernels write into before `write` copies it to its
+    /// shard, reused for every tensor (its pages fault in once). Writing into fresh file pages
+    /// through a mapping costs a fault and a block allocation per 4 KiB instead.
+    public func staging(bytes: Int) -> UnsafeMutableRawPointer {
+        if bytes > stagingBytes || staging == nil {
             staging?.deallocate()
-            staging = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
-            stagingBytes = bytes
+            stagingBytes = max(bytes, 4096)
+            staging = UnsafeMutableRawPointer.allocate(byteCount: stagingBytes, alignment: 4096)
         }
-        return MutableTensorView(data: staging, count: count, dtype: dtype)
-    }
-
-    /// Writes a finished tensor from the staging buffer into its shard.
-    public func finish(_ name: String) throws {
-        guard let l = location[name], l.bytes > 0, let src = staging else { return }
-        let s = shards[l.shard]
-        var off = 0
-        while off < l.bytes {
-            let w = pwrite(s.fd, src + off, l.bytes - off, off_t(s.dataStart + l.begin + off))
-            guard w > 0 else { throw ToolError("cannot write \(directory)/\(s.file): \(String(cString: strerror(errno)))") }
-            off += w
-        }
-        // start writeback now (non-blocking), so the fsync in close() finds little left to do
-        _ = meld_sync_file_range(s.fd, Int64(s.dataStart + l.begin), Int64(l.bytes), 2 /* SYNC_FILE_RANGE_WRITE */)
+        return staging!
     }
     var staging: UnsafeMutableRawPointer?
     var stagingBytes = 0
 
-    /// Syncs and closes every shard and writes the index when there are several.
+    /// Writes `bytes` bytes of a planned tensor, starting `offset` bytes into it.
+    public func write(_ name: String, offset: Int, from src: UnsafeRawPointer, bytes: Int) throws {
+        guard let l = location[name], bytes > 0 else { return }
+        precondition(offset >= 0 && offset + bytes <= l.bytes, "write outside tensor \(name)")
+        let s = shards[l.shard]
+        var off = 0
+        while off < bytes {
+            let w = pwrite(s.fd, src + off, bytes - off, off_t(s.dataStart + l.begin + offset + off))
+            guard w > 0 else { throw ToolError("cannot write \(directory)/\(s.file): \(String(cString: strerror(errno)))") }
+            off += w
+        }
+        // with durability asked for, start writeback now (non-blocking) so that close()'s fsync
+        // finds little left; without it the page cache flushes on its own, as after mergekit
+        if sync { _ = meld_sync_file_range(s.fd, Int64(s.dataStart + l.begin + offset), Int64(bytes), 2 /* SYNC_FILE_RANGE_WRITE */) }
+    }
+
+    /// Closes every shard (syncing it first when asked) and writes the index when there are several.
     public func close() throws {
         for s in shards {
-            guard fsync(s.fd) == 0 else { throw ToolError("cannot sync \(directory)/\(s.file)") }
+            guard !sync || fsync(s.fd) == 0 else { throw ToolError("cannot sync \(directory)/\(s.file)") }
             Glibc.close(s.fd)
         }
         let opened = shards

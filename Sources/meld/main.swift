@@ -35,6 +35,7 @@ struct Merge: ParsableCommand {
     @Option(help: "Threads (0 = all cores).") var threads = 0
     @Flag(help: "No progress output.") var quiet = false
     @Flag(help: "Replace OUT_DIR if it exists.") var overwrite = false
+    @Flag(help: "Flush the output to the disk before it takes its final name (survives a power loss; waits for the disk).") var fsync = false
     @Option(help: "cpu (default), or opencl[:N] to run the kernels on OpenCL device N.") var device = "cpu"
 
     func run() throws {
@@ -51,6 +52,7 @@ struct Merge: ParsableCommand {
         req.threads = threads
         req.quiet = quiet
         req.overwrite = overwrite
+        req.sync = fsync
         do {
             let s = try Merger.run(req)
             if !quiet {

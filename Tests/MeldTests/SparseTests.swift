@@ -173,6 +173,55 @@ final class SparseTests: XCTestCase {
         }
     }
 
+    /// A merge plan run in ranges gives the one-call merge's bits, for every sparsifier kind (the
+    /// rules index by global element: TIES tie cut-offs, Philox counters, DELLA and caller masks),
+    /// in f32 and bf16, on every ISA and thread count; bad ranges and contexts are errors.
+    func testMergePlanRangesEqualWholeMerge() throws {
+        var rng = Rng(41)
+        let a = MergePlan.rangeAlignment
+        let n = 3 * a + 1234
+        let base = rng.floats(n)
+        // repeated magnitudes put TIES ties across range boundaries
+        let xs = (0..<4).map { k in base.indices.map { i in base[i] + (i % 7 == 0 ? 0.01 : rng.normal() * 0.01) * Float(k + 1) } }
+        let mask = (0..<(n + 7) / 8).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let sp: [Sparsifier] = [.magnitude(0.3), .dare(0.4, seed: 9, stream: 3),
+                                Sparsifier(.della, density: 0.5, epsilon: 0.2, rescale: .l1, seed: 9, stream: 4, rowLength: 1000),
+                                Sparsifier(.mask, mask: mask)]
+        let w: [Float] = [1, 0.6, 0.8, 0.5]
+        let opts = MergeOptions(consensus: .sum, divisor: .weightSum, lambda: 0.9)
+        // ranges of one alignment unit, in reverse order, plus one two units long; the last ragged
+        let ranges = [(3 * a, n - 3 * a), (2 * a, a), (0, 2 * a)]
+        func check<T: MeldScalar>(_ ctx: Context, _ base: [T], _ xs: [[T]]) throws {
+            let whole: [T] = try ctx.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: sp, options: opts)
+            var parts = [T](repeating: base[0], count: n)
+            try base.withUnsafeBytes { bp in try withViews(xs) { views in
+                let plan = try MergePlan(ctx, base: TensorView(data: bp.baseAddress, count: n, dtype: T.dtype),
+                                         views.map { TensorView(data: $0.data, count: n, dtype: T.dtype) }, weights: w, sparsifiers: sp, options: opts)
+                try parts.withUnsafeMutableBytes { p in
+                    for (first, c) in ranges {
+                        try plan.run(first: first, into: MutableTensorView(data: p.baseAddress! + first * T.dtype.size, count: c, dtype: T.dtype))
+                    }
+                    let v = MutableTensorView(data: p.baseAddress, count: 16, dtype: T.dtype)
+                    XCTAssertThrowsError(try plan.run(first: 16, into: v)) { XCTAssertEqual(($0 as? MeldError)?.status, MeldError.invalidArgument) }
+                    XCTAssertThrowsError(try plan.run(first: n - 8, into: v)) { XCTAssertEqual(($0 as? MeldError)?.status, MeldError.sizeMismatch) }
+                    let other = try Context(threads: 1)
+                    XCTAssertEqual(meld_merge_plan_run(other.raw, plan.raw, 0, v.c), MELD_ERR_INVALID_ARGUMENT)
+                }
+            } }
+            let wb = whole.withUnsafeBytes { Array($0) }, pb = parts.withUnsafeBytes { Array($0) }
+            let diff = wb.indices.first { wb[$0] != pb[$0] }
+            XCTAssertNil(diff, "isa \(ctx.isa) threads \(ctx.threads) \(T.dtype): first difference at element \((diff ?? 0) / T.dtype.size)")
+        }
+        for ctx in try allContexts() {
+            try check(ctx, base, xs)
+            try check(ctx, base.map { BFloat16($0) }, xs.map { $0.map { BFloat16($0) } })
+        }
+        let ctx = try Context(threads: 1)
+        XCTAssertThrowsError(try MergePlan(ctx, base: TensorView(data: nil, count: 0, dtype: .f32), [], weights: [1], sparsifiers: [], options: MergeOptions())) {
+            XCTAssertEqual(($0 as? MeldError)?.status, MeldError.sizeMismatch)
+        }
+    }
+
     /// Packed deltas: pack then apply equals base + sum s_k * masked delta; all dtypes; K = 4.
     func testPackAndApply() throws {
         var rng = Rng(36)

@@ -287,6 +287,52 @@ final class ToolTests: XCTestCase {
 
     /// Every method runs end to end on generated models, in f32 and bf16, and bf16 output
     /// keeps the input's dtype in config.json.
+    /// Tensors larger than the writer's chunk are merged and written in ranges: the bytes equal the
+    /// one-call kernels' (TIES and DARE through a merge plan, linear by sub-views), with and
+    /// without --fsync.
+    func testChunkedOutputEqualsWholeTensorKernels() throws {
+        let d = tempDir("chunks")
+        var g = CheckpointGenerator()
+        g.hidden = 64; g.vocab = Merger.TensorSink.chunk / 64 + 1000; g.layers = 1; g.intermediate = 32; g.experts = 2
+        try g.write(to: d + "/m")
+        let name = "lm_head.weight"
+        XCTAssertGreaterThan(g.vocab * g.hidden, Merger.TensorSink.chunk)
+        let configs = [
+            ("ties", "merge_method: ties\nbase_model: m/base\nmodels:\n  - model: m/expert0\n    parameters: {weight: 1.0, density: 0.3}\n  - model: m/expert1\n    parameters: {weight: 0.5, density: 0.6}\n"),
+            ("dare_ties", "merge_method: dare_ties\nbase_model: m/base\nmodels:\n  - model: m/expert0\n    parameters: {weight: 1.0, density: 0.3}\n  - model: m/expert1\n    parameters: {weight: 0.5, density: 0.6}\n"),
+            ("linear", "merge_method: linear\nmodels:\n  - model: m/expert0\n    parameters: {weight: 1.0}\n  - model: m/expert1\n    parameters: {weight: 0.5}\n"),
+        ]
+        let base = try ModelFolder(path: d + "/m/base")
+        let xs = try (0..<2).map { try ModelFolder(path: d + "/m/expert\($0)") }
+        let b = try floats(base, name), x = try xs.map { try floats($0, name) }
+        let ctx = try Context(threads: 2)
+        for (method, yaml) in configs {
+            write(yaml, d + "/c.yml")
+            _ = try runMerge("c.yml", "out-\(method)", in: d, seed: 7)
+            var r = MergeRequest(configPath: d + "/c.yml", outDir: d + "/out-\(method)-sync")
+            r.seed = 7; r.quiet = true; r.sync = true; r.threads = 2
+            let cwd = FileManager.default.currentDirectoryPath
+            _ = FileManager.default.changeCurrentDirectoryPath(d)
+            defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
+            _ = try Merger.run(r)
+            let got = try floats(try ModelFolder(path: d + "/out-\(method)"), name)
+            let synced = try floats(try ModelFolder(path: d + "/out-\(method)-sync"), name)
+            let want: [Float]
+            switch method {
+            case "linear": want = try ctx.linear(x, weights: [1, 0.5])
+            default:
+                let sp: [Sparsifier] = method == "ties" ? [.magnitude(0.3), .magnitude(0.6)]
+                    : (0..<2).map { .dare([0.3, 0.6][$0], seed: 7, stream: Sparsifier.stream(tensor: name, expert: $0)) }
+                // mergekit: ties normalizes by default, dare_ties does not
+                want = try ctx.mergeTaskVectors(base: b, x, weights: [1, 0.5], sparsifiers: sp,
+                                                options: MergeOptions(consensus: .sum, divisor: method == "ties" ? .weightSum : .none))
+            }
+            XCTAssertEqual(got.count, want.count)
+            XCTAssertNil(got.indices.first { got[$0].bitPattern != want[$0].bitPattern }, method)
+            XCTAssertNil(got.indices.first { synced[$0].bitPattern != want[$0].bitPattern }, method + " --fsync")
+        }
+    }
+
     func testAllMethodsRun() throws {
         let d = tempDir("all")
         try models(d + "/models", experts: 3)

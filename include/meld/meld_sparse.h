@@ -77,6 +77,23 @@ MELD_API meld_status meld_merge_task_vectors(meld_context *ctx, meld_view base, 
                                              const meld_sparsifier *sparsifiers,
                                              const meld_merge_options *options, meld_span out);
 
+/* The same merge in two steps, for callers that consume the output in pieces (a writer that
+ * streams chunks to a file needs no tensor-sized buffer): create does the passes that need the
+ * whole tensor (thresholds, L1 norms, DELLA masks) and keeps the views, which must stay valid
+ * (with any MASK bitmaps) until destroy; run writes elements [first, first + out.numel) of the
+ * merged tensor into out, with the same bits as the one-call form. first must be a multiple of
+ * MELD_MERGE_RANGE_ALIGN; run on the context the plan was made with. On an OpenCL context only
+ * first = 0 runs (MELD_ERR_UNSUPPORTED otherwise). */
+#define MELD_MERGE_RANGE_ALIGN 16384
+typedef struct meld_merge_plan meld_merge_plan;
+MELD_API meld_status meld_merge_plan_create(meld_context *ctx, meld_view base, size_t k,
+                                            const meld_view *models, const float *weights,
+                                            const meld_sparsifier *sparsifiers,
+                                            const meld_merge_options *options, meld_merge_plan **out);
+MELD_API meld_status meld_merge_plan_run(meld_context *ctx, const meld_merge_plan *plan, size_t first,
+                                         meld_span out);
+MELD_API meld_status meld_merge_plan_destroy(meld_merge_plan *plan);
+
 /* The keep mask of one sparsifier applied to delta = x - base (base.data NULL: delta = x):
  * mask receives ceil(n/8) bytes, LSB first; *scale the rescale factor (1 when none; for
  * DENSITY with RANDOM, 1/density). */
