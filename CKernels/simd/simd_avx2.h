@@ -161,6 +161,7 @@ static inline void stream_fence(void) { _mm_sfence(); }
 #define MELD_DW 4
 typedef __m256d vd;
 static inline vd vd_zero(void) { return _mm256_setzero_pd(); }
+static inline vd vd_add(vd a, vd b) { return _mm256_add_pd(a, b); }
 static inline vd vd_fma_exact(vd a, vd b, vd c) { return _mm256_fmadd_pd(a, b, c); }
 static inline void vd_store(double *p, vd v) { _mm256_storeu_pd(p, v); }
 static inline void vd_widen(vf v, vd out[2]) {

@@ -177,6 +177,7 @@ static inline void stream_fence(void) { _mm_sfence(); }
 #define MELD_DW 8
 typedef __m512d vd;
 static inline vd vd_zero(void) { return _mm512_setzero_pd(); }
+static inline vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
 static inline vd vd_fma_exact(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
 static inline void vd_store(double *p, vd v) { _mm512_storeu_pd(p, v); }
 static inline void vd_widen(vf v, vd out[2]) {

@@ -89,6 +89,7 @@ static inline void stream_fence(void) {}
 #define MELD_DW 1
 typedef double vd;
 static inline vd vd_zero(void) { return 0.0; }
+static inline vd vd_add(vd a, vd b) { return a + b; }
 /* no FMA hardware assumed: a multiply then an add, which rounds as one FMA when the product is
  * exact (f32 * f32 always is in f64) */
 static inline vd vd_fma_exact(vd a, vd b, vd c) { return c + a * b; }

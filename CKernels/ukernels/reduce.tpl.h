@@ -62,24 +62,49 @@ void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
     }
 }
 
-void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
-    double all[MELD_MAX_MODELS][16], kept[MELD_MAX_MODELS][16];
-    float d[16], m[16];
-    for (size_t k = 0; k < a->k; k++) for (int j = 0; j < 16; j++) all[k][j] = kept[k][j] = 0.0;
+/* L1 norms of the deltas and of the kept deltas, per expert: f64 lane accumulators in registers
+ * (element i in lane i % 16, as gram_body), |d| as d * sign so that a NaN stays NaN. */
+MELD_BODY_INLINE void l1_body(size_t n, size_t i0, const meld_uk_l1_args *a, const size_t K) {
+    vd all[MELD_MAX_MODELS][GRAM_ACC], kept[MELD_MAX_MODELS][GRAM_ACC];
+    for (size_t k = 0; k < K; k++)
+        for (int j = 0; j < GRAM_ACC; j++) all[k][j] = kept[k][j] = vd_zero();
+    const void *bp = a->base.p;
     for (size_t i = 0; i < n; i += 16) {
-        for (size_t k = 0; k < a->k; k++) {
-            for (int h = 0; h < 16; h += MELD_W) {
-                vf x = load_dt(a->x[k].p, a->x[k].dt, i + (size_t)h);
-                if (a->base.p) x = vf_sub(x, load_dt(a->base.p, a->base.dt, i + (size_t)h));
-                vm keep = rule_mask(&a->rule[k], x, i0 + i + (size_t)h, i + (size_t)h);
-                vf ax = vf_mul(x, vf_select(vf_lt(x, vf_zero()), vf_set1(-1.0f), vf_set1(1.0f)));
-                vf_store(d + h, ax);
-                vf_store(m + h, vf_select(keep, ax, vf_zero()));
+        for (int h = 0; h < 16 / MELD_W; h++) {
+            const size_t at = i + (size_t)h * MELD_W;
+            const vf b = bp ? load_dt(bp, a->base.dt, at) : vf_zero();
+            for (size_t k = 0; k < K; k++) {
+                vf x = load_dt(a->x[k].p, a->x[k].dt, at);
+                if (bp) x = vf_sub(x, b);
+                const vm keep = rule_mask(&a->rule[k], x, i0 + at, at);
+                const vf ax = vf_mul(x, vf_select(vf_lt(x, vf_zero()), vf_set1(-1.0f), vf_set1(1.0f)));
+                vd d[GRAM_VPV], m[GRAM_VPV];
+                vd_widen(ax, d);
+                vd_widen(vf_select(keep, ax, vf_zero()), m);
+                for (int u = 0; u < GRAM_VPV; u++) {
+                    all[k][h * GRAM_VPV + u] = vd_add(all[k][h * GRAM_VPV + u], d[u]);
+                    kept[k][h * GRAM_VPV + u] = vd_add(kept[k][h * GRAM_VPV + u], m[u]);
+                }
             }
-            for (int j = 0; j < 16; j++) { all[k][j] += (double)d[j]; kept[k][j] += (double)m[j]; }
         }
     }
-    for (size_t k = 0; k < a->k; k++) { a->out[2 * k] += lanes_sum(all[k]); a->out[2 * k + 1] += lanes_sum(kept[k]); }
+    for (size_t k = 0; k < K; k++) {
+        double la[16], lk[16];
+        for (int j = 0; j < GRAM_ACC; j++) { vd_store(la + j * MELD_DW, all[k][j]); vd_store(lk + j * MELD_DW, kept[k][j]); }
+        a->out[2 * k] += lanes_sum(la);
+        a->out[2 * k + 1] += lanes_sum(lk);
+    }
+}
+
+/* constant K for the common sizes, so the accumulators stay in registers */
+void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
+    switch (a->k) {
+    case 1: l1_body(n, i0, a, 1); return;
+    case 2: l1_body(n, i0, a, 2); return;
+    case 3: l1_body(n, i0, a, 3); return;
+    case 4: l1_body(n, i0, a, 4); return;
+    default: l1_body(n, i0, a, a->k); return;
+    }
 }
 
 /* One vector of elements [i, i + W): base plus the scaled expansions. pf: prefetch the slowly

@@ -58,15 +58,17 @@ final class SparseTests: XCTestCase {
         var rng = Rng(32)
         let n = 20_011
         let base = rng.floats(n)
-        let xs = (0..<2).map { _ in base.map { $0 + rng.normal() * 0.02 } }
-        let w: [Float] = [0.6, 0.4]
+        // K = 2 runs the kernels' constant-K bodies, K = 6 their general one
+        for K in [2, 6] {
+        let xs = (0..<K).map { _ in base.map { $0 + rng.normal() * 0.02 } }
+        let w: [Float] = (0..<K).map { [0.6, 0.4, 0.9, 0.3, 0.5, 0.7][$0] }
         for rescale in [Sparsifier.Rescale.none, .density, .l1] {
             for cons in [Consensus.none, .sum] {
-                let sp = (0..<2).map { Sparsifier.dare(0.3, seed: 1, stream: UInt64($0), rescale: rescale) }
-                let masks = try (0..<2).map { try Context(threads: 1).sparsifyMask(base: base, xs[$0], sp[$0]) }
+                let sp = (0..<K).map { Sparsifier.dare(0.3, seed: 1, stream: UInt64($0), rescale: rescale) }
+                let masks = try (0..<K).map { try Context(threads: 1).sparsifyMask(base: base, xs[$0], sp[$0]) }
                 var ref = [Double](repeating: 0, count: n)
-                var scale = [Double](repeating: 1, count: 2)
-                for k in 0..<2 {
+                var scale = [Double](repeating: 1, count: K)
+                for k in 0..<K {
                     if rescale == .density { scale[k] = Double(Float(1.0 / 0.3)) }
                     if rescale == .l1 {
                         var all = 0.0, kept = 0.0
@@ -76,20 +78,21 @@ final class SparseTests: XCTestCase {
                     }
                 }
                 for i in 0..<n {
-                    var v = [0.0, 0.0]
-                    for k in 0..<2 where maskBit(masks[k].mask, i) { v[k] = Double(xs[k][i] - base[i]) * scale[k] * Double(w[k]) }
+                    var v = [Double](repeating: 0, count: K)
+                    for k in 0..<K where maskBit(masks[k].mask, i) { v[k] = Double(xs[k][i] - base[i]) * scale[k] * Double(w[k]) }
                     if cons == .sum {
-                        let pos = v[0] + v[1] >= 0
+                        let pos = v.reduce(0, +) >= 0
                         ref[i] = Double(base[i]) + v.filter { pos ? $0 > 0 : $0 < 0 }.reduce(0, +)
-                    } else { ref[i] = Double(base[i]) + v[0] + v[1] }
+                    } else { ref[i] = Double(base[i]) + v.reduce(0, +) }
                 }
                 var first: [UInt32]?
                 for ctx in try allContexts() {
                     let out: [Float] = try ctx.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: sp, options: MergeOptions(consensus: cons))
-                    assertClose(out, ref, atol: 1e-6, rtol: 1e-5, "dare \(rescale) \(cons)")
-                    if let f = first { XCTAssertEqual(bits(out), f) } else { first = bits(out) }
+                    assertClose(out, ref, atol: 1e-6, rtol: 1e-5, "dare K=\(K) \(rescale) \(cons)")
+                    if let f = first { XCTAssertEqual(bits(out), f, "K=\(K) \(rescale) \(cons) isa \(ctx.isa)") } else { first = bits(out) }
                 }
             }
+        }
         }
     }
 
