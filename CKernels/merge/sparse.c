@@ -149,6 +149,7 @@ typedef struct l1_op {
     const meld_ukernels *uk;
     size_t k;
     const tv_rule *rule;
+    uint8_t *const *keep; /* per rule: a bitmap that receives its Philox keep bits, or NULL */
     double *partial; /* [tile][2k] */
 } l1_op;
 
@@ -162,14 +163,21 @@ static void l1_tile(const meld_tile *t, void *opv) {
         x[k] = (meld_uk_in){t->in[1 + k], t->in_dt[1 + k]};
         b += meld_tile_rule(t, &op->rule[k], op->uk, bits[b < nbits ? b : 0], &r[k]);
         r[k].scale = 1.0f; /* the sums are of the unscaled deltas */
+        if (op->keep[k]) { /* tiles start on byte boundaries; a padded tail keeps its real bits */
+            uint8_t *dst = op->keep[k] + t->i0 / 8;
+            memcpy(dst, r[k].bits, (t->valid + 7) / 8);
+            if (t->valid & 7) dst[t->valid / 8] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+        }
     }
     double *out = op->partial + t->index * 2 * op->k;
     meld_uk_l1_args a = {.k = op->k, .base = {t->in[0], t->in_dt[0]}, .x = x, .rule = r, .out = out};
     op->uk->l1(t->n, t->i0, &a);
 }
 
+/* Random rules among them are turned into MASK rules over the bits this pass drew (owned: the
+ * plan's bitmaps), so that the merge pass reads them instead of running Philox again. */
 static meld_status l1_scales(meld_context *ctx, meld_view base, size_t k, const meld_view *x, tv_rule *rules,
-                             const int *want) {
+                             const int *want, uint8_t **owned) {
     size_t idx[MELD_MAX_MODELS], m = 0;
     for (size_t i = 0; i < k; i++) if (want[i]) idx[m++] = i;
     if (!m) return MELD_OK;
@@ -177,6 +185,14 @@ static meld_status l1_scales(meld_context *ctx, meld_view base, size_t k, const 
     double *partial = calloc(tiles * 2 * m + 1, sizeof(double));
     if (!partial) return MELD_ERR_OUT_OF_MEMORY;
     tv_rule sub[MELD_MAX_MODELS];
+    uint8_t *keep[MELD_MAX_MODELS];
+    for (size_t j = 0; j < m; j++) {
+        keep[j] = NULL;
+        if (rules[idx[j]].kind == TV_BERNOULLI && !owned[idx[j]]) {
+            if (!(owned[idx[j]] = malloc((n + 7) / 8))) { free(partial); return MELD_ERR_OUT_OF_MEMORY; }
+            keep[j] = owned[idx[j]];
+        }
+    }
     meld_stream s = {.n = n, .nin = 1 + (int)m};
     s.in[0] = base.data;
     s.in_dt[0] = base.dtype;
@@ -185,12 +201,13 @@ static meld_status l1_scales(meld_context *ctx, meld_view base, size_t k, const 
         s.in[1 + j] = x[idx[j]].data;
         s.in_dt[1 + j] = x[idx[j]].dtype;
     }
-    l1_op op = {.uk = ctx->uk, .k = m, .rule = sub, .partial = partial};
+    l1_op op = {.uk = ctx->uk, .k = m, .rule = sub, .keep = keep, .partial = partial};
     meld_status st = meld_stream_run(ctx, &s, l1_tile, &op);
     for (size_t j = 0; st == MELD_OK && j < m; j++) {
         double before = 0, after = 0;
         for (size_t t = 0; t < tiles; t++) { before += partial[t * 2 * m + 2 * j]; after += partial[t * 2 * m + 2 * j + 1]; }
         rules[idx[j]].scale = (before < 1e-7 || after < 1e-7) ? 1.0f : (float)(before / after);
+        if (keep[j]) { rules[idx[j]].kind = TV_MASK; rules[idx[j]].mask = keep[j]; }
     }
     free(partial);
     return st;
@@ -280,7 +297,7 @@ static meld_status build_rules(meld_context *ctx, meld_view base, size_t k, cons
             }
         }
     }
-    return l1_scales(ctx, base, k, x, plan->rule, want_l1);
+    return l1_scales(ctx, base, k, x, plan->rule, want_l1, plan->owned);
 }
 
 _Static_assert(MELD_MERGE_RANGE_ALIGN % MELD_TILE == 0, "a range starts on a tile boundary");
