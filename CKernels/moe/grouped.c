@@ -114,7 +114,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     /* the AVX512-BF16 dot kernel has its own 8-row block */
     const size_t MR = w->pairs ? 8 : uk->gemm_mr, NR = w->nr, MC = GM_MC_BLOCKS * MR, N = w->N, K = w->K;
     const size_t es = meld_dtype_size(w->dtype);
-    size_t rows_max = 0, ntasks = 0;
+    size_t rows_max = 0, ntasks = 0, nunits = 0;
     for (size_t e = 0; e < w->E; e++) {
         size_t r = start[e + 1] - start[e];
         rows_max = r > rows_max ? r : rows_max;
@@ -125,29 +125,42 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     for (size_t e = 0; e < w->E; e++) {
         size_t r = start[e + 1] - start[e];
         if (r) ntasks += ((r + MC - 1) / MC) * ((N + nc - 1) / nc);
+        nunits += (r + MC - 1) / MC;
     }
     if (!ntasks) return MELD_OK;
-    /* Prefill with rows on the 4 KiB grid (row strides of K = 2048 or 4096 floats, as models
-     * have): the MR rows a microkernel reads at each k fall into the same cache sets and evict
-     * each other and the B panel, more or less with the physical placement. The rows are then
-     * copied once to a padded stride (K + 16 floats) and every column task reads the copy. A
-     * copy per task and k block, as before, re-read each row block once per column task (mixtral
-     * T = 512: 28 times, 14% of the samples in memmove). The copy goes in phases of whole
-     * (expert, row block) units of at most GM_COPY_BYTES, each phase copied in parallel, then its
-     * tasks run; decode rows are too few to gain and rows off the grid need no copy. */
-    int pack = rows_max > MR && start[w->E] > 1;
-    for (size_t r = 1; pack && r < start[w->E] && r < 8; r++) pack = (((uintptr_t)arow[r] ^ (uintptr_t)arow[0]) & 4095) == 0;
-    const size_t ldp = K + 16;
+    /* Prefill copies the rows once, in phases of whole (expert, row block) units of at most
+     * GM_COPY_BYTES (each phase copied in parallel, then its tasks run), and every column task
+     * reads the copy:
+     *  - packed (the f32 FMA kernel): each MR-row tile as a k-major kc x MR panel, so the kernel
+     *    broadcasts A from one pointer (MR row pointers spill and are reloaded every k step);
+     *    tiles are padded to MR rows with copies of their last row;
+     *  - rows (the bf16 dot kernel, rows on the 4 KiB grid): a padded stride of K + 16 floats.
+     *    Row strides of K = 2048 or 4096 floats put the MR rows read at each k into the same
+     *    cache sets, where they evict each other and the B panel.
+     * A copy per task and k block, as once, re-read each row block once per column task (mixtral
+     * T = 512: 28 times). Decode rows are too few to gain. */
+    enum { COPY_NONE, COPY_ROWS, COPY_PACKED } mode = COPY_NONE;
+    if (rows_max > MR && start[w->E] > 1) {
+        if (!w->pairs) mode = COPY_PACKED;
+        else {
+            int grid = 1;
+            for (size_t r = 1; grid && r < start[w->E] && r < 8; r++) grid = (((uintptr_t)arow[r] ^ (uintptr_t)arow[0]) & 4095) == 0;
+            if (grid) mode = COPY_ROWS;
+        }
+    }
+    const int pack = mode != COPY_NONE;
+    const size_t ldp = mode == COPY_PACKED ? K : K + 16; /* floats per copied row (a packed tile: MR of them) */
     size_t copy_bytes = GM_COPY_BYTES;
     const char *env = getenv("MELD_MOE_COPY_BYTES"); /* tests: a small value copies in many phases */
     if (env && *env) copy_bytes = strtoull(env, NULL, 10);
     const size_t cap_rows = copy_bytes / (ldp * sizeof(float)) > MC ? copy_bytes / (ldp * sizeof(float)) : MC;
     /* tasks in (expert, row block, column) order; a unit's tasks are consecutive. phase[f] is
-     * the first task of phase f; unit rows are numbered within their phase (row0). */
+     * the first task of phase f; unit rows are numbered within their phase (row0), packed units
+     * rounded up to whole tiles. */
     gm_task *tasks = malloc(ntasks * sizeof *tasks);
     size_t *phase = malloc((ntasks + 1) * sizeof *phase);
     uint32_t *row0 = malloc(ntasks * sizeof *row0);
-    const float **src = pack ? malloc(start[w->E] * sizeof *src) : NULL; /* copy sources, by phase row */
+    const float **src = pack ? malloc((start[w->E] + nunits * MR) * sizeof *src) : NULL; /* copy sources, by phase row */
     size_t *phase_rows = malloc((ntasks + 1) * sizeof *phase_rows);
     if (!tasks || !phase || !row0 || (pack && !src) || !phase_rows) {
         free(tasks); free(phase); free(row0); free(src); free(phase_rows);
@@ -158,13 +171,14 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     for (size_t e = 0; e < w->E; e++) /* one flat list across all experts */
         for (size_t m0 = 0; m0 < start[e + 1] - start[e]; m0 += MC) {
             const size_t mr = start[e + 1] - start[e] - m0 < MC ? start[e + 1] - start[e] - m0 : MC;
-            if (pack && prow + mr > cap_rows) { phase_rows[nphase] = prow; phase[++nphase] = q; prow = 0; }
-            for (size_t r = 0; pack && r < mr; r++) src[srow++] = arow[start[e] + m0 + r];
+            const size_t rows = mode == COPY_PACKED ? (mr + MR - 1) / MR * MR : mr;
+            if (pack && prow + rows > cap_rows) { phase_rows[nphase] = prow; phase[++nphase] = q; prow = 0; }
+            for (size_t r = 0; pack && r < rows; r++) src[srow++] = arow[start[e] + m0 + (r < mr ? r : mr - 1)];
             for (size_t n0 = 0; n0 < N; n0 += nc) {
                 row0[q] = (uint32_t)prow;
                 tasks[q++] = (gm_task){(uint32_t)e, (uint32_t)m0, (uint32_t)n0};
             }
-            prow += mr;
+            prow += rows;
         }
     phase_rows[nphase] = prow;
     phase[++nphase] = q;
@@ -174,11 +188,19 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     {
         const float **srcp = src;
         for (size_t f = 0; f < nphase; f++) {
-            if (copy) {
+            if (mode == COPY_ROWS) {
 #pragma omp for schedule(static)
                 for (size_t r = 0; r < phase_rows[f]; r++) memcpy(copy + r * ldp, srcp[r], K * sizeof(float));
-                srcp += phase_rows[f];
+            } else if (mode == COPY_PACKED) {
+#pragma omp for schedule(static)
+                for (size_t tile = 0; tile < phase_rows[f] / MR; tile++) {
+                    const float *const *s = srcp + tile * MR;
+                    float *d = copy + tile * MR * K;
+                    for (size_t k = 0; k < K; k++)
+                        for (size_t r = 0; r < MR; r++) d[k * MR + r] = s[r][k];
+                }
             }
+            srcp += pack ? phase_rows[f] : 0;
 #pragma omp for schedule(static, 1)
             for (size_t i = phase[f]; i < phase[f + 1]; i++) {
                 const gm_task t = tasks[i];
@@ -200,10 +222,14 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                             const size_t mr = m1 - m < MR ? m1 - m : MR;
                             for (size_t r = 0; r < MR; r++) {
                                 const size_t rr = m + (r < mr ? r : mr - 1);
-                                a[r] = copy ? copy + (row0[i] + rr - t.m0) * ldp + k0 : arow[start[t.e] + rr] + k0;
+                                a[r] = mode == COPY_ROWS ? copy + (row0[i] + rr - t.m0) * ldp + k0 : arow[start[t.e] + rr] + k0;
                                 c[r] = crow[start[t.e] + rr] + n0;
                             }
-                            gemm(kc, a, b, m == t.m0 ? b_next : NULL, w->dtype, c, mr, nr, k0 > 0);
+                            const void *bn = m == t.m0 ? b_next : NULL;
+                            if (mode == COPY_PACKED) /* the tile's panel: MR rows of the copy, at k0 */
+                                uk->gemm_packed(kc, copy + (row0[i] + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                            else
+                                gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
                         }
                     }
                 }

@@ -2,11 +2,14 @@
 #define MELD_NR (2 * MELD_W)
 
 /* R rows (compile time: mr <= R <= MELD_MR; decode calls with few rows do no wasted FMAs).
- * Each C element gets the same FMA sequence whatever R (bit-identical). The caller's next panel
- * is prefetched as this one is consumed (a panel of its own size: kc x NR). */
-static inline __attribute__((always_inline)) void gemm_body(size_t kc, const float *const *a, const void *b,
-                                                            const void *b_next, const int bdt, float *const *c,
-                                                            size_t mr, size_t nr, int accumulate, const int R) {
+ * Each C element gets the same FMA sequence whatever R, and whichever A form (bit-identical).
+ * A: row pointers a (PACKED 0), or one k-major panel ap, element (r, k) at ap[k * MELD_MR + r]
+ * (PACKED 1: one base register and immediate offsets, where MR row pointers spill to the
+ * stack). The caller's next panel is prefetched as this one is consumed (kc x NR). */
+static inline __attribute__((always_inline)) void gemm_body(size_t kc, const float *const *a, const float *ap,
+                                                            const void *b, const void *b_next, const int bdt,
+                                                            float *const *c, size_t mr, size_t nr, int accumulate,
+                                                            const int R, const int PACKED) {
     vf c0[MELD_MR], c1[MELD_MR];
     const size_t es = bdt == MELD_F32 ? 4 : 2;
     const char *next = b_next;
@@ -18,7 +21,7 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
         }
         vf b0 = load_dt(b, bdt, k * MELD_NR), b1 = load_dt(b, bdt, k * MELD_NR + MELD_W);
         for (int r = 0; r < R; r++) {
-            vf av = vf_set1(a[r][k]);
+            vf av = vf_set1(PACKED ? ap[k * MELD_MR + (size_t)r] : a[r][k]);
             c0[r] = vf_fma(av, b0, c0[r]);
             c1[r] = vf_fma(av, b1, c1[r]);
         }
@@ -37,22 +40,32 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
     }
 }
 
-static inline __attribute__((always_inline)) void gemm_rows(size_t kc, const float *const *a, const void *b,
-                                                            const void *bn, const int bdt, float *const *c, size_t mr,
-                                                            size_t nr, int accumulate) {
+static inline __attribute__((always_inline)) void gemm_rows(size_t kc, const float *const *a, const float *ap,
+                                                            const void *b, const void *bn, const int bdt,
+                                                            float *const *c, size_t mr, size_t nr, int accumulate,
+                                                            const int PACKED) {
     /* decode sizes exactly; between them, the next size up */
-    if (mr <= 1) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 1);
-    else if (mr <= 2) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 2);
-    else if (mr <= 4) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 4 < MELD_MR ? 4 : MELD_MR);
-    else if (mr <= 8 && 8 < MELD_MR) gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, 8 < MELD_MR ? 8 : MELD_MR);
-    else gemm_body(kc, a, b, bn, bdt, c, mr, nr, accumulate, MELD_MR);
+    if (mr <= 1) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 1, PACKED);
+    else if (mr <= 2) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 2, PACKED);
+    else if (mr <= 4) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 4 < MELD_MR ? 4 : MELD_MR, PACKED);
+    else if (mr <= 8 && 8 < MELD_MR) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 8 < MELD_MR ? 8 : MELD_MR, PACKED);
+    else gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, MELD_MR, PACKED);
 }
+
+#define GEMM_DTYPES(A, AP, PACKED) \
+    switch (b_dt) { \
+    case MELD_F32: gemm_rows(kc, A, AP, b, b_next, MELD_F32, c, mr, nr, accumulate, PACKED); break; \
+    case MELD_BF16: gemm_rows(kc, A, AP, b, b_next, MELD_BF16, c, mr, nr, accumulate, PACKED); break; \
+    default: gemm_rows(kc, A, AP, b, b_next, MELD_F16, c, mr, nr, accumulate, PACKED); break; \
+    }
 
 void UK(meld_f32_gemm)(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt, float *const *c,
                        size_t mr, size_t nr, int accumulate) {
-    switch (b_dt) {
-    case MELD_F32: gemm_rows(kc, a, b, b_next, MELD_F32, c, mr, nr, accumulate); break;
-    case MELD_BF16: gemm_rows(kc, a, b, b_next, MELD_BF16, c, mr, nr, accumulate); break;
-    default: gemm_rows(kc, a, b, b_next, MELD_F16, c, mr, nr, accumulate); break;
-    }
+    GEMM_DTYPES(a, NULL, 0)
 }
+
+void UK(meld_f32_gemm_packed)(size_t kc, const float *a, const void *b, const void *b_next, int b_dt, float *const *c,
+                              size_t mr, size_t nr, int accumulate) {
+    GEMM_DTYPES(NULL, a, 1)
+}
+#undef GEMM_DTYPES

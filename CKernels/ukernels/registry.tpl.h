@@ -19,6 +19,7 @@ const meld_ukernels MELD_REG_NAME = {
     .l1 = UK(meld_f64_l1),
     .apply = UK(meld_xf32_sparse_apply),
     .gemm = UK(meld_f32_gemm),
+    .gemm_packed = UK(meld_f32_gemm_packed),
     .gemm_mr = MELD_MR,
     .gemm_nr = 2 * MELD_W,
 };

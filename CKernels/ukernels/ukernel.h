@@ -148,6 +148,10 @@ typedef struct meld_uk_apply_args {
  *  - accumulate: C = C + A*B (else C = A*B). NR = gemm_nr, MR = gemm_mr of the registry. */
 typedef void (*meld_gemm_ukernel)(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt, float *const *c,
                                   size_t mr, size_t nr, int accumulate);
+/* The same with A packed: kc x MR floats, k-major (row r of step k at a[k * MR + r]; rows >= mr
+ * hold copies of a valid row). Same bits as the row-pointer form. */
+typedef void (*meld_gemm_packed_ukernel)(size_t kc, const float *a, const void *b, const void *b_next, int b_dt,
+                                         float *const *c, size_t mr, size_t nr, int accumulate);
 
 typedef struct meld_ukernels {
     meld_isa isa;
@@ -161,6 +165,7 @@ typedef struct meld_ukernels {
     void (*l1)(size_t n, size_t i0, const meld_uk_l1_args *a);
     void (*apply)(size_t n, const meld_uk_apply_args *a);
     meld_gemm_ukernel gemm;
+    meld_gemm_packed_ukernel gemm_packed;
     size_t gemm_mr, gemm_nr;
 } meld_ukernels;
 

@@ -91,7 +91,7 @@ final class MoETests: XCTestCase {
     /// experts, everything on one expert; 1 and 2 threads give the same bits.
     func testGroupedMatmul() throws {
         var rng = Rng(52)
-        // ldx 1024: rows on the 4 KiB grid, which the prefill path copies to a padded stride
+        // ldx 1024: rows on the 4 KiB grid (the bf16 dot kernel's prefill copies those to a padded stride)
         for (E, N, K, M, ldx) in [(4, 37, 23, 29, 26), (8, 64, 64, 1, 67), (3, 33, 300, 70, 303), (3, 33, 300, 70, 1024), (5, 16, 8, 0, 11)] {
             let wf = (0..<(E * N * K)).map { _ in rng.normal() * 0.1 }
             let ldy = N + 5
@@ -115,11 +115,18 @@ final class MoETests: XCTestCase {
                         }
                         let yg = try ctx.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: packed, ldy: ldy)
                         let yo = try ctx.groupedMatmul(x: xs, ldx: ldx, offsets: offsets, weights: packed, ldy: ldy)
-                        if ldx == 1024 { // the padded copy one (expert, row block) at a time: the same bits
-                            setenv("MELD_MOE_COPY_BYTES", "1", 1)
-                            let yp = try ctx.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: packed, ldy: ldy)
-                            unsetenv("MELD_MOE_COPY_BYTES")
-                            XCTAssertEqual(bits(yp), bits(yg), "copy in phases \(routing) \(ctx.isa)")
+                        // the prefill copy one (expert, row block) at a time: the same bits
+                        setenv("MELD_MOE_COPY_BYTES", "1", 1)
+                        let yp = try ctx.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: packed, ldy: ldy)
+                        unsetenv("MELD_MOE_COPY_BYTES")
+                        XCTAssertEqual(bits(yp), bits(yg), "copy in phases \(routing) \(ctx.isa)")
+                        // each row alone (decode: row pointers, no copy) gives the bits it got among
+                        // many (prefill: packed A tiles)
+                        if routing == "one" {
+                            for r in 0..<M {
+                                let y1 = try ctx.groupedMatmulGather(x: Array(x[(r * ldx)..<(r * ldx + K)]), rows: 1, ldx: K, ids: [ids[r]], weights: packed, ldy: N)
+                                XCTAssertEqual(bits(y1), bits(Array(yg[(r * ldy)..<(r * ldy + N)])), "row \(r) alone \(dtName) \(ctx.isa)")
+                            }
                         }
                         for r in 0..<M {
                             let e = Int(ids[r])
