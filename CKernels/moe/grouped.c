@@ -196,8 +196,16 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                 for (size_t tile = 0; tile < phase_rows[f] / MR; tile++) {
                     const float *const *s = srcp + tile * MR;
                     float *d = copy + tile * MR * K;
-                    for (size_t k = 0; k < K; k++)
-                        for (size_t r = 0; r < MR; r++) d[k * MR + r] = s[r][k];
+                    /* a cache line of each row at a time: rows on the 4 KiB grid share cache
+                     * sets, and reading them element by element missed on every load */
+                    float t[16][16];
+                    for (size_t kb = 0; kb < K; kb += 16) {
+                        const size_t kw = K - kb < 16 ? K - kb : 16;
+                        if (kw == 16) for (size_t r = 0; r < MR; r++) memcpy(t[r], s[r] + kb, sizeof t[r]);
+                        else for (size_t r = 0; r < MR; r++) memcpy(t[r], s[r] + kb, kw * sizeof(float));
+                        for (size_t k = 0; k < kw; k++)
+                            for (size_t r = 0; r < MR; r++) d[(kb + k) * MR + r] = t[r][k];
+                    }
                 }
             }
             srcp += pack ? phase_rows[f] : 0;
