@@ -69,6 +69,20 @@ static void make_ids(int32_t *ids, size_t T, size_t k, size_t E, int routing, ui
     }
 }
 
+/* the baseline: per expert, gather its rows, one sgemm, scatter back */
+static void baseline(const float *xr, size_t M, size_t K, size_t N, size_t E, const int32_t *ids, int32_t *rows,
+                     const float *w, float *ga, float *gc, float *yb) {
+    for (size_t e = 0; e < E; e++) {
+        size_t m = 0;
+        for (size_t q = 0; q < M; q++) if ((size_t)ids[q] == e) rows[m++] = (int32_t)q;
+        if (!m) continue;
+        for (size_t q = 0; q < m; q++) memcpy(ga + q * K, xr + (size_t)rows[q] * K, K * 4);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)N, (int)K, 1.0f, ga, (int)K,
+                    w + e * N * K, (int)K, 0.0f, gc, (int)N);
+        for (size_t q = 0; q < m; q++) memcpy(yb + (size_t)rows[q] * N, gc + q * N, N * 4);
+    }
+}
+
 /* one measured case, printed at the end against the highest peak and triad of the run */
 typedef struct moe_row {
     const shape *s;
@@ -127,28 +141,22 @@ void moe_bench(const bench_cfg *c, int quick) {
                 for (size_t r = 0; r < M; r++) memcpy(xr + r * K, x + (r / s.k) * K, K * 4);
                 int reps = M * N * K > ((size_t)1 << 33) ? 2 : c->reps;
                 /* Meld and the baseline alternate, best of each: both see the same machine.
-                 * Short cases repeat until 0.3 s are spent (at most 40 rounds): a few runs of a
-                 * 2 ms case were often all slowed by neighbours on a shared machine. */
+                 * One untimed round first (first-touch of outputs and scratch), then rounds
+                 * until reps are done and 1 s is spent (at most 40): two runs of a 100 ms case,
+                 * or a few of a 2 ms one, were often all slowed by neighbours on a shared machine. */
+                CHECK(meld_grouped_matmul_gather(ctx, xr, M, K, ids, pw, y, N));
+                baseline(xr, M, K, N, E, ids, rows, w, ga, gc, yb);
                 size_t active = 0;
                 for (size_t e = 0; e < E; e++) for (size_t r = 0; r < M; r++) if ((size_t)ids[r] == e) { active++; break; }
                 const size_t wbytes = active * N * K * 4;
                 double tm = 1e30, tb = 1e30, tt = 1e30, tr = 1e30, spent = 0;
-                for (int r = 0; r < 40 && (r < reps || spent < 0.3); r++) {
+                for (int r = 0; r < 40 && (r < reps || spent < 1.0); r++) {
                     if (T <= 8) tt = fmin(tt, triad_pass_s(&ta));
                     if (T <= 8 && wbytes <= rb_bytes) tr = fmin(tr, read_pass_s(rb, wbytes, 1, c->threads));
                     double t0 = now_s();
                     CHECK(meld_grouped_matmul_gather(ctx, xr, M, K, ids, pw, y, N));
                     double t1 = now_s();
-                    /* baseline: per expert, gather its rows, one sgemm, scatter back */
-                    for (size_t e = 0; e < E; e++) {
-                        size_t m = 0;
-                        for (size_t q = 0; q < M; q++) if ((size_t)ids[q] == e) rows[m++] = (int32_t)q;
-                        if (!m) continue;
-                        for (size_t q = 0; q < m; q++) memcpy(ga + q * K, xr + (size_t)rows[q] * K, K * 4);
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)N, (int)K, 1.0f, ga, (int)K,
-                                    w + e * N * K, (int)K, 0.0f, gc, (int)N);
-                        for (size_t q = 0; q < m; q++) memcpy(yb + (size_t)rows[q] * N, gc + q * N, N * 4);
-                    }
+                    baseline(xr, M, K, N, E, ids, rows, w, ga, gc, yb);
                     double t2 = now_s();
                     tm = fmin(tm, t1 - t0);
                     tb = fmin(tb, t2 - t1);

@@ -10,7 +10,9 @@
 /* Blocking: a task is MC rows x NC columns of one expert; inside it, KC-deep slices of one NR
  * panel (KC x NR weights, ~32 KiB in f32) are reused across the task's rows. */
 #define GM_KC 256
+#ifndef GM_MC_BLOCKS
 #define GM_MC_BLOCKS 8  /* MC = 8 * MR */
+#endif
 #define GM_NC_PANELS 8  /* NC = 8 * NR */
 #define GM_COPY_BYTES ((size_t)32 << 20) /* padded copy of prefill rows: at most this much at once */
 
