@@ -58,6 +58,16 @@ static inline vm load_bits(const uint8_t *p, size_t j) {
     return vm_from_bits(w >> (j & 7));
 }
 
+/* W keep bits at local index j, a multiple of W: one load where W fills whole bytes */
+static inline vm load_bits_w(const uint8_t *p, size_t j) {
+    if (MELD_W >= 8) {
+        uint32_t w = 0;
+        memcpy(&w, p + (j >> 3), MELD_W >= 8 ? MELD_W / 8 : 1);
+        return vm_from_bits(w);
+    }
+    return load_bits(p, j);
+}
+
 /* 2W keep bits for the lanes of a pair starting at local index j (a multiple of 2W) */
 static inline uint32_t load_bits2(const uint8_t *p, size_t j) {
     if (2 * MELD_W >= 8) {

@@ -107,19 +107,23 @@ void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
     }
 }
 
-/* One vector of elements [i, i + W): base plus the scaled expansions. pf: prefetch the slowly
- * advancing bitmaps and packed values (once per 64 elements). */
-MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits, const void *const *vp, size_t *pos,
-                             const vf *sc, size_t i, const size_t K, const int vdt, const int *vdts, int pf) {
+/* One vector of elements [i, i + W): base plus the scaled expansions. cur[k]: expert k's next
+ * packed value (one advancing pointer an expert, not base + index: with K = 4 the indices
+ * spilled to the stack). pf: prefetch the slowly advancing bitmaps and packed values (once per
+ * 64 elements). */
+MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits, const char **cur, const vf *sc,
+                             size_t i, const size_t K, const int vdt, const int *vdts, int pf) {
     vf acc = bp ? load_dt(bp, bdt, i) : vf_zero();
     for (size_t k = 0; k < K; k++) {
+        const int dt = vdt >= 0 ? vdt : vdts[k];
+        const size_t es = dt == MELD_F32 ? 4 : 2;
         if (pf) {
             __builtin_prefetch(bits[k] + i / 8 + 128, 0, 3);
-            __builtin_prefetch((const char *)vp[k] + (pos[k] + 128) * (vdt == MELD_F32 ? 4 : 2), 0, 3);
+            __builtin_prefetch(cur[k] + 128 * es, 0, 3);
         }
-        vm m = load_bits(bits[k], i); /* no skip when empty: unpredictable at 10% density */
-        vf v = vf_expand(m, load_dt(vp[k], vdt >= 0 ? vdt : vdts[k], pos[k]));
-        pos[k] += (size_t)__builtin_popcount(vm_to_bits(m));
+        vm m = load_bits_w(bits[k], i); /* no skip when empty: unpredictable at 10% density */
+        vf v = vf_expand(m, load_dt(cur[k], dt, 0));
+        cur[k] += (size_t)__builtin_popcount(vm_to_bits(m)) * es;
         /* lanes without a value stay untouched (identical on every vector width) */
         acc = vf_mask_add(m, acc, acc, vf_mul(sc[k], v));
     }
@@ -128,13 +132,12 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
 
 MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K,
                                                              const int vdt) {
-    size_t pos[MELD_MAX_MODELS];
+    const char *cur[MELD_MAX_MODELS];
     vf sc[MELD_MAX_MODELS];
-    const void *vp[MELD_MAX_MODELS];
     int vdts[MELD_MAX_MODELS];
     const uint8_t *bits[MELD_MAX_MODELS];
     for (size_t k = 0; k < K; k++) {
-        pos[k] = 0; sc[k] = vf_set1(a->scale[k]); vp[k] = a->values[k].p; vdts[k] = a->values[k].dt; bits[k] = a->bits[k];
+        cur[k] = a->values[k].p; sc[k] = vf_set1(a->scale[k]); vdts[k] = a->values[k].dt; bits[k] = a->bits[k];
     }
     /* in locals: stores through the untyped output may alias the argument struct */
     const void *const bp = a->base.p;
@@ -150,14 +153,14 @@ MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const si
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             if (pf_base) prefetch_dt(bp, MELD_BF16, i);
             const int pf = ((i / MELD_W) & (64 / MELD_W - 1)) == 0;
-            vf lo = apply_vec(bp, bdt, bits, vp, pos, sc, i, K, vdt, vdts, pf);
-            vf hi = apply_vec(bp, bdt, bits, vp, pos, sc, i + MELD_W, K, vdt, vdts, 0);
+            vf lo = apply_vec(bp, bdt, bits, cur, sc, i, K, vdt, vdts, pf);
+            vf hi = apply_vec(bp, bdt, bits, cur, sc, i + MELD_W, K, vdt, vdts, 0);
             vf2_stream_bf16_seq((uint16_t *)out + i, lo, hi);
         }
     for (; i < n; i += MELD_W) {
         if (pf_base) prefetch_dt(bp, MELD_BF16, i);
         const int pf = ((i / MELD_W) & (64 / MELD_W - 1)) == 0;
-        stream_dt(out, out_dt, i, apply_vec(bp, bdt, bits, vp, pos, sc, i, K, vdt, vdts, pf));
+        stream_dt(out, out_dt, i, apply_vec(bp, bdt, bits, cur, sc, i, K, vdt, vdts, pf));
     }
     stream_fence();
 }
