@@ -226,8 +226,11 @@ static meld_status build_rules(meld_context *ctx, meld_view base, size_t k, cons
         tv_rule *r = &plan->rule[i];
         *r = (tv_rule){.kind = TV_ALL, .scale = 1.0f};
         double d = s->density;
-        if (s->method == MELD_SPARSIFY_NONE || d >= 1.0) continue;
-        if (d <= 0.0 || n == 0) { r->kind = TV_NONE; continue; }
+        if (s->method == MELD_SPARSIFY_NONE) continue;
+        if (s->method != MELD_SPARSIFY_MASK) { /* a caller's bitmap is the rule whatever the density */
+            if (d >= 1.0) continue;
+            if (d <= 0.0 || n == 0) { r->kind = TV_NONE; continue; }
+        }
         switch (s->method) {
         case MELD_SPARSIFY_MAGNITUDE:
             MELD_TRY(meld_density_count(d, n, &sk[ns]));
@@ -416,6 +419,9 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
                 memcpy(mask + i0 / 8, bits, (len + 7) / 8);
                 if (len & 7) mask[(i0 + len) / 8] &= (uint8_t)((1u << (len & 7)) - 1);
             }
+        } else if (r->kind == TV_MASK) { /* a bitmap already (DELLA, DARE's bits kept by the L1 pass, the caller's) */
+            memcpy(mask, r->mask, (n + 7) / 8);
+            if (n & 7) mask[n / 8] &= (uint8_t)((1u << (n & 7)) - 1);
         } else {
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
             for (size_t byte = 0; byte < (n + 7) / 8; byte++) {
@@ -431,7 +437,6 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
                     case TV_WINDOW:
                         keep = (bits > r->thr || (bits == r->thr && i < r->cut)) && !(bits > r->thr2 || (bits == r->thr2 && i < r->cut2));
                         break;
-                    case TV_MASK: keep = (r->mask[i >> 3] >> (i & 7)) & 1; break;
                     default: keep = 0;
                     }
                     m |= (uint8_t)(keep << (i & 7));

@@ -48,6 +48,12 @@ final class SparseTests: XCTestCase {
                     let other = try Context(threads: 1).sparsifyMask(base: nil, x, Sparsifier.dare(d, seed: 42, stream: 8)).mask
                     XCTAssertNotEqual(m, other, "different streams give different masks")
                 }
+                // the L1 rescale keeps the bits it drew as a bitmap: the same mask
+                XCTAssertEqual(try Context(threads: 2).sparsifyMask(base: nil, x, Sparsifier.dare(d, seed: 42, stream: 7, rescale: .l1)).mask, m)
+                // a caller's bitmap comes back as given, bits past n cleared
+                var given = m
+                if n % 8 != 0 { given[given.count - 1] |= UInt8(0xff) << UInt8(n % 8) }
+                XCTAssertEqual(try Context(threads: 2).sparsifyMask(base: nil, x, Sparsifier(.mask, mask: given)).mask, m)
             }
         }
     }

@@ -58,7 +58,8 @@ typedef struct meld_sparsifier {
  *  - DELLA: r = 1-based ascending rank of |delta| in its row (ties: lower index first),
  *    p = (d - eps) + 2 eps (r - 1) / (m - 1) for a row of m > 1 entries (p = d when m = 1).
  *    DELLA takes rescale NONE or L1 (MELD_ERR_UNSUPPORTED for DENSITY).
- *  - density >= 1 keeps everything for every method; density <= 0 keeps nothing. */
+ *  - density >= 1 keeps everything for every method but MASK; density <= 0 keeps nothing.
+ *    MASK keeps the bitmap's entries whatever the density. */
 
 typedef struct meld_merge_options {
     meld_consensus consensus; /* NONE for linear-style methods, SUM for *_ties, della */
