@@ -10,11 +10,9 @@
 /* Blocking: a task is MC rows x NC columns of one expert; inside it, KC-deep slices of one NR
  * panel (KC x NR weights, ~32 KiB in f32) are reused across the task's rows. */
 #define GM_KC 256
-#ifndef GM_MC_BLOCKS
 #define GM_MC_BLOCKS 8  /* MC = 8 * MR */
-#endif
 #define GM_NC_PANELS 8  /* NC = 8 * NR */
-#define GM_COPY_BYTES ((size_t)32 << 20) /* padded copy of prefill rows: at most this much at once */
+#define GM_COPY_BYTES ((size_t)32 << 20) /* the copy of prefill rows: at most this much at once */
 
 /* element offset of the kc x nr slice of (expert e, k block starting at k0, panel); the pair
  * layout rounds k up to even (blocks before the last are GM_KC, even, long) */
@@ -139,8 +137,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
      *  - rows (the bf16 dot kernel, rows on the 4 KiB grid): a padded stride of K + 16 floats.
      *    Row strides of K = 2048 or 4096 floats put the MR rows read at each k into the same
      *    cache sets, where they evict each other and the B panel.
-     * A copy per task and k block, as once, re-read each row block once per column task (mixtral
-     * T = 512: 28 times). Decode rows are too few to gain. */
+     * Decode rows are too few to gain. */
     enum { COPY_NONE, COPY_ROWS, COPY_PACKED } mode = COPY_NONE;
     if (rows_max > MR && start[w->E] > 1) {
         if (!w->pairs) mode = COPY_PACKED;
@@ -230,16 +227,17 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                                                               : NULL;
                         for (size_t m = t.m0; m < m1; m += MR) {
                             const size_t mr = m1 - m < MR ? m1 - m : MR;
+                            const void *bn = m == t.m0 ? b_next : NULL;
+                            for (size_t r = 0; r < mr; r++) c[r] = crow[start[t.e] + m + r] + n0;
+                            if (mode == COPY_PACKED) { /* the tile's panel: MR rows of the copy, at k0 */
+                                uk->gemm_packed(kc, copy + (row0[i] + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                                continue;
+                            }
                             for (size_t r = 0; r < MR; r++) {
                                 const size_t rr = m + (r < mr ? r : mr - 1);
                                 a[r] = mode == COPY_ROWS ? copy + (row0[i] + rr - t.m0) * ldp + k0 : arow[start[t.e] + rr] + k0;
-                                c[r] = crow[start[t.e] + rr] + n0;
                             }
-                            const void *bn = m == t.m0 ? b_next : NULL;
-                            if (mode == COPY_PACKED) /* the tile's panel: MR rows of the copy, at k0 */
-                                uk->gemm_packed(kc, copy + (row0[i] + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
-                            else
-                                gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                            gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
                         }
                     }
                 }

@@ -106,9 +106,8 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
  * A specialized rk means a weighted vote, no sign input or output and an output; for TOP and
  * ALL also scale 1 (scale is applied as t * s, and t * 1 == t).
  * Every variant performs the same operations in the same order (bit-identical results). */
-MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a,
-                                                          const size_t K, const int dt, const int cons,
-                                                          const int divm, const int rk) {
+MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, const size_t K, const int dt,
+                              const int cons, const int divm, const int rk) {
     tv_consts c;
     const void *xp[MELD_MAX_MODELS];
     int xdt[MELD_MAX_MODELS];

@@ -130,8 +130,7 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
     return acc;
 }
 
-MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K,
-                                                             const int vdt) {
+MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K, const int vdt) {
     const char *cur[MELD_MAX_MODELS];
     vf sc[MELD_MAX_MODELS];
     int vdts[MELD_MAX_MODELS];

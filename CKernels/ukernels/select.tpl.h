@@ -26,8 +26,7 @@ MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_
 /* The body, inlined with compile-time K and dtype in the common cases: the counters then stay in
  * registers (with a runtime K they lived on the stack, and the candidate count's store-to-load
  * round trip each vector was the loop's critical path). */
-MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K,
-                                                               const int dt) {
+MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K, const int dt) {
     /* counters live in registers/stack for the call: the callers' arrays may share cache
      * lines between threads */
     size_t count[MELD_MAX_MODELS], before[MELD_MAX_MODELS];

@@ -60,7 +60,6 @@ public struct PackedDelta<T: MeldScalar> {
     public var count: Int
 }
 
-/// Keeps caller mask arrays alive and addressable for one C call.
 /// C forms of sparsifiers, with their MASK bitmaps copied into storage that lives as long as this.
 final class SparsifierStorage {
     let buf: UnsafeMutablePointer<UInt8>
@@ -85,6 +84,7 @@ final class SparsifierStorage {
     deinit { buf.deallocate() }
 }
 
+/// Keeps caller mask arrays alive and addressable for one C call.
 func withSparsifiers<R>(_ s: [Sparsifier], _ body: ([meld_sparsifier]) throws -> R) rethrows -> R {
     let storage = SparsifierStorage(s)
     return try withExtendedLifetime(storage) { try body(storage.c) }
