@@ -11,6 +11,9 @@ func meld_sync_file_range(_ fd: Int32, _ offset: Int64, _ nbytes: Int64, _ flags
 /// writing zeros.
 @_silgen_name("fallocate")
 func meld_fallocate(_ fd: Int32, _ mode: Int32, _ offset: Int64, _ len: Int64) -> Int32
+/// Linux memfd_create(2) (hidden the same way).
+@_silgen_name("memfd_create")
+func meld_memfd_create(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32
 
 /// safetensors element types. Meld merges the float ones; the rest are named in errors.
 public enum STDType: String, CaseIterable, Sendable {
@@ -158,22 +161,61 @@ public final class SafeTensorsFile {
     }
 }
 
-/// Writes safetensors shards: the plan (names, dtypes, shapes) is known up front, so headers
-/// are written first and each tensor lands at its offset as soon as it is merged. Files are
-/// created inside a temporary folder that the caller renames when everything succeeded.
+/// A ring buffer mapped twice back to back: any span of up to `size` bytes starting anywhere
+/// in it is contiguous, so kernels can write a chunk straight into it across the wrap.
+final class MirroredRing {
+    let size: Int
+    let base: UnsafeMutableRawPointer
+    init(size: Int) throws {
+        self.size = size
+        let fd = meld_memfd_create("meld-output-ring", 0)
+        guard fd >= 0 else { throw ToolError("cannot create the output ring buffer (memfd_create: \(String(cString: strerror(errno))))") }
+        defer { Glibc.close(fd) }
+        guard ftruncate(fd, off_t(size)) == 0,
+              let r = mmap(nil, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), r != MAP_FAILED
+        else { throw ToolError("cannot reserve \(2 * size) bytes for the output ring buffer") }
+        for half in 0..<2 where mmap(r + half * size, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED {
+            munmap(r, 2 * size)
+            throw ToolError("cannot map the output ring buffer: \(String(cString: strerror(errno)))")
+        }
+        base = r
+    }
+    deinit { munmap(base, 2 * size) }
+}
+
+/// Writes safetensors shards: the plan (names, dtypes, shapes) is known up front, so each shard's
+/// header and size are fixed before any data arrives. Files are created inside a temporary folder
+/// that the caller renames when everything succeeded.
+///
+/// Data arrives in file order (tensors in plan order, each from its first byte) and leaves in
+/// pwrites of whole 2 MiB-aligned blocks through a mirrored ring: kernels write chunks straight
+/// into the ring (`reserve`/`commit`); `write` copies only the unaligned head and tail of a large
+/// buffer. Aligned block writes let the page cache keep the file in 2 MiB folios. Measured on
+/// 600 MB here: unaligned 4 MiB pwrites left it in small folios, and mapping it later (as the
+/// next merge's input) took 16 ms against 0.5 ms; the writes themselves were often 2x slower.
 public final class ShardedWriter {
     public struct Planned { public var name: String; public var dtype: STDType; public var shape: [Int] }
-    struct Shard { var file: String; var names: [String]; var fd: Int32; var size: Int; var dataStart: Int }
+    struct Shard { var file: String; var names: [String]; var fd: Int32; var size: Int; var dataStart: Int; var header: Data }
     var shards: [Shard] = []
     var location: [String: (shard: Int, begin: Int, bytes: Int)] = [:]
     public let directory: String
     public let totalBytes: Int
     /// Flush every shard to the disk before close() returns (survives a power loss).
     let sync: Bool
+    static let block = 2 << 20
+    /// holds a partial block and one reservation
+    public static let maxReservation = 8 << 20
+    let ring: MirroredRing
+    /// the shard being written (-1 before the first), the file offset of its first byte not yet
+    /// written out, and the end of the bytes placed in the ring
+    var current = -1, flushed = 0, filled = 0
+    /// time spent in pwrite (for MELD_TIMING)
+    public var writeSeconds = 0.0
 
     public init(directory: String, plan: [Planned], shardSize: Int, sync: Bool = false) throws {
         self.directory = directory
         self.sync = sync
+        ring = try MirroredRing(size: Self.maxReservation + 2 * Self.block)
         var groups: [[Planned]] = [[]]
         var acc = 0
         for p in plan {
@@ -211,15 +253,12 @@ public final class ShardedWriter {
             var len = UInt64(json.count).littleEndian
             var head = Data(bytes: &len, count: 8)
             head.append(json)
-            let w = head.withUnsafeBytes { pwrite(fd, $0.baseAddress, head.count, 0) }
-            guard w == head.count else { Glibc.close(fd); throw ToolError("cannot write \(path)") }
-            shards.append(Shard(file: file, names: g.map(\.name), fd: fd, size: size, dataStart: 8 + json.count))
+            shards.append(Shard(file: file, names: g.map(\.name), fd: fd, size: size, dataStart: 8 + json.count, header: head))
         }
     }
 
-    /// A buffer of at least `bytes` that the kernels write into before `write` copies it to its
-    /// shard, reused for every tensor (its pages fault in once). Writing into fresh file pages
-    /// through a mapping costs a fault and a block allocation per 4 KiB instead.
+    /// A buffer of at least `bytes` for a whole tensor that `write` then sends to its shard,
+    /// reused for every tensor (its pages fault in once).
     public func staging(bytes: Int) -> UnsafeMutableRawPointer {
         if bytes > stagingBytes || staging == nil {
             staging?.deallocate()
@@ -231,24 +270,111 @@ public final class ShardedWriter {
     var staging: UnsafeMutableRawPointer?
     var stagingBytes = 0
 
-    /// Writes `bytes` bytes of a planned tensor, starting `offset` bytes into it.
-    public func write(_ name: String, offset: Int, from src: UnsafeRawPointer, bytes: Int) throws {
-        guard let l = location[name], bytes > 0 else { return }
-        precondition(offset >= 0 && offset + bytes <= l.bytes, "write outside tensor \(name)")
-        let s = shards[l.shard]
-        var off = 0
-        while off < bytes {
-            let w = pwrite(s.fd, src + off, bytes - off, off_t(s.dataStart + l.begin + offset + off))
+    /// Writes out ring bytes [flushed, end) of the current shard.
+    func flush(to end: Int) throws {
+        guard end > flushed else { return }
+        let t0 = Date()
+        defer { writeSeconds += Date().timeIntervalSince(t0) }
+        let s = shards[current]
+        var off = flushed
+        while off < end {
+            let w = pwrite(s.fd, ring.base + off % ring.size, end - off, off_t(off))
             guard w > 0 else { throw ToolError("cannot write \(directory)/\(s.file): \(String(cString: strerror(errno)))") }
             off += w
         }
         // with durability asked for, start writeback now (non-blocking) so that close()'s fsync
         // finds little left; without it the page cache flushes on its own, as after mergekit
-        if sync { _ = meld_sync_file_range(s.fd, Int64(s.dataStart + l.begin + offset), Int64(bytes), 2 /* SYNC_FILE_RANGE_WRITE */) }
+        if sync { _ = meld_sync_file_range(s.fd, Int64(flushed), Int64(end - flushed), 2 /* SYNC_FILE_RANGE_WRITE */) }
+        flushed = end
     }
 
-    /// Closes every shard (syncing it first when asked) and writes the index when there are several.
+    /// Makes `shard` current: the shards before it are written out in full, headers included.
+    func enter(_ shard: Int) throws {
+        while current < shard {
+            if current >= 0 { try flush(to: filled) }
+            current += 1
+            let s = shards[current], h = s.header
+            if h.count <= Self.maxReservation {
+                h.withUnsafeBytes { _ = memcpy(ring.base, $0.baseAddress!, h.count) }
+            } else {   // a header of more than 8 MiB (a plan of very many tensors) goes out on its own
+                let w = h.withUnsafeBytes { pwrite(s.fd, $0.baseAddress, h.count, 0) }
+                guard w == h.count else { throw ToolError("cannot write \(directory)/\(s.file): \(String(cString: strerror(errno)))") }
+            }
+            (flushed, filled) = (h.count <= Self.maxReservation ? 0 : h.count, h.count)
+        }
+    }
+
+    /// Checks that bytes [offset, offset + bytes) of a planned tensor are the next bytes of its
+    /// file, entering its shard.
+    func advance(_ name: String, offset: Int, bytes: Int) throws {
+        guard let l = location[name] else { throw ToolError("internal: no planned tensor \(name)") }
+        precondition(offset >= 0 && bytes >= 0 && offset + bytes <= l.bytes, "write outside tensor \(name)")
+        if l.shard != current { try enter(l.shard) }
+        let at = shards[l.shard].dataStart + l.begin + offset
+        guard at == filled else { throw ToolError("internal: \(name) written out of order (byte \(at), expected \(filled))") }
+    }
+
+    /// Room in the ring for `bytes` (at most maxReservation) more: whole blocks go out first, and
+    /// the partial one too when that is not enough.
+    func room(_ bytes: Int) throws -> UnsafeMutableRawPointer {
+        try flush(to: filled / Self.block * Self.block)
+        if filled - flushed + bytes > ring.size { try flush(to: filled) }
+        return ring.base + filled % ring.size
+    }
+
+    /// Where bytes [offset, offset + bytes) of a planned tensor go, in the ring: at most
+    /// `maxReservation`, and the next bytes of the file. Fill them, then `commit`.
+    public func reserve(_ name: String, offset: Int, bytes: Int) throws -> UnsafeMutableRawPointer {
+        precondition(bytes <= Self.maxReservation, "reservation of \(bytes) bytes")
+        try advance(name, offset: offset, bytes: bytes)
+        return try room(bytes)
+    }
+
+    /// The reserved bytes are filled: whole blocks go out.
+    public func commit(_ bytes: Int) throws {
+        filled += bytes
+        try flush(to: filled / Self.block * Self.block)
+    }
+
+    /// Writes `bytes` bytes of a planned tensor, starting `offset` bytes into it (the next bytes of
+    /// its file). Whole blocks go out from `src` itself; the unaligned head and tail through the ring.
+    public func write(_ name: String, offset: Int, from src: UnsafeRawPointer, bytes: Int) throws {
+        try advance(name, offset: offset, bytes: bytes)
+        let fd = shards[current].fd
+        var done = 0
+        while done < bytes {
+            let toBlock = (Self.block - filled % Self.block) % Self.block
+            let whole = (bytes - done) / Self.block * Self.block
+            if toBlock == 0 && whole > 0 {
+                try flush(to: filled)
+                let t0 = Date()
+                defer { writeSeconds += Date().timeIntervalSince(t0) }
+                var off = 0
+                while off < whole {
+                    let w = pwrite(fd, src + done + off, whole - off, off_t(filled + off))
+                    guard w > 0 else { throw ToolError("cannot write \(directory)/\(shards[current].file): \(String(cString: strerror(errno)))") }
+                    off += w
+                }
+                if sync { _ = meld_sync_file_range(fd, Int64(filled), Int64(whole), 2 /* SYNC_FILE_RANGE_WRITE */) }
+                filled += whole
+                flushed = filled
+                done += whole
+            } else {
+                let c = min(bytes - done, toBlock > 0 ? toBlock : Self.block)
+                memcpy(try room(c), src + done, c)
+                try commit(c)
+                done += c
+            }
+        }
+    }
+
+    /// Writes out and closes every shard (syncing it first when asked), and writes the index when
+    /// there are several.
     public func close() throws {
+        if !shards.isEmpty {
+            try enter(shards.count - 1)
+            try flush(to: filled)
+        }
         for s in shards {
             guard !sync || fsync(s.fd) == 0 else { throw ToolError("cannot sync \(directory)/\(s.file)") }
             Glibc.close(s.fd)
