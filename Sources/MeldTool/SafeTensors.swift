@@ -48,7 +48,6 @@ public final class SafeTensorsFile {
     public let tensors: [String: TensorInfo]
     public let metadata: [String: String]
     let base: UnsafeMutableRawPointer?
-    let mapped: Int
     let dataStart: Int
 
     static let maxHeader = 100 << 20
@@ -62,9 +61,20 @@ public final class SafeTensorsFile {
         guard fstat(fd, &st) == 0 else { throw ToolError("cannot stat \(path)") }
         let size = Int(st.st_size)
         guard size >= 8 else { throw ToolError("\(path): truncated safetensors file (\(size) bytes, no header)") }
-        var p: UnsafeMutableRawPointer? = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0)
-        if p == MAP_FAILED { p = nil }
-        guard let map = p else { throw ToolError("cannot map \(path)") }
+        // Mapped at a 2 MiB-aligned address with MADV_HUGEPAGE: page-cache folios of 2 MiB are then
+        // mapped whole (MADV_POPULATE_READ of 600 MB: 0.5 ms against 3.5 ms with 4 KiB entries), and
+        // pages read in on a fault come in as such folios.
+        let align = 2 << 20
+        var r: UnsafeMutableRawPointer? = mmap(nil, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if r == MAP_FAILED { r = nil }
+        guard let reservation = r else { throw ToolError("cannot map \(path): \(String(cString: strerror(errno)))") }
+        let at = UnsafeMutableRawPointer(bitPattern: (Int(bitPattern: reservation) + align - 1) & ~(align - 1))!
+        guard mmap(at, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0) != MAP_FAILED else {
+            munmap(reservation, size + align)
+            throw ToolError("cannot map \(path): \(String(cString: strerror(errno)))")
+        }
+        _ = madvise(at, size, 14 /* MADV_HUGEPAGE; only advice */)
+        let map = at
         do {
             let n = map.loadUnaligned(as: UInt64.self).littleEndian
             guard n <= UInt64(Self.maxHeader), Int(n) <= size - 8 else {
@@ -74,14 +84,18 @@ public final class SafeTensorsFile {
             (tensors, metadata) = try Self.parseHeader(header, dataSize: size - 8 - Int(n), path: path)
             dataStart = 8 + Int(n)
         } catch {
-            munmap(map, size)
+            munmap(reservation, size + align)
             throw error
         }
         base = map
-        mapped = size
+        (self.reservation, reserved) = (reservation, size + align)
     }
 
-    deinit { if let base { munmap(base, mapped) } }
+    /// the whole reserved range, the file's mapping included
+    let reservation: UnsafeMutableRawPointer
+    let reserved: Int
+
+    deinit { munmap(reservation, reserved) }
 
     static func parseHeader(_ data: Data, dataSize: Int, path: String) throws -> ([String: TensorInfo], [String: String]) {
         guard let obj = try? JSONSerialization.jsonObject(with: data, options: []), let dict = obj as? [String: Any] else {
