@@ -215,9 +215,13 @@ public enum Merger {
         try writer.close()
         progress.finish()
         if timing {
-            FileHandle.standardError.write(String(format: "timing: setup %.3f s, inputs mapped %.3f s, kernels %.3f s, writes %.3f s, release %.3f s, close %.3f s\n",
-                tc.timeIntervalSince(start) - tKernel - tRelease, tMap, tKernel - tMap - writer.writeSeconds, writer.writeSeconds, tRelease,
-                Date().timeIntervalSince(tc)).data(using: .utf8)!)
+            let bg = writer.writesInBackground
+            let line = String(format: "timing: setup %.3f s, inputs mapped %.3f s, kernels %.3f s, writes %.3f s",
+                              tc.timeIntervalSince(start) - tKernel - tRelease, tMap, tKernel - tMap - (bg ? 0 : writer.writeSeconds),
+                              writer.writeSeconds)
+                + (bg ? " (beside the kernels)" : "")
+                + String(format: ", release %.3f s, close %.3f s\n", tRelease, Date().timeIntervalSince(tc))
+            FileHandle.standardError.write(line.data(using: .utf8)!)
         }
         return MergeSummary(method: cfg.method, tensors: plan.names.count, bytesRead: totalIn, bytesWritten: writer.totalBytes,
                             seconds: Date().timeIntervalSince(start), outDir: dir)

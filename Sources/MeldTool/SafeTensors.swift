@@ -197,6 +197,106 @@ final class MirroredRing {
     deinit { munmap(base, 2 * size) }
 }
 
+/// Sends ring bytes to a file with pwrite, on a thread of its own when `background`: the
+/// page-cache copy of one chunk then overlaps the kernels of the next. State guarded by `cond`.
+final class RingFlusher: @unchecked Sendable {
+    let cond = NSCondition()
+    let ring: MirroredRing
+    let background: Bool
+    var fd: Int32 = -1, path = "", syncRanges = false
+    /// file offsets: written out up to `flushed`; allowed out up to `target`
+    var flushed = 0, target = 0
+    var failure: String?
+    var stop = false, running = false
+    var seconds = 0.0
+    let exited = DispatchSemaphore(value: 0)
+
+    init(ring: MirroredRing, background: Bool) {
+        self.ring = ring
+        self.background = background
+        if background {
+            running = true
+            Thread { self.loop() }.start()
+        }
+    }
+
+    /// pwrite of ring bytes [a, b) of the current file; an error message or nil
+    func write(_ a: Int, _ b: Int) -> String? {
+        let t0 = Date()
+        defer { seconds += Date().timeIntervalSince(t0) }
+        var off = a
+        while off < b {
+            let w = pwrite(fd, ring.base + off % ring.size, b - off, off_t(off))
+            guard w > 0 else { return "cannot write \(path): \(String(cString: strerror(errno)))" }
+            off += w
+        }
+        // with durability asked for, start writeback now (non-blocking) so that close()'s fsync
+        // finds little left; without it the page cache flushes on its own, as after mergekit
+        if syncRanges { _ = meld_sync_file_range(fd, Int64(a), Int64(b - a), 2 /* SYNC_FILE_RANGE_WRITE */) }
+        return nil
+    }
+
+    func loop() {
+        cond.lock()
+        while true {
+            while !stop && (flushed >= target || failure != nil) { cond.wait() }
+            if stop { break }
+            let (a, b) = (flushed, target)
+            cond.unlock()
+            let err = write(a, b)
+            cond.lock()
+            if let err { failure = err } else { flushed = b }
+            cond.broadcast()
+        }
+        cond.unlock()
+        exited.signal()
+    }
+
+    /// Bytes up to `end` may go out: soon in the background, or now.
+    func publish(_ end: Int) throws {
+        if background {
+            cond.lock()
+            if end > target { target = end; cond.broadcast() }
+            let f = failure
+            cond.unlock()
+            if let f { throw ToolError(f) }
+        } else if end > flushed {
+            if let f = write(flushed, end) { throw ToolError(f) }
+            flushed = end
+        }
+    }
+
+    /// Returns once the bytes up to `end` (published) are written out.
+    func wait(until end: Int) throws {
+        guard background else { return }
+        cond.lock()
+        while flushed < end && failure == nil { cond.wait() }
+        let f = failure
+        cond.unlock()
+        if let f { throw ToolError(f) }
+    }
+
+    func finish(_ end: Int) throws { try publish(end); try wait(until: end) }
+
+    /// Another file, or bytes written past the ring: only when everything published is out.
+    func restart(fd: Int32, path: String, syncRanges: Bool, at offset: Int) {
+        cond.lock()
+        (self.fd, self.path, self.syncRanges, flushed, target) = (fd, path, syncRanges, offset, offset)
+        cond.unlock()
+    }
+
+    func written() -> Int { cond.lock(); defer { cond.unlock() }; return flushed }
+
+    func shutdown() {
+        cond.lock()
+        let wasRunning = running
+        (stop, running) = (true, false)
+        cond.broadcast()
+        cond.unlock()
+        if wasRunning { exited.wait() }
+    }
+}
+
 /// Writes safetensors shards: the plan (names, dtypes, shapes) is known up front, so each shard's
 /// header and size are fixed before any data arrives. Files are created inside a temporary folder
 /// that the caller renames when everything succeeded.
@@ -220,16 +320,22 @@ public final class ShardedWriter {
     /// holds a partial block and one reservation
     public static let maxReservation = 8 << 20
     let ring: MirroredRing
-    /// the shard being written (-1 before the first), the file offset of its first byte not yet
-    /// written out, and the end of the bytes placed in the ring
-    var current = -1, flushed = 0, filled = 0
-    /// time spent in pwrite (for MELD_TIMING)
-    public var writeSeconds = 0.0
+    let flusher: RingFlusher
+    /// the shard being written (-1 before the first), and the end of the bytes placed in the ring
+    var current = -1, filled = 0
+    /// time spent in pwrite (for MELD_TIMING); in the background, beside the kernels
+    public var writeSeconds: Double { flusher.cond.lock(); defer { flusher.cond.unlock() }; return flusher.seconds }
+    public var writesInBackground: Bool { flusher.background }
 
-    public init(directory: String, plan: [Planned], shardSize: Int, sync: Bool = false) throws {
+    /// `background`: pwrite on a thread of its own (MELD_WRITER=inline turns it off, for timing).
+    public init(directory: String, plan: [Planned], shardSize: Int, sync: Bool = false,
+                background: Bool = ProcessInfo.processInfo.environment["MELD_WRITER"] != "inline") throws {
         self.directory = directory
         self.sync = sync
-        ring = try MirroredRing(size: Self.maxReservation + 2 * Self.block)
+        // a partial block and one reservation, twice over: the kernels fill one chunk while the
+        // previous one is written out
+        ring = try MirroredRing(size: 2 * (Self.maxReservation + Self.block))
+        flusher = RingFlusher(ring: ring, background: background)
         var groups: [[Planned]] = [[]]
         var acc = 0
         for p in plan {
@@ -284,37 +390,21 @@ public final class ShardedWriter {
     var staging: UnsafeMutableRawPointer?
     var stagingBytes = 0
 
-    /// Writes out ring bytes [flushed, end) of the current shard.
-    func flush(to end: Int) throws {
-        guard end > flushed else { return }
-        let t0 = Date()
-        defer { writeSeconds += Date().timeIntervalSince(t0) }
-        let s = shards[current]
-        var off = flushed
-        while off < end {
-            let w = pwrite(s.fd, ring.base + off % ring.size, end - off, off_t(off))
-            guard w > 0 else { throw ToolError("cannot write \(directory)/\(s.file): \(String(cString: strerror(errno)))") }
-            off += w
-        }
-        // with durability asked for, start writeback now (non-blocking) so that close()'s fsync
-        // finds little left; without it the page cache flushes on its own, as after mergekit
-        if sync { _ = meld_sync_file_range(s.fd, Int64(flushed), Int64(end - flushed), 2 /* SYNC_FILE_RANGE_WRITE */) }
-        flushed = end
-    }
-
     /// Makes `shard` current: the shards before it are written out in full, headers included.
     func enter(_ shard: Int) throws {
         while current < shard {
-            if current >= 0 { try flush(to: filled) }
+            if current >= 0 { try flusher.finish(filled) }
             current += 1
-            let s = shards[current], h = s.header
+            let s = shards[current], h = s.header, path = directory + "/" + s.file
             if h.count <= Self.maxReservation {
                 h.withUnsafeBytes { _ = memcpy(ring.base, $0.baseAddress!, h.count) }
+                flusher.restart(fd: s.fd, path: path, syncRanges: sync, at: 0)
             } else {   // a header of more than 8 MiB (a plan of very many tensors) goes out on its own
                 let w = h.withUnsafeBytes { pwrite(s.fd, $0.baseAddress, h.count, 0) }
-                guard w == h.count else { throw ToolError("cannot write \(directory)/\(s.file): \(String(cString: strerror(errno)))") }
+                guard w == h.count else { throw ToolError("cannot write \(path): \(String(cString: strerror(errno)))") }
+                flusher.restart(fd: s.fd, path: path, syncRanges: sync, at: h.count)
             }
-            (flushed, filled) = (h.count <= Self.maxReservation ? 0 : h.count, h.count)
+            filled = h.count
         }
     }
 
@@ -331,8 +421,9 @@ public final class ShardedWriter {
     /// Room in the ring for `bytes` (at most maxReservation) more: whole blocks go out first, and
     /// the partial one too when that is not enough.
     func room(_ bytes: Int) throws -> UnsafeMutableRawPointer {
-        try flush(to: filled / Self.block * Self.block)
-        if filled - flushed + bytes > ring.size { try flush(to: filled) }
+        let blocks = filled / Self.block * Self.block, need = filled + bytes - ring.size
+        try flusher.publish(blocks)
+        if need > blocks { try flusher.finish(filled) } else { try flusher.wait(until: need) }
         return ring.base + filled % ring.size
     }
 
@@ -347,31 +438,30 @@ public final class ShardedWriter {
     /// The reserved bytes are filled: whole blocks go out.
     public func commit(_ bytes: Int) throws {
         filled += bytes
-        try flush(to: filled / Self.block * Self.block)
+        try flusher.publish(filled / Self.block * Self.block)
     }
 
     /// Writes `bytes` bytes of a planned tensor, starting `offset` bytes into it (the next bytes of
-    /// its file). Whole blocks go out from `src` itself; the unaligned head and tail through the ring.
+    /// its file). Whole blocks go out from `src` itself, before this returns; the unaligned head
+    /// and tail through the ring.
     public func write(_ name: String, offset: Int, from src: UnsafeRawPointer, bytes: Int) throws {
         try advance(name, offset: offset, bytes: bytes)
-        let fd = shards[current].fd
+        let s = shards[current], path = directory + "/" + s.file
         var done = 0
         while done < bytes {
             let toBlock = (Self.block - filled % Self.block) % Self.block
             let whole = (bytes - done) / Self.block * Self.block
             if toBlock == 0 && whole > 0 {
-                try flush(to: filled)
-                let t0 = Date()
-                defer { writeSeconds += Date().timeIntervalSince(t0) }
+                try flusher.finish(filled)
                 var off = 0
                 while off < whole {
-                    let w = pwrite(fd, src + done + off, whole - off, off_t(filled + off))
-                    guard w > 0 else { throw ToolError("cannot write \(directory)/\(shards[current].file): \(String(cString: strerror(errno)))") }
+                    let w = pwrite(s.fd, src + done + off, whole - off, off_t(filled + off))
+                    guard w > 0 else { throw ToolError("cannot write \(path): \(String(cString: strerror(errno)))") }
                     off += w
                 }
-                if sync { _ = meld_sync_file_range(fd, Int64(filled), Int64(whole), 2 /* SYNC_FILE_RANGE_WRITE */) }
+                if sync { _ = meld_sync_file_range(s.fd, Int64(filled), Int64(whole), 2 /* SYNC_FILE_RANGE_WRITE */) }
                 filled += whole
-                flushed = filled
+                flusher.restart(fd: s.fd, path: path, syncRanges: sync, at: filled)
                 done += whole
             } else {
                 let c = min(bytes - done, toBlock > 0 ? toBlock : Self.block)
@@ -387,8 +477,9 @@ public final class ShardedWriter {
     public func close() throws {
         if !shards.isEmpty {
             try enter(shards.count - 1)
-            try flush(to: filled)
+            try flusher.finish(filled)
         }
+        flusher.shutdown()
         for s in shards {
             guard !sync || fsync(s.fd) == 0 else { throw ToolError("cannot sync \(directory)/\(s.file)") }
             Glibc.close(s.fd)
@@ -405,6 +496,7 @@ public final class ShardedWriter {
     }
 
     deinit {
+        flusher.shutdown()
         for s in shards { Glibc.close(s.fd) }
         staging?.deallocate()
     }

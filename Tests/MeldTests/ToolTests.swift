@@ -213,39 +213,44 @@ final class ToolTests: XCTestCase {
 
     /// The writer's ring: tensors of odd sizes across shards, written through reservations
     /// (chunks) and through `write` (unaligned heads and tails, blocks straight from the caller),
-    /// read back byte for byte; a write out of file order is an error.
+    /// with pwrite on the writer's thread and inline, read back byte for byte; a write out of file
+    /// order is an error.
     func testWriterRingAcrossShardsAndBlocks() throws {
         let d = tempDir("ring")
         let counts = [5, 1_300_001, 700_001, 3, 2_600_007, 17, 524_288, 1]
         let names = counts.indices.map { "t\($0)" }
         let plan = zip(names, counts).map { ShardedWriter.Planned(name: $0, dtype: .F32, shape: [$1]) }
         func value(_ t: Int, _ i: Int) -> Float { Float(t * 10_000_000 + i) }
-        let w = try ShardedWriter(directory: d, plan: plan, shardSize: 9_000_000)
-        for (t, n) in counts.enumerated() {
-            if t % 2 == 0 {   // caller buffer, written at once
-                var buf = (0..<n).map { value(t, $0) }
-                try buf.withUnsafeMutableBytes { try w.write(names[t], offset: 0, from: $0.baseAddress!, bytes: n * 4) }
-            } else {          // chunks of 400_000 elements filled in the ring
-                var first = 0
-                while first < n {
-                    let c = min(400_000, n - first)
-                    let p = try w.reserve(names[t], offset: first * 4, bytes: c * 4).bindMemory(to: Float.self, capacity: c)
-                    for i in 0..<c { p[i] = value(t, first + i) }
-                    try w.commit(c * 4)
-                    first += c
+        for background in [true, false] {
+            try? FileManager.default.removeItem(atPath: d)
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+            let w = try ShardedWriter(directory: d, plan: plan, shardSize: 9_000_000, background: background)
+            for (t, n) in counts.enumerated() {
+                if t % 2 == 0 {   // caller buffer, written at once
+                    var buf = (0..<n).map { value(t, $0) }
+                    try buf.withUnsafeMutableBytes { try w.write(names[t], offset: 0, from: $0.baseAddress!, bytes: n * 4) }
+                } else {          // chunks of 400_000 elements filled in the ring
+                    var first = 0
+                    while first < n {
+                        let c = min(400_000, n - first)
+                        let p = try w.reserve(names[t], offset: first * 4, bytes: c * 4).bindMemory(to: Float.self, capacity: c)
+                        for i in 0..<c { p[i] = value(t, first + i) }
+                        try w.commit(c * 4)
+                        first += c
+                    }
                 }
             }
-        }
-        try w.close()
-        let f = try ModelFolder(path: d)
-        XCTAssertEqual(f.files.count, 3)
-        for (t, n) in counts.enumerated() {
-            let v = try f.view(names[t])
-            XCTAssertEqual(v.count, n)
-            let p = v.data!.bindMemory(to: Float.self, capacity: n)
-            var bad = 0
-            for i in 0..<n where p[i] != value(t, i) { bad += 1 }
-            XCTAssertEqual(bad, 0, "tensor \(names[t])")
+            try w.close()
+            let f = try ModelFolder(path: d)
+            XCTAssertEqual(f.files.count, 3)
+            for (t, n) in counts.enumerated() {
+                let v = try f.view(names[t])
+                XCTAssertEqual(v.count, n)
+                let p = v.data!.bindMemory(to: Float.self, capacity: n)
+                var bad = 0
+                for i in 0..<n where p[i] != value(t, i) { bad += 1 }
+                XCTAssertEqual(bad, 0, "tensor \(names[t]), writes in the background: \(background)")
+            }
         }
         let w2 = try ShardedWriter(directory: tempDir("ring-order"), plan: plan, shardSize: .max)
         var one: Float = 1
