@@ -36,10 +36,14 @@ models:
 dtype: $out_dt
 YML
     sed 's/merge_method: ties/merge_method: task_arithmetic/; s/, density: [0-9.]*//' ties-$dt.yml > task_arithmetic-$dt.yml
-    cat $dt/*/model.safetensors > /dev/null   # page cache warm
     for m in ties task_arithmetic ties+fsync; do
         best=999
         for r in 1 2 3; do
+            # page cache warm, in one defined state: each input dropped from the cache and read once
+            # (this VM's host reclaims guest page cache between runs, and ranges faulted back in
+            # piecemeal sit in 4 KiB folios, which cost ~50x more to map than the large folios a
+            # read leaves)
+            for f in $dt/*/model.safetensors; do dd if=$f iflag=nocache count=0 status=none; cat $f > /dev/null; done
             # a fresh output folder with no writeback pending, as a first merge (and mergekit's) sees it:
             # deleting the last output and flushing its pages is not the merge's work
             rm -rf out; sync

@@ -498,7 +498,7 @@ static meld_status cl_mem_new(meld_context *ctx, size_t bytes, arg *a, const cha
  * then lead to the tile holding the tie cutoff, which the host scans. */
 static meld_status select_one(meld_context *ctx, meld_view base, meld_view x, uint64_t k, meld_selection *out) {
     cl_state *st = ctx->opencl;
-    const size_t n = x.numel, tiles = (n + SEL_TILE - 1) / SEL_TILE, S = MELD_SEL_BLOCKS * MELD_SEL_RUN;
+    const size_t n = x.numel, tiles = (n + SEL_TILE - 1) / SEL_TILE, blocks = meld_sel_blocks(n), S = blocks * MELD_SEL_RUN;
     const size_t cap = n / 16 + 65536; /* candidates stored; the expected count is about 2% of n */
     size_t hcap = tiles > S ? tiles : S;
     if (hcap < SEL_GROUPS + 1) hcap = SEL_GROUPS + 1;
@@ -519,7 +519,7 @@ static meld_status select_one(meld_context *ctx, meld_view base, meld_view x, ui
     const char *force = getenv("MELD_SELECT"); /* "radix": the histogram path only, as on the CPU */
     if (s == MELD_OK && n > MELD_SEL_SMALL && !(force && !strcmp(force, "radix"))) {
         cl_kernel kk = st->sample;
-        cl_ulong step = n / MELD_SEL_BLOCKS;
+        cl_ulong step = n / blocks;
         cl_uint run = MELD_SEL_RUN, cnt = (cl_uint)S, ccap = (cl_uint)cap, zero = 0;
         size_t g = S;
         SETARG(kk, 0, nn); SETARG(kk, 1, bb.mem); SETARG(kk, 2, bdt); SETARG(kk, 3, has_base); SETARG(kk, 4, xx.mem);

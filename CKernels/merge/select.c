@@ -118,6 +118,20 @@ static uint32_t kth_in_range(uint32_t *a, size_t len, uint64_t rank, uint64_t *t
     uint32_t h[SEL_BINS];
     uint64_t h64[SEL_BINS];
     for (;;) {
+        if (len <= 48 && len > 0) {
+            /* few left: sort them, largest first (a histogram pass would cost more) */
+            for (size_t i = 1; i < len; i++) {
+                uint32_t v = a[i];
+                size_t j = i;
+                for (; j > 0 && a[j - 1] < v; j--) a[j] = a[j - 1];
+                a[j] = v;
+            }
+            uint32_t v = a[rank - 1];
+            size_t first = rank - 1;
+            while (first > 0 && a[first - 1] == v) first--;
+            *tie_rank = rank - first;
+            return v;
+        }
         uint32_t lo = 0xffffffffu, hi = 0;
         for (size_t i = 0; i < len; i++) {
             lo = a[i] < lo ? a[i] : lo;
@@ -282,20 +296,51 @@ meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint
     double rank = q * (double)S; /* rank from the top of the k-th largest, in the sample */
     double delta = 4.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
     double rhi = rank - delta, rlo = rank + delta;
-    uint32_t *w = malloc((S + SEL_WAYS * SEL_BINS) * sizeof *w);
-    if (!w) return MELD_ERR_OUT_OF_MEMORY;
-    uint64_t tie;
     *hi = 0x7fffffffu;
     *lo = 0;
-    if (rhi >= 1.0) {
-        memcpy(w, sample, S * sizeof *w);
-        *hi = kth_in_range(w, S, (uint64_t)rhi, &tie, w + S);
+    const int want_hi = rhi >= 1.0, want_lo = rlo <= (double)S;
+    if (!want_hi && !want_lo) return MELD_OK;
+    /* Both ends from one histogram of the sample: the bins holding the two ranks, then each
+     * bin's entries alone. */
+    uint32_t mn = 0xffffffffu, mx = 0;
+    for (size_t i = 0; i < S; i++) {
+        mn = sample[i] < mn ? sample[i] : mn;
+        mx = sample[i] > mx ? sample[i] : mx;
     }
-    if (rlo <= (double)S) {
-        memcpy(w, sample, S * sizeof *w);
-        *lo = kth_in_range(w, S, (uint64_t)rlo, &tie, w + S);
+    if (mn == mx) {
+        if (want_hi) *hi = mn;
+        if (want_lo) *lo = mn;
+        return MELD_OK;
     }
+    uint32_t *tmp = malloc((SEL_WAYS * SEL_BINS + SEL_BINS) * sizeof *tmp);
+    if (!tmp) return MELD_ERR_OUT_OF_MEMORY;
+    uint32_t *h = tmp + SEL_WAYS * SEL_BINS;
+    const int shift = range_shift(mn, mx, SEL_BINS);
+    const uint32_t bins = ((mx - mn) >> shift) + 1;
+    memset(h, 0, bins * sizeof *h);
+    hist_range(sample, S, mn, mx, shift, h, tmp);
+    uint64_t h64[SEL_BINS];
+    for (uint32_t b = 0; b < bins; b++) h64[b] = h[b];
+    uint64_t r[2] = {want_hi ? (uint64_t)rhi : 1, want_lo ? (uint64_t)rlo : 1}, above = 0;
+    uint32_t bin[2];
+    for (int e = 0; e < 2; e++) bin[e] = pick_digit(h64, bins, &r[e], &above);
+    /* each list gets one slot of slack: the gather stores every entry and advances past the kept ones */
+    uint32_t *w = malloc((h64[bin[0]] + h64[bin[1]] + 2) * sizeof *w);
+    if (!w) { free(tmp); return MELD_ERR_OUT_OF_MEMORY; }
+    uint32_t *w1 = w + h64[bin[0]] + 1;
+    size_t c0 = 0, c1 = 0;
+    for (size_t i = 0; i < S; i++) {
+        const uint32_t v = sample[i], d = (v - mn) >> shift;
+        w[c0] = v;
+        c0 += d == bin[0];
+        w1[c1] = v;
+        c1 += d == bin[1];
+    }
+    uint64_t tie;
+    if (want_hi) *hi = kth_in_range(w, c0, r[0], &tie, tmp);
+    if (want_lo) *lo = kth_in_range(w1, c1, r[1], &tie, tmp);
     free(w);
+    free(tmp);
     return MELD_OK;
 }
 
@@ -331,17 +376,16 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         for (size_t j = 0; j < ne; j++) { lo[j] = 0; hi[j] = 0x7fffffffu; }
         cap = n + MELD_UK_ALIGN;
     } else {
-        const size_t S = MELD_SEL_BLOCKS * MELD_SEL_RUN, step = n / MELD_SEL_BLOCKS;
+        const size_t B = meld_sel_blocks(n), S = B * MELD_SEL_RUN, step = n / B;
         uint32_t *sample = malloc(ne * S * sizeof *sample);
         if (!sample) return MELD_ERR_OUT_OF_MEMORY;
         meld_status st[MELD_MAX_MODELS];
         /* experts sample and bracket independently; the blocks of one expert in parallel too */
 #pragma omp parallel num_threads(nt)
         {
-#pragma omp for schedule(static) collapse(2)
-            for (size_t j = 0; j < ne; j++)
-                for (size_t b = 0; b < MELD_SEL_BLOCKS; b++)
-                    sample_run(s, active[j], b * step, MELD_SEL_RUN, sample + j * S + b * MELD_SEL_RUN);
+#pragma omp for schedule(static)
+            for (size_t r = 0; r < ne * B; r++)
+                sample_run(s, active[r / B], r % B * step, MELD_SEL_RUN, sample + r * MELD_SEL_RUN);
 #pragma omp for schedule(static, 1)
             for (size_t j = 0; j < ne; j++)
                 st[j] = meld_select_bracket(sample + j * S, S, n, kk[active[j]], &lo[j], &hi[j]);

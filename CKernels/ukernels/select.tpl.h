@@ -53,7 +53,7 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
             if (bp) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
             for (size_t k = 0; k < K; k++) {
                 vf de, dd;
-                if (K > 1 || bp) prefetch_dt(xp[k], MELD_BF16, i); /* one stream: the hardware keeps up */
+                prefetch_dt(xp[k], MELD_BF16, i);
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &de, &dd);
                 if (bp) { de = vf_sub(de, be); dd = vf_sub(dd, bo); }
                 collect_vec(&c[k], vf_absbits(de), cand[k], &count[k], cap);
@@ -64,7 +64,7 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
         if (bp) prefetch_dt(bp, bdt, i);
         vf b = bp ? load_dt(bp, bdt, i) : vf_zero();
         for (size_t k = 0; k < K; k++) {
-            if (K > 1 || bp) prefetch_dt(xp[k], xdt[k], i);
+            prefetch_dt(xp[k], xdt[k], i);
             vf d = load_dt(xp[k], xdt[k], i);
             if (bp) d = vf_sub(d, b);
             collect_vec(&c[k], vf_absbits(d), cand[k], &count[k], cap);

@@ -2,6 +2,12 @@ import XCTest
 @testable import Meld
 import CMeld
 
+/// The library's internal k-th largest (meld_select_kth, select.h): the bracket and the
+/// candidate bins go through it.
+@_silgen_name("meld_select_kth")
+func meldSelectKth(_ a: UnsafeMutablePointer<UInt32>, _ len: Int, _ rank: UInt64, _ value: UnsafeMutablePointer<UInt32>,
+                   _ tieRank: UnsafeMutablePointer<UInt64>) -> Int32
+
 /// Exact magnitude selection: the kept set equals a sort-based reference, exactly k entries,
 /// ties to the lower index, on every ISA and thread count, on both the sampled fast path
 /// and the radix fallback.
@@ -20,6 +26,25 @@ final class SelectionTests: XCTestCase {
                 let applied = try ctx.applySelection(v, s)
                 for i in v.indices where !v[i].isNaN && !v[i].isInfinite {
                     XCTAssertEqual(applied[i], got[i] ? v[i] : 0 * v[i])
+                }
+            }
+        }
+    }
+
+    /// The k-th largest and its rank among equal entries, against a sort: short arrays (sorted
+    /// in place) and long ones (range histograms), with few or many distinct values.
+    func testKthLargestWithTies() {
+        var rng = Rng(31)
+        for len in [1, 2, 5, 47, 48, 49, 100, 1000, 5000] {
+            for distinct: UInt64 in [1, 3, 50, 1 << 20] {
+                let a = (0..<len).map { _ in UInt32(rng.next() % distinct) &* 977 }
+                let sorted = a.sorted(by: >)
+                for rank in Set([1, len, (len + 1) / 2, max(1, len / 3)]) {
+                    var work = a, v: UInt32 = 0, tie: UInt64 = 0
+                    XCTAssertEqual(meldSelectKth(&work, len, UInt64(rank), &v, &tie), 0)
+                    let want = sorted[rank - 1], first = sorted.firstIndex(of: want)!
+                    XCTAssertEqual(v, want, "len \(len), \(distinct) values, rank \(rank)")
+                    XCTAssertEqual(tie, UInt64(rank - first), "len \(len), \(distinct) values, rank \(rank)")
                 }
             }
         }
