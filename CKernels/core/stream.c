@@ -1,4 +1,4 @@
-/* The streaming driver: tiles, one static OpenMP parallel-for, a zero-padded tail. */
+/* The streaming driver: tiles claimed by the threads of one OpenMP region, a zero-padded tail. */
 #include <string.h>
 #include "internal.h"
 
@@ -71,7 +71,20 @@ meld_status meld_stream_run(meld_context *ctx, const meld_stream *s, meld_tile_f
         for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
         return MELD_OK;
     }
+    if (s->ordered) {
 #pragma omp parallel for schedule(static) num_threads(nt)
-    for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
+        for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
+        return MELD_OK;
+    }
+    /* Runs of tiles are claimed in turn, about 8 per thread: a thread that loses its core for a
+     * while (another process, the tool's writer thread, a busy host) delays only the run it
+     * holds, where a static split would hold the pass until that thread had done its half. Runs,
+     * not single tiles: threads streaming interleaved 64 KiB tiles ran 10-20% slower. A tile's
+     * result does not depend on which thread runs it. */
+    const size_t run = tiles / (8 * (size_t)nt) > 1 ? tiles / (8 * (size_t)nt) : 1;
+    size_t next = 0;
+#pragma omp parallel num_threads(nt)
+    for (size_t t0; (t0 = __atomic_fetch_add(&next, run, __ATOMIC_RELAXED)) < tiles;)
+        for (size_t t = t0; t < t0 + run && t < tiles; t++) run_tile(s, t, fn, op);
     return MELD_OK;
 }

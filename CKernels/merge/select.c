@@ -415,7 +415,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     memset(op.tile_cand, 0, 3 * ne * tiles * sizeof *op.tile_cand);
     for (size_t i = 0; i < slots; i++) op.cand[i] = lists + i * cap;
 
-    meld_stream str = {.n = n, .nin = 1 + (int)ne, .nout = 0};
+    meld_stream str = {.n = n, .nin = 1 + (int)ne, .nout = 0, .ordered = 1}; /* lists in tile order */
     str.in[0] = s->base.data;
     str.in_dt[0] = s->base.data ? (int)s->base.dtype : MELD_F32;
     for (size_t j = 0; j < ne; j++) { str.in[1 + j] = s->x[active[j]].data; str.in_dt[1 + j] = s->x[active[j]].dtype; }
