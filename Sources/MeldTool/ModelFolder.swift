@@ -56,7 +56,9 @@ public final class ModelFolder {
         guard let f = tensorFile[name] else { throw ToolError("\(path) has no tensor \(name)") }
         return try f.view(name)
     }
-    public func release(_ name: String) { tensorFile[name]?.release(name) }
+    public func release(_ names: [String]) {
+        for f in files { f.release(names.filter { tensorFile[$0] === f }) }
+    }
     public func prefetch(_ name: String) { tensorFile[name]?.prefetch(name) }
     public var numLayers: Int? { config["num_hidden_layers"] as? Int }
 }

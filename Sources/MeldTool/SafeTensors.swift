@@ -166,12 +166,20 @@ public final class SafeTensorsFile {
         _ = madvise(base + a, b - a, 22 /* MADV_POPULATE_READ */)
     }
 
-    /// Drops the tensor's pages from this process (they stay in the page cache).
-    public func release(_ name: String) {
-        guard let t = tensors[name], let base, t.end > t.begin else { return }
+    /// Drops the tensors' pages from this process (they stay in the page cache), in one call per
+    /// run of adjacent tensors: each call costs a TLB shootdown on every core running the process.
+    public func release(_ names: [String]) {
+        guard let base else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let a = (dataStart + t.begin) / page * page, b = dataStart + t.end
-        madvise(base + a, b - a, MADV_DONTNEED)
+        let ranges = names.compactMap { tensors[$0] }.filter { $0.end > $0.begin }
+            .map { ((dataStart + $0.begin) / page * page, dataStart + $0.end) }.sorted { $0.0 < $1.0 }
+        var i = 0
+        while i < ranges.count {
+            var (a, b) = ranges[i]
+            i += 1
+            while i < ranges.count && ranges[i].0 <= (b + page - 1) / page * page { b = max(b, ranges[i].1); i += 1 }
+            madvise(base + a, b - a, MADV_DONTNEED)
+        }
     }
 }
 
