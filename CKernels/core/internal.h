@@ -68,8 +68,6 @@ typedef struct meld_stream {
     int in_dt[MELD_STREAM_MAX];
     void *out[4];
     int out_dt[4];
-    int ordered; /* 1: each thread takes one contiguous run of tiles, in order (per-thread lists
-                    that must come out in tile order); 0: threads claim tiles one at a time */
 } meld_stream;
 
 typedef void (*meld_tile_fn)(const meld_tile *tile, void *op);

@@ -71,11 +71,6 @@ meld_status meld_stream_run(meld_context *ctx, const meld_stream *s, meld_tile_f
         for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
         return MELD_OK;
     }
-    if (s->ordered) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-        for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
-        return MELD_OK;
-    }
     /* Runs of tiles are claimed in turn, about 8 per thread: a thread that loses its core for a
      * while (another process, the tool's writer thread, a busy host) delays only the run it
      * holds, where a static split would hold the pass until that thread had done its half. Runs,

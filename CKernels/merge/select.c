@@ -2,10 +2,10 @@
  *
  * Fast path (one streaming pass): a small block sample brackets the k-th largest |v| between
  * lo and hi; the pass counts entries above hi and collects the bits of entries inside [lo, hi]
- * into per-thread lists, in tile order, with a count per tile (ukernel `collect`). Range
- * histograms over the candidates (each thread its own lists, then the chosen bin gathered) give
- * the exact threshold T; the per-tile counts lead to the one tile holding the cutoff tie, which
- * is rescanned. When the k-th largest equals lo or hi (heavy ties) nothing stored is needed.
+ * into per-thread lists, recording for each tile its thread, start and count (ukernel
+ * `collect`). Range histograms over the candidates (each thread its own lists, then the chosen
+ * bin gathered) give the exact threshold T; the per-tile counts lead to the one tile holding the
+ * cutoff tie, which is rescanned. When the k-th largest equals lo or hi (heavy ties) nothing stored is needed.
  * Fallback (bracket missed, or too many distinct candidates to store): radix selection by range
  * histograms over the magnitude range known to hold the k-th largest, then per-tile counts of
  * the threshold to place the cutoff. Both give the same answer; the fallback is only slower. */
@@ -245,6 +245,10 @@ typedef struct collect_op {
     uint32_t **cand;
     /* [j * tiles + tile]: entries of that tile strictly inside the bracket, equal to hi, to lo */
     uint32_t *tile_cand, *tile_hi, *tile_lo;
+    /* where each tile's candidates went: the thread that ran it, and [j * tiles + tile] their
+     * start in that thread's list for expert j (tiles go to threads in any order) */
+    uint32_t *tile_thread;
+    size_t *tile_start;
 } collect_op;
 
 static void collect_tile(const meld_tile *t, void *opv) {
@@ -254,6 +258,10 @@ static void collect_tile(const meld_tile *t, void *opv) {
     size_t before[MELD_MAX_MODELS];
     uint64_t bh[MELD_MAX_MODELS], bl[MELD_MAX_MODELS];
     for (size_t j = 0; j < op->ne; j++) { before[j] = op->count[slot + j]; bh[j] = op->eq_hi[slot + j]; bl[j] = op->eq_lo[slot + j]; }
+    if (op->tile_thread[t->index] == UINT32_MAX) { /* the tile's first part (a padded tail may follow, same thread) */
+        op->tile_thread[t->index] = (uint32_t)t->thread;
+        for (size_t j = 0; j < op->ne; j++) op->tile_start[j * op->tiles + t->index] = before[j];
+    }
     if (t->valid == t->n) {
         meld_uk_in x[MELD_MAX_MODELS];
         for (size_t j = 0; j < op->ne; j++) x[j] = (meld_uk_in){t->in[1 + j], t->in_dt[1 + j]};
@@ -396,8 +404,8 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     }
 
     const size_t slots = (size_t)nt * ne, tiles = meld_stream_tiles(n);
-    size_t bytes = slots * (3 * sizeof(uint64_t) + sizeof(size_t) + sizeof(uint32_t *)) + 3 * ne * tiles * sizeof(uint32_t) +
-                   slots * cap * sizeof(uint32_t) + 64;
+    size_t bytes = slots * (3 * sizeof(uint64_t) + sizeof(size_t) + sizeof(uint32_t *)) + ne * tiles * sizeof(size_t) +
+                   (3 * ne + 1) * tiles * sizeof(uint32_t) + slots * cap * sizeof(uint32_t) + 64;
     char *mem = meld_scratch(ctx, bytes);
     if (!mem) return MELD_ERR_OUT_OF_MEMORY;
     collect_op op = {.s = s, .uk = ctx->uk, .ne = ne, .expert = active, .lo = lo, .hi = hi, .cap = cap, .tiles = tiles};
@@ -406,16 +414,19 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     op.eq_lo = op.eq_hi + slots;
     op.count = (size_t *)(op.eq_lo + slots);
     op.cand = (uint32_t **)(op.count + slots);
-    op.tile_cand = (uint32_t *)(op.cand + slots);
+    op.tile_start = (size_t *)(op.cand + slots);
+    op.tile_cand = (uint32_t *)(op.tile_start + ne * tiles);
     op.tile_hi = op.tile_cand + ne * tiles;
     op.tile_lo = op.tile_hi + ne * tiles;
-    uint32_t *lists = op.tile_lo + ne * tiles;
+    op.tile_thread = op.tile_lo + ne * tiles;
+    uint32_t *lists = op.tile_thread + tiles;
     memset(op.gt, 0, 3 * slots * sizeof *op.gt);
     memset(op.count, 0, slots * sizeof *op.count);
     memset(op.tile_cand, 0, 3 * ne * tiles * sizeof *op.tile_cand);
+    memset(op.tile_thread, 0xff, tiles * sizeof *op.tile_thread);
     for (size_t i = 0; i < slots; i++) op.cand[i] = lists + i * cap;
 
-    meld_stream str = {.n = n, .nin = 1 + (int)ne, .nout = 0, .ordered = 1}; /* lists in tile order */
+    meld_stream str = {.n = n, .nin = 1 + (int)ne, .nout = 0};
     str.in[0] = s->base.data;
     str.in_dt[0] = s->base.data ? (int)s->base.dtype : MELD_F32;
     for (size_t j = 0; j < ne; j++) { str.in[1 + j] = s->x[active[j]].data; str.in_dt[1 + j] = s->x[active[j]].dtype; }
@@ -534,30 +545,21 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
 
     /* Walk tiles in index order to the tile holding the r-th entry equal to T, then rescan that
      * tile for its index. Tie counts per tile come from the collect pass for T = hi or lo, and
-     * from the candidate lists (in tile order: static schedule, threads in order) otherwise.
+     * from the tile's stretch of the candidate list of the thread that ran it otherwise.
      * Experts finish independently: in parallel when there are several. */
 #pragma omp parallel for schedule(static, 1) num_threads(nt < (int)ne ? nt : (int)ne) if (ne > 1)
     for (size_t j = 0; j < ne; j++) {
         if (where[j] == FALLBACK) continue;
         const size_t e = active[j];
         const uint32_t *per_tile = where[j] == AT_HI ? op.tile_hi + j * tiles : where[j] == AT_LO ? op.tile_lo + j * tiles : NULL;
-        int th = 0;
-        size_t off = 0;
         uint64_t cutoff = n, tie_rank = rnk[j];
         for (size_t tile = 0; tile < tiles; tile++) {
             uint64_t ties = 0;
             if (per_tile) ties = per_tile[tile];
-            else
-                for (uint64_t c = op.tile_cand[j * tiles + tile]; c > 0;) {
-                    while (off >= op.count[(size_t)th * ne + j]) { th++; off = 0; }
-                    const size_t len = op.count[(size_t)th * ne + j], take = len - off < c ? len - off : (size_t)c;
-                    const uint32_t *p = op.cand[(size_t)th * ne + j] + off, Tj = T[j];
-                    uint32_t eq = 0;
-                    for (size_t i = 0; i < take; i++) eq += p[i] == Tj;
-                    ties += eq;
-                    off += take;
-                    c -= take;
-                }
+            else {
+                const uint32_t *p = op.cand[(size_t)op.tile_thread[tile] * ne + j] + op.tile_start[j * tiles + tile], Tj = T[j];
+                for (uint32_t i = 0, c = op.tile_cand[j * tiles + tile]; i < c; i++) ties += p[i] == Tj;
+            }
             if (ties >= tie_rank) {
                 size_t a = tile * MELD_TILE, b = a + MELD_TILE < n ? a + MELD_TILE : n;
                 cutoff = find_tie(s, e, T[j], a, b, tie_rank) + 1;
