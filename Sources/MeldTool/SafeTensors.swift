@@ -230,8 +230,6 @@ final class RingFlusher: @unchecked Sendable {
 
     /// pwrite of ring bytes [a, b) of the current file; an error message or nil
     func write(_ a: Int, _ b: Int) -> String? {
-        let t0 = Date()
-        defer { seconds += Date().timeIntervalSince(t0) }
         var off = a
         while off < b {
             let w = pwrite(fd, ring.base + off % ring.size, b - off, off_t(off))
@@ -251,8 +249,10 @@ final class RingFlusher: @unchecked Sendable {
             if stop { break }
             let (a, b) = (flushed, target)
             cond.unlock()
+            let t0 = Date()
             let err = write(a, b)
             cond.lock()
+            seconds += Date().timeIntervalSince(t0)
             if let err { failure = err } else { flushed = b }
             cond.broadcast()
         }
@@ -269,7 +269,10 @@ final class RingFlusher: @unchecked Sendable {
             cond.unlock()
             if let f { throw ToolError(f) }
         } else if end > flushed {
-            if let f = write(flushed, end) { throw ToolError(f) }
+            let t0 = Date()
+            let err = write(flushed, end)
+            seconds += Date().timeIntervalSince(t0)
+            if let err { throw ToolError(err) }
             flushed = end
         }
     }

@@ -257,6 +257,26 @@ final class ToolTests: XCTestCase {
         XCTAssertThrowsError(try w2.write(names[1], offset: 0, from: &one, bytes: 4)) { e in
             XCTAssertTrue("\(e)".contains("out of order"), "\(e)")
         }
+        // a failing pwrite (here: the shard's descriptor made read-only under the writer) surfaces
+        // as an error naming the file, from the writer's thread too, by close() at the latest
+        for background in [true, false] {
+            let w3 = try ShardedWriter(directory: tempDir("ring-fail"), plan: plan, shardSize: .max, background: background)
+            var buf = [Float](repeating: 1, count: counts[0])
+            try buf.withUnsafeMutableBytes { try w3.write(names[0], offset: 0, from: $0.baseAddress!, bytes: counts[0] * 4) }
+            let readOnly = open("/dev/null", O_RDONLY)
+            XCTAssertEqual(dup2(readOnly, w3.shards[0].fd), w3.shards[0].fd)
+            Glibc.close(readOnly)
+            XCTAssertThrowsError(try {
+                let n = counts[1]
+                _ = try w3.reserve(names[1], offset: 0, bytes: 4 << 20)
+                try w3.commit(4 << 20)
+                var rest = [Float](repeating: 2, count: n - (1 << 20))
+                try rest.withUnsafeMutableBytes { try w3.write(names[1], offset: 4 << 20, from: $0.baseAddress!, bytes: (n - (1 << 20)) * 4) }
+                try w3.close()
+            }()) { e in
+                XCTAssertTrue("\(e)".contains("cannot write") && "\(e)".contains("model.safetensors"), "\(e)")
+            }
+        }
     }
 
     /// Truncated and corrupt safetensors: clear errors naming the file, never a crash.
