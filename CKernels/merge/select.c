@@ -5,7 +5,8 @@
  * into per-thread lists, recording for each tile its thread, start and count (ukernel
  * `collect`). Range histograms over the candidates (each thread its own lists, then the chosen
  * bin gathered) give the exact threshold T; the per-tile counts lead to the one tile holding the
- * cutoff tie, which is rescanned. When the k-th largest equals lo or hi (heavy ties) nothing stored is needed.
+ * cutoff tie, which is rescanned. When the k-th largest equals lo or hi (heavy ties) nothing
+ * stored is needed.
  * Fallback (bracket missed, or too many distinct candidates to store): radix selection by range
  * histograms over the magnitude range known to hold the k-th largest, then per-tile counts of
  * the threshold to place the cutoff. Both give the same answer; the fallback is only slower. */

@@ -296,8 +296,6 @@ final class RingFlusher: @unchecked Sendable {
         cond.unlock()
     }
 
-    func written() -> Int { cond.lock(); defer { cond.unlock() }; return flushed }
-
     func shutdown() {
         cond.lock()
         let wasRunning = running
@@ -491,12 +489,14 @@ public final class ShardedWriter {
             try flusher.finish(filled)
         }
         flusher.shutdown()
-        for s in shards {
-            guard !sync || fsync(s.fd) == 0 else { throw ToolError("cannot sync \(directory)/\(s.file)") }
+        let opened = shards
+        shards = []   // closed below, whatever happens (not again in deinit)
+        var unsynced: String?
+        for s in opened {
+            if sync && fsync(s.fd) != 0 && unsynced == nil { unsynced = s.file }
             Glibc.close(s.fd)
         }
-        let opened = shards
-        shards = []
+        if let f = unsynced { throw ToolError("cannot sync \(directory)/\(f)") }
         if opened.count > 1 {
             var map: [String: String] = [:]
             for s in opened { for n in s.names { map[n] = s.file } }
