@@ -205,15 +205,20 @@ final class MirroredRing {
     deinit { munmap(base, 2 * size) }
 }
 
-/// Sends ring bytes to a file with pwrite, on a thread of its own when `background`: the
-/// page-cache copy of one chunk then overlaps the kernels of the next. State guarded by `cond`.
+/// Sends ring bytes to a file with pwrite, one piece (up to the next 2 MiB block boundary) at a
+/// time. When `background`, a thread of its own writes the published pieces, so the page-cache
+/// copy of one chunk overlaps the kernels of the next; a caller that must wait for room writes
+/// pieces itself meanwhile (memory-bound merges produce faster than one thread writes). State
+/// guarded by `cond`.
 final class RingFlusher: @unchecked Sendable {
     let cond = NSCondition()
     let ring: MirroredRing
     let background: Bool
     var fd: Int32 = -1, path = "", syncRanges = false
-    /// file offsets: written out up to `flushed`; allowed out up to `target`
-    var flushed = 0, target = 0
+    /// file offsets: handed to a writer up to `claimed`, allowed out up to `target`; the starts of
+    /// the pieces being written (at most one by the thread and one by the caller)
+    var claimed = 0, target = 0
+    var inFlight: [Int] = []
     var failure: String?
     var stop = false, running = false
     var seconds = 0.0
@@ -227,6 +232,9 @@ final class RingFlusher: @unchecked Sendable {
             Thread { self.loop() }.start()
         }
     }
+
+    /// everything before this is written out
+    var flushed: Int { inFlight.min() ?? claimed }
 
     /// pwrite of ring bytes [a, b) of the current file; an error message or nil
     func write(_ a: Int, _ b: Int) -> String? {
@@ -242,19 +250,29 @@ final class RingFlusher: @unchecked Sendable {
         return nil
     }
 
+    /// With the lock held: writes the next published piece, if there is one (unlocking around the
+    /// pwrite), and says whether it did.
+    func writeNextPiece() -> Bool {
+        guard claimed < target, failure == nil else { return false }
+        let a = claimed, b = min(target, (a / ShardedWriter.block + 1) * ShardedWriter.block)
+        claimed = b
+        inFlight.append(a)
+        cond.unlock()
+        let t0 = Date()
+        let err = write(a, b)
+        let dt = Date().timeIntervalSince(t0)
+        cond.lock()
+        inFlight.remove(at: inFlight.firstIndex(of: a)!)
+        seconds += dt
+        if let err, failure == nil { failure = err }
+        cond.broadcast()
+        return true
+    }
+
     func loop() {
         cond.lock()
-        while true {
-            while !stop && (flushed >= target || failure != nil) { cond.wait() }
-            if stop { break }
-            let (a, b) = (flushed, target)
-            cond.unlock()
-            let t0 = Date()
-            let err = write(a, b)
-            cond.lock()
-            seconds += Date().timeIntervalSince(t0)
-            if let err { failure = err } else { flushed = b }
-            cond.broadcast()
+        while !stop {
+            if !writeNextPiece() { cond.wait() }
         }
         cond.unlock()
         exited.signal()
@@ -262,26 +280,20 @@ final class RingFlusher: @unchecked Sendable {
 
     /// Bytes up to `end` may go out: soon in the background, or now.
     func publish(_ end: Int) throws {
-        if background {
-            cond.lock()
-            if end > target { target = end; cond.broadcast() }
-            let f = failure
-            cond.unlock()
-            if let f { throw ToolError(f) }
-        } else if end > flushed {
-            let t0 = Date()
-            let err = write(flushed, end)
-            seconds += Date().timeIntervalSince(t0)
-            if let err { throw ToolError(err) }
-            flushed = end
-        }
+        cond.lock()
+        if end > target { target = end; cond.broadcast() }
+        if !background { while writeNextPiece() {} }
+        let f = failure
+        cond.unlock()
+        if let f { throw ToolError(f) }
     }
 
-    /// Returns once the bytes up to `end` (published) are written out.
+    /// Returns once the bytes up to `end` (published) are written out, writing pieces meanwhile.
     func wait(until end: Int) throws {
-        guard background else { return }
         cond.lock()
-        while flushed < end && failure == nil { cond.wait() }
+        while flushed < end && failure == nil {
+            if !writeNextPiece() { cond.wait() }
+        }
         let f = failure
         cond.unlock()
         if let f { throw ToolError(f) }
@@ -292,7 +304,8 @@ final class RingFlusher: @unchecked Sendable {
     /// Another file, or bytes written past the ring: only when everything published is out.
     func restart(fd: Int32, path: String, syncRanges: Bool, at offset: Int) {
         cond.lock()
-        (self.fd, self.path, self.syncRanges, flushed, target) = (fd, path, syncRanges, offset, offset)
+        precondition(inFlight.isEmpty && claimed == target, "ring writer restarted while writing")
+        (self.fd, self.path, self.syncRanges, claimed, target) = (fd, path, syncRanges, offset, offset)
         cond.unlock()
     }
 
