@@ -257,6 +257,28 @@ final class ToolTests: XCTestCase {
         XCTAssertThrowsError(try w2.write(names[1], offset: 0, from: &one, bytes: 4)) { e in
             XCTAssertTrue("\(e)".contains("out of order"), "\(e)")
         }
+        // chunks filled at memory speed: the caller outruns the writer thread and writes pieces
+        // itself while it waits for room, both at once
+        let big = 12_000_003, dBig = tempDir("ring-big")
+        let wb = try ShardedWriter(directory: dBig, plan: [.init(name: "a", dtype: .F32, shape: [3]), .init(name: "big", dtype: .F32, shape: [big])],
+                                   shardSize: .max, background: true)
+        var three: [Float] = [7, 8, 9]
+        try three.withUnsafeMutableBytes { try wb.write("a", offset: 0, from: $0.baseAddress!, bytes: 12) }
+        var first = 0
+        while first < big {
+            let c = min(1 << 20, big - first)
+            let p = try wb.reserve("big", offset: first * 4, bytes: c * 4).bindMemory(to: Float.self, capacity: c)
+            p.update(repeating: Float(first >> 20), count: c)
+            try wb.commit(c * 4)
+            first += c
+        }
+        try wb.close()
+        let fb = try ModelFolder(path: dBig)
+        XCTAssertEqual(try floats(fb, "a"), three)
+        let vb = try fb.view("big").data!.bindMemory(to: Float.self, capacity: big)
+        var badBig = 0
+        for i in 0..<big where vb[i] != Float(i >> 20) { badBig += 1 }
+        XCTAssertEqual(badBig, 0)
         // a failing pwrite (here: the shard's descriptor made read-only under the writer) surfaces
         // as an error naming the file, from the writer's thread too, by close() at the latest
         for background in [true, false] {
