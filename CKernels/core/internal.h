@@ -4,6 +4,7 @@
 #define MELD_INTERNAL_H
 #include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
 #include "meld.h"
 #include "../ukernels/ukernel.h"
 #include "fp.h"
@@ -73,6 +74,13 @@ typedef struct meld_stream {
 typedef void (*meld_tile_fn)(const meld_tile *tile, void *op);
 size_t meld_stream_tiles(size_t n);
 meld_status meld_stream_run(meld_context *ctx, const meld_stream *s, meld_tile_fn fn, void *op);
+
+/* The first nbits bits of src (which starts on a byte boundary) into dst, with the bits past
+ * them in the last byte cleared: bitmaps hold no stray bits past their length. */
+static inline void meld_bits_copy(uint8_t *dst, const uint8_t *src, size_t nbits) {
+    memcpy(dst, src, (nbits + 7) / 8);
+    if (nbits & 7) dst[nbits / 8] &= (uint8_t)((1u << (nbits & 7)) - 1);
+}
 
 static inline size_t meld_elem_size(int e) { return e == MELD_ELEM_I8 ? 1 : (e == MELD_F32 ? 4 : 2); }
 static inline float meld_load_scalar(const void *p, int dt, size_t i) {

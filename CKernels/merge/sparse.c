@@ -164,9 +164,7 @@ static void l1_tile(const meld_tile *t, void *opv) {
         b += meld_tile_rule(t, &op->rule[k], op->uk, bits[b < nbits ? b : 0], &r[k]);
         r[k].scale = 1.0f; /* the sums are of the unscaled deltas */
         if (op->keep[k]) { /* tiles start on byte boundaries; a padded tail keeps its real bits */
-            uint8_t *dst = op->keep[k] + t->i0 / 8;
-            memcpy(dst, r[k].bits, (t->valid + 7) / 8);
-            if (t->valid & 7) dst[t->valid / 8] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+            meld_bits_copy(op->keep[k] + t->i0 / 8, r[k].bits, t->valid);
         }
     }
     double *out = op->partial + t->index * 2 * op->k;
@@ -416,12 +414,10 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
                 uint8_t bits[MELD_TILE / 8];
                 meld_uk_philox_args pa = {r->key0, r->key1, r->p24, bits};
                 ctx->uk->philox_bits(padded, i0, &pa);
-                memcpy(mask + i0 / 8, bits, (len + 7) / 8);
-                if (len & 7) mask[(i0 + len) / 8] &= (uint8_t)((1u << (len & 7)) - 1);
+                meld_bits_copy(mask + i0 / 8, bits, len);
             }
         } else if (r->kind == TV_MASK) { /* a bitmap already (DELLA, DARE's bits kept by the L1 pass, the caller's) */
-            memcpy(mask, r->mask, (n + 7) / 8);
-            if (n & 7) mask[n / 8] &= (uint8_t)((1u << (n & 7)) - 1);
+            meld_bits_copy(mask, r->mask, n);
         } else {
 #pragma omp parallel for schedule(static) num_threads(ctx->threads)
             for (size_t byte = 0; byte < (n + 7) / 8; byte++) {

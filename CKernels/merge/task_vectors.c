@@ -11,10 +11,8 @@ typedef struct tv_op {
 
 const uint8_t *meld_tile_mask(const meld_tile *t, const uint8_t *mask, uint8_t *scratch) {
     if (t->valid == t->n) return mask + t->i0 / 8;
-    size_t bytes = (t->valid + 7) / 8;
     memset(scratch, 0, t->n / 8);
-    memcpy(scratch, mask + t->i0 / 8, bytes);
-    if (t->valid & 7) scratch[bytes - 1] &= (uint8_t)((1u << (t->valid & 7)) - 1);
+    meld_bits_copy(scratch, mask + t->i0 / 8, t->valid);
     return scratch;
 }
 

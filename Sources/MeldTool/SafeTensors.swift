@@ -183,6 +183,20 @@ public final class SafeTensorsFile {
     }
 }
 
+/// pwrite of all `count` bytes at `offset` (short writes retried). With `startWriteback`, the
+/// range's writeback starts at once (non-blocking), so that a later fsync finds little left;
+/// without it the page cache flushes on its own, as after mergekit. nil, or why it failed.
+func pwriteAll(_ fd: Int32, _ src: UnsafeRawPointer, _ count: Int, at offset: Int, startWriteback: Bool) -> String? {
+    var done = 0
+    while done < count {
+        let w = pwrite(fd, src + done, count - done, off_t(offset + done))
+        guard w > 0 else { return String(cString: strerror(errno)) }
+        done += w
+    }
+    if startWriteback { _ = meld_sync_file_range(fd, Int64(offset), Int64(count), 2 /* SYNC_FILE_RANGE_WRITE */) }
+    return nil
+}
+
 /// A ring buffer mapped twice back to back: any span of up to `size` bytes starting anywhere
 /// in it is contiguous, so kernels can write a chunk straight into it across the wrap.
 final class MirroredRing {
@@ -238,16 +252,7 @@ final class RingFlusher: @unchecked Sendable {
 
     /// pwrite of ring bytes [a, b) of the current file; an error message or nil
     func write(_ a: Int, _ b: Int) -> String? {
-        var off = a
-        while off < b {
-            let w = pwrite(fd, ring.base + off % ring.size, b - off, off_t(off))
-            guard w > 0 else { return "cannot write \(path): \(String(cString: strerror(errno)))" }
-            off += w
-        }
-        // with durability asked for, start writeback now (non-blocking) so that close()'s fsync
-        // finds little left; without it the page cache flushes on its own, as after mergekit
-        if syncRanges { _ = meld_sync_file_range(fd, Int64(a), Int64(b - a), 2 /* SYNC_FILE_RANGE_WRITE */) }
-        return nil
+        pwriteAll(fd, ring.base + a % ring.size, b - a, at: a, startWriteback: syncRanges).map { "cannot write \(path): \($0)" }
     }
 
     /// With the lock held: writes the next published piece, if there is one (unlocking around the
@@ -422,8 +427,9 @@ public final class ShardedWriter {
                 h.withUnsafeBytes { _ = memcpy(ring.base, $0.baseAddress!, h.count) }
                 flusher.restart(fd: s.fd, path: path, syncRanges: sync, at: 0)
             } else {   // a header of more than 8 MiB (a plan of very many tensors) goes out on its own
-                let w = h.withUnsafeBytes { pwrite(s.fd, $0.baseAddress, h.count, 0) }
-                guard w == h.count else { throw ToolError("cannot write \(path): \(String(cString: strerror(errno)))") }
+                if let e = h.withUnsafeBytes({ pwriteAll(s.fd, $0.baseAddress!, h.count, at: 0, startWriteback: sync) }) {
+                    throw ToolError("cannot write \(path): \(e)")
+                }
                 flusher.restart(fd: s.fd, path: path, syncRanges: sync, at: h.count)
             }
             filled = h.count
@@ -475,13 +481,7 @@ public final class ShardedWriter {
             let whole = (bytes - done) / Self.block * Self.block
             if toBlock == 0 && whole > 0 {
                 try flusher.finish(filled)
-                var off = 0
-                while off < whole {
-                    let w = pwrite(s.fd, src + done + off, whole - off, off_t(filled + off))
-                    guard w > 0 else { throw ToolError("cannot write \(path): \(String(cString: strerror(errno)))") }
-                    off += w
-                }
-                if sync { _ = meld_sync_file_range(s.fd, Int64(filled), Int64(whole), 2 /* SYNC_FILE_RANGE_WRITE */) }
+                if let e = pwriteAll(s.fd, src + done, whole, at: filled, startWriteback: sync) { throw ToolError("cannot write \(path): \(e)") }
                 filled += whole
                 flusher.restart(fd: s.fd, path: path, syncRanges: sync, at: filled)
                 done += whole
