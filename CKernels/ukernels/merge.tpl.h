@@ -31,7 +31,7 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
     vf s = zero;
     for (size_t k = 0; k < K; k++) {
         vf d = x[k];
-        if (!c->deltas) d = vf_sub(d, b);
+        if (!(rk >= 0 ? 0 : c->deltas)) d = vf_sub(d, b); /* specialized: base given, x not deltas */
         vf t = d;
         const uint32_t kk = rk >= 0 ? (uint32_t)rk : c->kind[k];
         if (rk == MELD_RULE_TOP) {
@@ -96,14 +96,16 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
     /* a zero divisor counts as 1: those lanes keep mixed (mixed / 1 == mixed) */
     if (divm != MELD_DIVISOR_NONE) mixed = vf_mask_div(vf_neq(div, zero), mixed, mixed, div);
     mixed = vf_mul(mixed, c->lambda);
-    if (c->has_base) mixed = vf_add(b, mixed);
+    if (rk >= 0 || c->has_base) mixed = vf_add(b, mixed);
     return mixed;
 }
 
 /* The body, inlined with compile-time K, input dtype (-1: per input), consensus, divisor and
  * rule kind (rk, -1: per expert, with the optional inputs and outputs checked at run time) in
  * the common cases so loops unroll and branches fold; the generic call passes runtime values.
- * A specialized rk means a weighted vote, no sign input or output and an output; for TOP and
+ * A specialized rk means a weighted vote, a base, inputs that are not deltas, no sign input or
+ * output and an output (so those tests fold away: left to the compiler, they were branches in
+ * the loop, a dozen taken jumps a vector in the bf16 TIES body); for TOP and
  * ALL also scale 1 (scale is applied as t * s, and t * 1 == t).
  * Every variant performs the same operations in the same order (bit-identical results). */
 MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, const size_t K, const int dt,
@@ -148,7 +150,7 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16)
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
-            if (bp) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
+            if (rk >= 0 || bp) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
             for (size_t k = 0; k < K; k++) {
                 prefetch_dt(xp[k], MELD_BF16, i);
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
@@ -159,8 +161,8 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
             vf2_stream_bf16((uint16_t *)out + i, me, mo);
         }
     for (; i < n; i += MELD_W) {
-        if (bp) prefetch_dt(bp, bdt, i);
-        vf b = bp ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
+        if (rk >= 0 || bp) prefetch_dt(bp, bdt, i);
+        vf b = rk >= 0 || bp ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
         for (size_t k = 0; k < K; k++) {
             prefetch_dt(xp[k], xdt[k], i);
             x[k] = load_dt(xp[k], xdt[k], i);
@@ -180,25 +182,26 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     case MELD_RULE_TOP: TV_DT(C, D, MELD_RULE_TOP) break; case MELD_RULE_BITS: TV_DT(C, D, MELD_RULE_BITS) break; \
     default: TV_DT(C, D, -1) break; }
 
-/* The rule kind every expert shares when a specialized body applies (see tv_body), else -1. */
-static int tv_uniform_rule(size_t n, size_t i0, const meld_uk_tv_args *a) {
-    if (!a->k || a->vote_unweighted || a->sign_in || a->sign_out || !a->out) return -1;
+/* The rule kind every expert shares when a specialized body applies (see tv_body), else -1.
+ * any_cut: accept TOP cutoffs inside the call (the caller splits around them). */
+static int tv_uniform_rule(size_t n, size_t i0, const meld_uk_tv_args *a, int any_cut) {
+    if (!a->k || a->vote_unweighted || a->sign_in || a->sign_out || !a->out || !a->base.p || a->x_are_deltas) return -1;
     int rk = (int)a->rule[0].kind;
     for (size_t k = 0; k < a->k; k++) {
         const meld_uk_rule *r = &a->rule[k];
         if ((int)r->kind != rk) return -1;
         if (rk != MELD_RULE_BITS && r->scale != 1.0f) return -1;
-        if (rk == MELD_RULE_TOP && r->cut > i0 && r->cut < i0 + n) return -1; /* the cutoff falls inside */
+        if (rk == MELD_RULE_TOP && !any_cut && r->cut > i0 && r->cut < i0 + n) return -1; /* the cutoff falls inside */
         if (rk == MELD_RULE_TOP && r->thr >= 0x7f800000u) return -1; /* Inf/NaN may be dropped (see tv_vec) */
     }
     return rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS ? rk : -1;
 }
 
-void UK(meld_xf32_tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a) {
+static void tv_merge_call(size_t n, size_t i0, const meld_uk_tv_args *a) {
     int dt = a->k ? a->x[0].dt : -1;
     for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
     if (a->base.p && a->base.dt != dt) dt = -1;
-    const int rk = tv_uniform_rule(n, i0, a);
+    const int rk = tv_uniform_rule(n, i0, a, 0);
     if (dt >= 0 && a->k <= 4 && !a->sign_in) {
         if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_NONE)
         if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_WEIGHT_SUM)
@@ -206,4 +209,45 @@ void UK(meld_xf32_tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a) {
         if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_SUM, MELD_DIVISOR_NONE)
     }
     tv_body(n, i0, a, a->k, -1, a->consensus, a->divisor, -1);
+}
+
+/* The arguments of the part of a call from local index off on (off: a multiple of 8, so bitmaps
+ * stay byte-aligned). */
+static void tv_args_from(const meld_uk_tv_args *a, size_t off, meld_uk_tv_args *b, meld_uk_in *x, meld_uk_rule *r) {
+    *b = *a;
+    for (size_t k = 0; k < a->k; k++) {
+        x[k] = a->x[k];
+        x[k].p = (const char *)x[k].p + off * (x[k].dt == MELD_F32 ? 4 : 2);
+        r[k] = a->rule[k];
+        if (r[k].bits) r[k].bits += off / 8;
+    }
+    b->x = x;
+    b->rule = r;
+    if (b->base.p) b->base.p = (const char *)b->base.p + off * (b->base.dt == MELD_F32 ? 4 : 2);
+    if (b->out) b->out = (char *)b->out + off * (b->out_dt == MELD_F32 ? 4 : 2);
+    if (b->sign_in) b->sign_in += off;
+    if (b->sign_out) b->sign_out += off;
+}
+
+/* A TOP rule's tie cutoff inside the call makes that rule index-dependent there. Only the
+ * vector pair holding the cutoff needs the generic body: the call is split around it, so a
+ * tile holding a cutoff (one per expert and tensor) does not run wholly generic, 2-3x slower. */
+void UK(meld_xf32_tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a) {
+    enum { G = 2 * MELD_W > MELD_UK_ALIGN ? 2 * MELD_W : MELD_UK_ALIGN };
+    size_t cut = SIZE_MAX;
+    if (tv_uniform_rule(n, i0, a, 1) == MELD_RULE_TOP)
+        for (size_t k = 0; k < a->k; k++)
+            if (a->rule[k].cut > i0 && a->rule[k].cut < i0 + n && a->rule[k].cut < cut) cut = a->rule[k].cut;
+    if (cut == SIZE_MAX) { tv_merge_call(n, i0, a); return; }
+    const size_t c = (cut - i0) / G * G, e = c + G < n ? c + G : n;
+    meld_uk_tv_args b;
+    meld_uk_in x[MELD_MAX_MODELS];
+    meld_uk_rule r[MELD_MAX_MODELS];
+    if (c) tv_merge_call(c, i0, a); /* no cutoff inside: cut is the first */
+    tv_args_from(a, c, &b, x, r);
+    tv_body(e - c, i0 + c, &b, b.k, -1, b.consensus, b.divisor, -1);
+    if (e < n) {
+        tv_args_from(a, e, &b, x, r);
+        UK(meld_xf32_tv_merge)(n - e, i0 + e, &b); /* later cutoffs */
+    }
 }

@@ -101,6 +101,29 @@ final class MergeTests: XCTestCase {
         }
     }
 
+    /// Deltas on a coarse grid, exact in f32 and bf16: thousands of magnitudes tie at each
+    /// threshold, so each expert's tie cutoff falls inside a tile, where the fused pass splits
+    /// the call (one-compare bodies on both sides, the generic body on the vector pair holding
+    /// the cutoff). Every ISA and thread count must keep exactly the lower-index ties.
+    func testTiesTieCutoffInsideTiles() throws {
+        var rng = Rng(16)
+        for n in [3 * 16384 + 77, 70_001] {
+            let base = (0..<n).map { _ in Float(Int(rng.uniform() * 8) - 4) * 0.5 }
+            let xs = (0..<3).map { _ in base.map { $0 + Float(Int(rng.uniform() * 9) - 4) * 0.25 } }
+            let w: [Float] = [0.5, 1.0, 0.75], dens: [Double] = [0.3, 0.55, 0.1]
+            let (ref, clear) = tiesReference(base: base, models: xs, weights: w, densities: dens, options: .mergekit)
+            let b16 = base.map { BFloat16($0) }, x16 = xs.map { $0.map { BFloat16($0) } }
+            var first: [UInt32]?
+            for ctx in try allContexts() {
+                let out: [Float] = try ctx.ties(base: base, xs, weights: w, densities: dens)
+                assertClose(out, ref, atol: 0, rtol: 1e-6, mask: clear, "ties grid n=\(n) \(ctx.isa.name)")
+                if let f = first { XCTAssertEqual(bits(out), f, "\(ctx.isa.name)/\(ctx.threads) n=\(n)") } else { first = bits(out) }
+                let o16: [BFloat16] = try ctx.ties(base: b16, x16, weights: w, densities: dens)
+                XCTAssertEqual(o16.map(\.bitPattern), out.map(bf16Reference), "bf16 grid n=\(n) \(ctx.isa.name)")
+            }
+        }
+    }
+
     func testSignElectRules() throws {
         let ctx = try Context(threads: 1)
         // sum: zero elects +1; count: sign count; zeros never vote
