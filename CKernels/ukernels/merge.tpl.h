@@ -25,13 +25,13 @@ typedef struct tv_consts {
  * signs). Sets *skip when there is no output to write. */
 MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, size_t i0,
                                                        size_t i, const size_t K, const int cons, const int divm,
-                                                       const int rk, int has_out, int *skip) {
+                                                       const int rk, const int hb, int has_out, int *skip) {
     const vf one = vf_set1(1.0f), zero = vf_zero();
     vf v[MELD_MAX_MODELS], u[MELD_MAX_MODELS];
     vf s = zero;
     for (size_t k = 0; k < K; k++) {
         vf d = x[k];
-        if (!(rk >= 0 ? 0 : c->deltas)) d = vf_sub(d, b); /* specialized: base given, x not deltas */
+        if (!(rk >= 0 ? !hb : c->deltas)) d = vf_sub(d, b);
         vf t = d;
         const uint32_t kk = rk >= 0 ? (uint32_t)rk : c->kind[k];
         if (rk == MELD_RULE_TOP) {
@@ -96,20 +96,21 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
     /* a zero divisor counts as 1: those lanes keep mixed (mixed / 1 == mixed) */
     if (divm != MELD_DIVISOR_NONE) mixed = vf_mask_div(vf_neq(div, zero), mixed, mixed, div);
     mixed = vf_mul(mixed, c->lambda);
-    if (rk >= 0 || c->has_base) mixed = vf_add(b, mixed);
+    if (rk >= 0 ? hb : c->has_base) mixed = vf_add(b, mixed);
     return mixed;
 }
 
 /* The body, inlined with compile-time K, input dtype (-1: per input), consensus, divisor and
  * rule kind (rk, -1: per expert, with the optional inputs and outputs checked at run time) in
  * the common cases so loops unroll and branches fold; the generic call passes runtime values.
- * A specialized rk means a weighted vote, a base, inputs that are not deltas, no sign input or
- * output and an output (so those tests fold away: left to the compiler, they were branches in
- * the loop, a dozen taken jumps a vector in the bf16 TIES body); for TOP and
+ * A specialized rk means a weighted vote, no sign input or output and an output, and either a
+ * base with inputs that are not deltas (hb 1: task arithmetic, TIES, DARE) or deltas with no
+ * base (hb 0: linear), so those tests fold away (left to the compiler, they were branches in the
+ * loop, a dozen taken jumps a vector in the bf16 TIES body); for TOP and
  * ALL also scale 1 (scale is applied as t * s, and t * 1 == t).
  * Every variant performs the same operations in the same order (bit-identical results). */
 MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, const size_t K, const int dt,
-                              const int cons, const int divm, const int rk) {
+                              const int cons, const int divm, const int rk, const int hb) {
     tv_consts c;
     const void *xp[MELD_MAX_MODELS];
     int xdt[MELD_MAX_MODELS];
@@ -150,42 +151,43 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16)
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
-            if (rk >= 0 || bp) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
+            if (rk >= 0 ? hb : bp != NULL) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
             for (size_t k = 0; k < K; k++) {
                 prefetch_dt(xp[k], MELD_BF16, i);
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
                 if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c.bitsp[k], i), &bme[k], &bmo[k]);
             }
-            vf me = tv_vec(&c, be, xe, bme, i0, i, K, cons, divm, rk, 1, &skip);
-            vf mo = tv_vec(&c, bo, xo, bmo, i0, i, K, cons, divm, rk, 1, &skip);
+            vf me = tv_vec(&c, be, xe, bme, i0, i, K, cons, divm, rk, hb, 1, &skip);
+            vf mo = tv_vec(&c, bo, xo, bmo, i0, i, K, cons, divm, rk, hb, 1, &skip);
             vf2_stream_bf16((uint16_t *)out + i, me, mo);
         }
     for (; i < n; i += MELD_W) {
-        if (rk >= 0 || bp) prefetch_dt(bp, bdt, i);
-        vf b = rk >= 0 || bp ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
+        if (rk >= 0 ? hb : bp != NULL) prefetch_dt(bp, bdt, i);
+        vf b = (rk >= 0 ? hb : bp != NULL) ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
         for (size_t k = 0; k < K; k++) {
             prefetch_dt(xp[k], xdt[k], i);
             x[k] = load_dt(xp[k], xdt[k], i);
             if (rk == MELD_RULE_BITS) bme[k] = load_bits(c.bitsp[k], i);
         }
-        vf mixed = tv_vec(&c, b, x, bme, i0, i, K, cons, divm, rk, has_out, &skip);
+        vf mixed = tv_vec(&c, b, x, bme, i0, i, K, cons, divm, rk, hb, has_out, &skip);
         if (!skip) stream_dt(out, out_dt, i, mixed);
     }
     stream_fence();
 }
 
-#define TV_K(KK, DT, C, D, R) case KK: tv_body(n, i0, a, KK, DT, C, D, R); return
-#define TV_KS(DT, C, D, R) switch (a->k) { TV_K(1, DT, C, D, R); TV_K(2, DT, C, D, R); TV_K(3, DT, C, D, R); TV_K(4, DT, C, D, R); default: break; }
-#define TV_DT(C, D, R) switch (dt) { case MELD_F32: TV_KS(MELD_F32, C, D, R) break; \
-    case MELD_BF16: TV_KS(MELD_BF16, C, D, R) break; case MELD_F16: TV_KS(MELD_F16, C, D, R) break; default: break; }
-#define TV_RK(C, D) switch (rk) { case MELD_RULE_ALL: TV_DT(C, D, MELD_RULE_ALL) break; \
-    case MELD_RULE_TOP: TV_DT(C, D, MELD_RULE_TOP) break; case MELD_RULE_BITS: TV_DT(C, D, MELD_RULE_BITS) break; \
-    default: TV_DT(C, D, -1) break; }
+#define TV_K(KK, DT, C, D, R, H) case KK: tv_body(n, i0, a, KK, DT, C, D, R, H); return
+#define TV_KS(DT, C, D, R, H) switch (a->k) { TV_K(1, DT, C, D, R, H); TV_K(2, DT, C, D, R, H); TV_K(3, DT, C, D, R, H); TV_K(4, DT, C, D, R, H); default: break; }
+#define TV_DT(C, D, R, H) switch (dt) { case MELD_F32: TV_KS(MELD_F32, C, D, R, H) break; \
+    case MELD_BF16: TV_KS(MELD_BF16, C, D, R, H) break; case MELD_F16: TV_KS(MELD_F16, C, D, R, H) break; default: break; }
+#define TV_RK(C, D, H) switch (rk) { case MELD_RULE_ALL: TV_DT(C, D, MELD_RULE_ALL, H) break; \
+    case MELD_RULE_TOP: TV_DT(C, D, MELD_RULE_TOP, H) break; case MELD_RULE_BITS: TV_DT(C, D, MELD_RULE_BITS, H) break; \
+    default: TV_DT(C, D, -1, -1) break; }
 
 /* The rule kind every expert shares when a specialized body applies (see tv_body), else -1.
  * any_cut: accept TOP cutoffs inside the call (the caller splits around them). */
 static int tv_uniform_rule(size_t n, size_t i0, const meld_uk_tv_args *a, int any_cut) {
-    if (!a->k || a->vote_unweighted || a->sign_in || a->sign_out || !a->out || !a->base.p || a->x_are_deltas) return -1;
+    if (!a->k || a->vote_unweighted || a->sign_in || a->sign_out || !a->out) return -1;
+    if (!a->base.p != !!a->x_are_deltas) return -1; /* a base and not deltas, or deltas and no base (hb) */
     int rk = (int)a->rule[0].kind;
     for (size_t k = 0; k < a->k; k++) {
         const meld_uk_rule *r = &a->rule[k];
@@ -203,12 +205,17 @@ static void tv_merge_call(size_t n, size_t i0, const meld_uk_tv_args *a) {
     if (a->base.p && a->base.dt != dt) dt = -1;
     const int rk = tv_uniform_rule(n, i0, a, 0);
     if (dt >= 0 && a->k <= 4 && !a->sign_in) {
-        if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_NONE)
-        if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_WEIGHT_SUM)
-        if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_SUM, MELD_DIVISOR_WEIGHT_SUM)
-        if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_SUM, MELD_DIVISOR_NONE)
+        if (!a->base.p) { /* deltas and no base (linear, an applied selection): no vote */
+            if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_NONE, 0)
+            if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_WEIGHT_SUM, 0)
+        } else {
+            if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_NONE, 1)
+            if (a->consensus == MELD_CONSENSUS_NONE && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_NONE, MELD_DIVISOR_WEIGHT_SUM, 1)
+            if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_WEIGHT_SUM) TV_RK(MELD_CONSENSUS_SUM, MELD_DIVISOR_WEIGHT_SUM, 1)
+            if (a->consensus == MELD_CONSENSUS_SUM && a->divisor == MELD_DIVISOR_NONE) TV_RK(MELD_CONSENSUS_SUM, MELD_DIVISOR_NONE, 1)
+        }
     }
-    tv_body(n, i0, a, a->k, -1, a->consensus, a->divisor, -1);
+    tv_body(n, i0, a, a->k, -1, a->consensus, a->divisor, -1, -1);
 }
 
 /* The arguments of the part of a call from local index off on (off: a multiple of 8, so bitmaps
@@ -245,7 +252,7 @@ void UK(meld_xf32_tv_merge)(size_t n, size_t i0, const meld_uk_tv_args *a) {
     meld_uk_rule r[MELD_MAX_MODELS];
     if (c) tv_merge_call(c, i0, a); /* no cutoff inside: cut is the first */
     tv_args_from(a, c, &b, x, r);
-    tv_body(e - c, i0 + c, &b, b.k, -1, b.consensus, b.divisor, -1);
+    tv_body(e - c, i0 + c, &b, b.k, -1, b.consensus, b.divisor, -1, -1);
     if (e < n) {
         tv_args_from(a, e, &b, x, r);
         UK(meld_xf32_tv_merge)(n - e, i0 + e, &b); /* later cutoffs */
