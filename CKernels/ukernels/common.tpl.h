@@ -43,12 +43,15 @@ static inline __attribute__((always_inline)) void stream_dt(void *p, int dt, siz
     }
 }
 
+/* bytes of one element: f32, or one of the 16-bit types */
+static inline size_t dt_bytes(int dt) { return dt == MELD_F32 ? 4 : 2; }
+
 /* Software prefetch of the element MELD_PF_AHEAD ahead in a streamed input: the compute-bound
  * bf16 loops keep few iterations in flight, and the hardware prefetcher alone left them waiting
  * on memory. */
 #define MELD_PF_AHEAD 1024
 static inline __attribute__((always_inline)) void prefetch_dt(const void *p, int dt, size_t i) {
-    __builtin_prefetch((const char *)p + (i + MELD_PF_AHEAD) * (dt == MELD_F32 ? 4 : 2), 0, 3);
+    __builtin_prefetch((const char *)p + (i + MELD_PF_AHEAD) * dt_bytes(dt), 0, 3);
 }
 
 /* W keep bits for the lanes starting at local index j (a multiple of MELD_W). */

@@ -11,7 +11,7 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
                                                             float *const *c, size_t mr, size_t nr, int accumulate,
                                                             const int R, const int PACKED) {
     vf c0[MELD_MR], c1[MELD_MR];
-    const size_t es = bdt == MELD_F32 ? 4 : 2;
+    const size_t es = dt_bytes(bdt);
     const char *next = b_next;
     for (int r = 0; r < R; r++) c0[r] = c1[r] = vf_zero();
     for (size_t k = 0; k < kc; k++) {

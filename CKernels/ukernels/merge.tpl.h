@@ -29,9 +29,11 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
     const vf one = vf_set1(1.0f), zero = vf_zero();
     vf v[MELD_MAX_MODELS], u[MELD_MAX_MODELS];
     vf s = zero;
+    /* specialized (rk >= 0): hb, a compile-time constant, says both */
+    const int sub_base = rk >= 0 ? hb : !c->deltas, add_base = rk >= 0 ? hb : c->has_base;
     for (size_t k = 0; k < K; k++) {
         vf d = x[k];
-        if (!(rk >= 0 ? !hb : c->deltas)) d = vf_sub(d, b);
+        if (sub_base) d = vf_sub(d, b);
         vf t = d;
         const uint32_t kk = rk >= 0 ? (uint32_t)rk : c->kind[k];
         if (rk == MELD_RULE_TOP) {
@@ -96,7 +98,7 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
     /* a zero divisor counts as 1: those lanes keep mixed (mixed / 1 == mixed) */
     if (divm != MELD_DIVISOR_NONE) mixed = vf_mask_div(vf_neq(div, zero), mixed, mixed, div);
     mixed = vf_mul(mixed, c->lambda);
-    if (rk >= 0 ? hb : c->has_base) mixed = vf_add(b, mixed);
+    if (add_base) mixed = vf_add(b, mixed);
     return mixed;
 }
 
@@ -142,7 +144,7 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     c.sign_in = rk < 0 ? a->sign_in : NULL;
     c.lambda = vf_set1(a->lambda);
     c.fixed = vf_set1(cons == MELD_CONSENSUS_NONE && divm == MELD_DIVISOR_COUNT ? (float)K : a->fixed_div);
-    const int has_out = rk >= 0 || out != NULL;
+    const int has_out = rk >= 0 || out != NULL, load_base = rk >= 0 ? hb : bp != NULL;
     size_t i = 0;
     int skip;
     vm bme[MELD_MAX_MODELS], bmo[MELD_MAX_MODELS];
@@ -151,7 +153,7 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16)
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
-            if (rk >= 0 ? hb : bp != NULL) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
+            if (load_base) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
             for (size_t k = 0; k < K; k++) {
                 prefetch_dt(xp[k], MELD_BF16, i);
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
@@ -162,8 +164,8 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
             vf2_stream_bf16((uint16_t *)out + i, me, mo);
         }
     for (; i < n; i += MELD_W) {
-        if (rk >= 0 ? hb : bp != NULL) prefetch_dt(bp, bdt, i);
-        vf b = (rk >= 0 ? hb : bp != NULL) ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
+        if (load_base) prefetch_dt(bp, bdt, i);
+        vf b = load_base ? load_dt(bp, bdt, i) : vf_zero(), x[MELD_MAX_MODELS];
         for (size_t k = 0; k < K; k++) {
             prefetch_dt(xp[k], xdt[k], i);
             x[k] = load_dt(xp[k], xdt[k], i);
@@ -224,14 +226,14 @@ static void tv_args_from(const meld_uk_tv_args *a, size_t off, meld_uk_tv_args *
     *b = *a;
     for (size_t k = 0; k < a->k; k++) {
         x[k] = a->x[k];
-        x[k].p = (const char *)x[k].p + off * (x[k].dt == MELD_F32 ? 4 : 2);
+        x[k].p = (const char *)x[k].p + off * dt_bytes(x[k].dt);
         r[k] = a->rule[k];
         if (r[k].bits) r[k].bits += off / 8;
     }
     b->x = x;
     b->rule = r;
-    if (b->base.p) b->base.p = (const char *)b->base.p + off * (b->base.dt == MELD_F32 ? 4 : 2);
-    if (b->out) b->out = (char *)b->out + off * (b->out_dt == MELD_F32 ? 4 : 2);
+    if (b->base.p) b->base.p = (const char *)b->base.p + off * dt_bytes(b->base.dt);
+    if (b->out) b->out = (char *)b->out + off * dt_bytes(b->out_dt);
     if (b->sign_in) b->sign_in += off;
     if (b->sign_out) b->sign_out += off;
 }

@@ -116,7 +116,7 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
     vf acc = bp ? load_dt(bp, bdt, i) : vf_zero();
     for (size_t k = 0; k < K; k++) {
         const int dt = vdt >= 0 ? vdt : vdts[k];
-        const size_t es = dt == MELD_F32 ? 4 : 2;
+        const size_t es = dt_bytes(dt);
         if (pf) {
             __builtin_prefetch(bits[k] + i / 8 + 128, 0, 3);
             __builtin_prefetch(cur[k] + 128 * es, 0, 3);
