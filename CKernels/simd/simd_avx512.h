@@ -69,11 +69,17 @@ static inline void vm_store_sign_i8(int8_t *p, vm pos) {
     __m128i v = _mm_mask_blend_epi8((__mmask16)pos, _mm_set1_epi8(-1), _mm_set1_epi8(1));
     _mm_storeu_si128((__m128i *)p, v);
 }
-/* compress in a register, then a plain store: a compress straight to memory is microcoded
- * (slow) on some cores */
+/* Compress in a register, then a plain store: a compress straight to memory is microcoded
+ * (slow) on some cores. The store is 16 bytes unless more than 4 lanes are kept: the lists
+ * advance by the kept count, so a 64-byte store split a cache line nearly every time, and
+ * candidates are sparse (a few percent of lanes), so the wide store is a rare, predicted branch.
+ * Collect on bf16 at 16M: 1.8 -> 1.6 streaming reads. p must have 16 writable entries. */
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
-    _mm512_storeu_si512((void *)p, _mm512_maskz_compress_epi32((__mmask16)m, v));
-    return (size_t)__builtin_popcount(m);
+    const __m512i c = _mm512_maskz_compress_epi32((__mmask16)m, v);
+    const size_t n = (size_t)__builtin_popcount(m);
+    _mm_storeu_si128((__m128i *)p, _mm512_castsi512_si128(c));
+    if (__builtin_expect(n > 4, 0)) _mm512_storeu_si512((void *)p, c);
+    return n;
 }
 static inline vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }

@@ -12,21 +12,51 @@ typedef struct collect_lane {
 } collect_lane;
 
 MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_t *count,
-                                                              size_t cap) {
+                                 size_t cap, const int checked) {
     c->gt = vi_add(c->gt, vi_srl(vi_sub(c->hi, bits), 31));
     c->geh = vi_add(c->geh, vi_srl(vi_sub(c->him1, bits), 31));
     c->gel = vi_add(c->gel, vi_srl(vi_sub(c->lom1, bits), 31));
     vm in = vi_ltu(vi_sub(bits, c->lo1), c->width);
     /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
     size_t n = *count;
-    if (n + MELD_UK_ALIGN <= cap) *count = n + vi_compress_store(cand + n, in, bits);
+    if (!checked || n + MELD_UK_ALIGN <= cap) *count = n + vi_compress_store(cand + n, in, bits);
     else *count = n + (size_t)__builtin_popcount(vm_to_bits(in));
+}
+
+/* Elements [i, n) of the call. checked: the lists may fill, so each store is tested against
+ * cap; unchecked when the caller knows every candidate of the call fits. hb: a base. */
+MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void *const *xp, const int *xdt,
+                                 const void *bp, const int bdt, uint32_t *const *cand, size_t *count, size_t cap,
+                                 const size_t K, const int dt, const int hb, const int checked) {
+    if (dt == MELD_BF16) /* all inputs bf16: pairs of vectors (lane order does not matter here) */
+        for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
+            vf be = vf_zero(), bo = vf_zero();
+            if (hb) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
+            for (size_t k = 0; k < K; k++) {
+                vf de, dd;
+                prefetch_dt(xp[k], MELD_BF16, i);
+                vf2_load_bf16((const uint16_t *)xp[k] + i, &de, &dd);
+                if (hb) { de = vf_sub(de, be); dd = vf_sub(dd, bo); }
+                collect_vec(&c[k], vf_absbits(de), cand[k], &count[k], cap, checked);
+                collect_vec(&c[k], vf_absbits(dd), cand[k], &count[k], cap, checked);
+            }
+        }
+    for (; i < n; i += MELD_W) {
+        if (hb) prefetch_dt(bp, bdt, i);
+        vf b = hb ? load_dt(bp, bdt, i) : vf_zero();
+        for (size_t k = 0; k < K; k++) {
+            prefetch_dt(xp[k], xdt[k], i);
+            vf d = load_dt(xp[k], xdt[k], i);
+            if (hb) d = vf_sub(d, b);
+            collect_vec(&c[k], vf_absbits(d), cand[k], &count[k], cap, checked);
+        }
+    }
 }
 
 /* The body, inlined with compile-time K and dtype in the common cases: the counters then stay in
  * registers (with a runtime K they lived on the stack, and the candidate count's store-to-load
  * round trip each vector was the loop's critical path). */
-MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K, const int dt) {
+MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K, const int dt, const int hb) {
     /* counters live in registers/stack for the call: the callers' arrays may share cache
      * lines between threads */
     size_t count[MELD_MAX_MODELS], before[MELD_MAX_MODELS];
@@ -46,30 +76,11 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
     }
     const void *bp = a->base.p;
     const int bdt = dt >= 0 ? dt : a->base.dt;
-    size_t i = 0;
-    if (dt == MELD_BF16) /* all inputs bf16: pairs of vectors (lane order does not matter here) */
-        for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
-            vf be = vf_zero(), bo = vf_zero();
-            if (bp) { prefetch_dt(bp, MELD_BF16, i); vf2_load_bf16((const uint16_t *)bp + i, &be, &bo); }
-            for (size_t k = 0; k < K; k++) {
-                vf de, dd;
-                prefetch_dt(xp[k], MELD_BF16, i);
-                vf2_load_bf16((const uint16_t *)xp[k] + i, &de, &dd);
-                if (bp) { de = vf_sub(de, be); dd = vf_sub(dd, bo); }
-                collect_vec(&c[k], vf_absbits(de), cand[k], &count[k], cap);
-                collect_vec(&c[k], vf_absbits(dd), cand[k], &count[k], cap);
-            }
-        }
-    for (; i < n; i += MELD_W) {
-        if (bp) prefetch_dt(bp, bdt, i);
-        vf b = bp ? load_dt(bp, bdt, i) : vf_zero();
-        for (size_t k = 0; k < K; k++) {
-            prefetch_dt(xp[k], xdt[k], i);
-            vf d = load_dt(xp[k], xdt[k], i);
-            if (bp) d = vf_sub(d, b);
-            collect_vec(&c[k], vf_absbits(d), cand[k], &count[k], cap);
-        }
-    }
+    /* at most n candidates an expert in this call: when they fit, no test per store */
+    int fits = 1;
+    for (size_t k = 0; k < K; k++) fits &= count[k] + n + MELD_UK_ALIGN <= cap;
+    if (fits) collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 0);
+    else collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 1);
     /* the equal counts: b == hi is (b >= hi) - (b > hi); b == lo is (b >= lo) - (b >= hi) -
      * (lo < b < hi) */
     for (size_t k = 0; k < K; k++) {
@@ -81,21 +92,22 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
     }
 }
 
-#define COLLECT_K(KK, DT) case KK: collect_body(n, a, KK, DT); return
+#define COLLECT_K(KK, DT) case KK: if (hb) collect_body(n, a, KK, DT, 1); else collect_body(n, a, KK, DT, 0); return
 #define COLLECT_KS(DT) switch (a->k) { COLLECT_K(1, DT); COLLECT_K(2, DT); COLLECT_K(3, DT); COLLECT_K(4, DT); default: break; }
 
 void UK(meld_xf32_collect)(size_t n, size_t i0, const meld_uk_collect_args *a) {
     (void)i0;
+    const int hb = a->base.p != NULL;
     int dt = a->k ? a->x[0].dt : -1;
     for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
-    if (a->base.p && a->base.dt != dt) dt = -1;
+    if (hb && a->base.dt != dt) dt = -1;
     switch (dt) {
     case MELD_F32: COLLECT_KS(MELD_F32) break;
     case MELD_BF16: COLLECT_KS(MELD_BF16) break;
     case MELD_F16: COLLECT_KS(MELD_F16) break;
     default: break;
     }
-    collect_body(n, a, a->k, -1);
+    collect_body(n, a, a->k, -1, hb);
 }
 
 void UK(meld_xf32_hist)(size_t n, const meld_uk_hist_args *a) {
