@@ -105,6 +105,17 @@ static inline uint64_t vi_total(vi acc) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
     return (uint32_t)_mm_cvtsi128_si32(s);
 }
+/* 16-bit lanes of a vi (MELD_SIMD_W16): the bf16 collect counts two elements a 32-bit lane */
+#define MELD_SIMD_W16 1
+static inline vi vi_sub16(vi a, vi b) { return _mm256_sub_epi16(a, b); }
+static inline vi vi_add16(vi a, vi b) { return _mm256_add_epi16(a, b); }
+static inline vi vi_srl16(vi a, int s) { return _mm256_srli_epi16(a, s); }
+static inline vi vi_sll(vi a, int s) { return _mm256_slli_epi32(a, s); }
+/* the sum of the 16-bit lanes */
+static inline uint64_t vi_total16(vi acc) {
+    const __m256i lo = _mm256_and_si256(acc, _mm256_set1_epi32(0xffff));
+    return vi_total(_mm256_add_epi32(lo, _mm256_srli_epi32(acc, 16)));
+}
 static inline vf vf_expand(vm m, vf packed) {
     uint8_t idx[8];
     uint32_t c = 0;

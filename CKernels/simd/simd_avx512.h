@@ -85,6 +85,17 @@ static inline vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
 /* the sum of the lanes (per-lane counters) */
 static inline uint64_t vi_total(vi acc) { return (uint32_t)_mm512_reduce_add_epi32(acc); }
+/* 16-bit lanes of a vi (MELD_SIMD_W16): the bf16 collect counts two elements a 32-bit lane */
+#define MELD_SIMD_W16 1
+static inline vi vi_sub16(vi a, vi b) { return _mm512_sub_epi16(a, b); }
+static inline vi vi_add16(vi a, vi b) { return _mm512_add_epi16(a, b); }
+static inline vi vi_srl16(vi a, int s) { return _mm512_srli_epi16(a, (unsigned)s); }
+static inline vi vi_sll(vi a, int s) { return _mm512_slli_epi32(a, (unsigned)s); }
+/* the sum of the 16-bit lanes */
+static inline uint64_t vi_total16(vi acc) {
+    const __m512i lo = _mm512_and_si512(acc, _mm512_set1_epi32(0xffff));
+    return (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(lo, _mm512_srli_epi32(acc, 16)));
+}
 static inline vf vf_expand(vm m, vf packed) { return _mm512_maskz_expand_ps((__mmask16)m, packed); }
 /* Philox in 64-bit lanes (philox.tpl.h): the 32x32->64 product of the low halves, the high
  * half moved down, the low half moved up, a three-way xor, odd 32-bit lanes from `odd`. */

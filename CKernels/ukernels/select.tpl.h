@@ -9,13 +9,15 @@
 typedef struct collect_lane {
     vi hi, him1, lom1, lo1, width; /* width: lo < b < hi is b - (lo + 1) < width, unsigned */
     vi gt, geh, gel;
+#ifdef MELD_SIMD_W16
+    vi hi16, him16, lom16; /* the same tests on 16-bit words (collect_run) */
+    vi gt16, geh16, gel16;
+#endif
 } collect_lane;
 
-MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_t *count,
-                                 size_t cap, const int checked) {
-    c->gt = vi_add(c->gt, vi_srl(vi_sub(c->hi, bits), 31));
-    c->geh = vi_add(c->geh, vi_srl(vi_sub(c->him1, bits), 31));
-    c->gel = vi_add(c->gel, vi_srl(vi_sub(c->lom1, bits), 31));
+/* The candidate test and store of one vector (lo < b < hi). */
+MELD_VEC_INLINE void collect_cand(const collect_lane *c, vi bits, uint32_t *cand, size_t *count, size_t cap,
+                                  const int checked) {
     vm in = vi_ltu(vi_sub(bits, c->lo1), c->width);
     /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
     size_t n = *count;
@@ -23,11 +25,38 @@ MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_
     else *count = n + (size_t)__builtin_popcount(vm_to_bits(in));
 }
 
+MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_t *count,
+                                 size_t cap, const int checked) {
+    c->gt = vi_add(c->gt, vi_srl(vi_sub(c->hi, bits), 31));
+    c->geh = vi_add(c->geh, vi_srl(vi_sub(c->him1, bits), 31));
+    c->gel = vi_add(c->gel, vi_srl(vi_sub(c->lom1, bits), 31));
+    collect_cand(c, bits, cand, count, cap, checked);
+}
+
 /* Elements [i, n) of the call. checked: the lists may fill, so each store is tested against
  * cap; unchecked when the caller knows every candidate of the call fits. hb: a base. */
 MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void *const *xp, const int *xdt,
                                  const void *bp, const int bdt, uint32_t *const *cand, size_t *count, size_t cap,
                                  const size_t K, const int dt, const int hb, const int checked) {
+#ifdef MELD_SIMD_W16
+    /* bf16 without a base: a magnitude's bits are its word's, shifted, so the three counts run
+     * on 16-bit words, two elements a 32-bit lane: 9 instructions a pair of vectors for the
+     * counts, not 18 (with the candidates' 14 or so). A word lane counts one element in 2W of
+     * the call, at most one tile (MELD_TILE), so it cannot wrap. */
+    if (dt == MELD_BF16 && !hb)
+        for (; i + 2 * MELD_W <= n; i += 2 * MELD_W)
+            for (size_t k = 0; k < K; k++) {
+                prefetch_dt(xp[k], MELD_BF16, i);
+                const vi m = vi_and(vi_load((const uint32_t *)((const uint16_t *)xp[k] + i)), vi_set1(0x7fff7fffu));
+                collect_lane *ck = &c[k];
+                ck->gt16 = vi_add16(ck->gt16, vi_srl16(vi_sub16(ck->hi16, m), 15));
+                ck->geh16 = vi_add16(ck->geh16, vi_srl16(vi_sub16(ck->him16, m), 15));
+                ck->gel16 = vi_add16(ck->gel16, vi_srl16(vi_sub16(ck->lom16, m), 15));
+                /* the even and odd elements' f32 bits (lane order does not matter here) */
+                collect_cand(ck, vi_sll(m, 16), cand[k], &count[k], cap, checked);
+                collect_cand(ck, vi_and(m, vi_set1(0xffff0000u)), cand[k], &count[k], cap, checked);
+            }
+#endif
     if (dt == MELD_BF16) /* all inputs bf16: pairs of vectors (lane order does not matter here) */
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W) {
             vf be = vf_zero(), bo = vf_zero();
@@ -70,6 +99,16 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
         const uint32_t l = a->lo[k], h = a->hi[k];
         c[k] = (collect_lane){.hi = vi_set1(h), .him1 = vi_set1(h - 1u), .lom1 = vi_set1(l - 1u), .lo1 = vi_set1(l + 1u),
                               .width = vi_set1(h > l ? h - l - 1u : 0u), .gt = vi_set1(0), .geh = vi_set1(0), .gel = vi_set1(0)};
+#ifdef MELD_SIMD_W16
+        /* b = w << 16 (low half zero): b > h is w > h >> 16; b >= t is w >= ceil(t / 2^16) =: tc,
+         * counted as (tc - 1 - w) < 0 in 16 bits (tc <= 2^15, so no wrap but at tc = 0, where
+         * every w counts, as it should) */
+        const uint32_t hc = (uint32_t)(((uint64_t)h + 0xffffu) >> 16), lc = (uint32_t)(((uint64_t)l + 0xffffu) >> 16);
+        c[k].hi16 = vi_set1((h >> 16) * 0x10001u);
+        c[k].him16 = vi_set1(((hc - 1u) & 0xffffu) * 0x10001u);
+        c[k].lom16 = vi_set1(((lc - 1u) & 0xffffu) * 0x10001u);
+        c[k].gt16 = c[k].geh16 = c[k].gel16 = vi_set1(0);
+#endif
         xp[k] = a->x[k].p;
         xdt[k] = dt >= 0 ? dt : a->x[k].dt;
         cand[k] = a->cand[k];
@@ -84,7 +123,12 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
     /* the equal counts: b == hi is (b >= hi) - (b > hi); b == lo is (b >= lo) - (b >= hi) -
      * (lo < b < hi) */
     for (size_t k = 0; k < K; k++) {
-        const uint64_t gt = vi_total(c[k].gt), geh = vi_total(c[k].geh), gel = vi_total(c[k].gel);
+        uint64_t gt = vi_total(c[k].gt), geh = vi_total(c[k].geh), gel = vi_total(c[k].gel);
+#ifdef MELD_SIMD_W16
+        gt += vi_total16(c[k].gt16);
+        geh += vi_total16(c[k].geh16);
+        gel += vi_total16(c[k].gel16);
+#endif
         a->gt[k] += gt;
         a->eq_hi[k] += geh - gt;
         a->eq_lo[k] += a->lo[k] < a->hi[k] ? gel - geh - (count[k] - before[k]) : 0;

@@ -85,6 +85,32 @@ final class SelectionTests: XCTestCase {
         try check(v, densities: [0.05, 0.2, 0.6], "quantized")
     }
 
+    /// bf16 values without a base (the collect pass counts on 16-bit words there): random
+    /// with NaN and ±Inf, quantized (thousands of entries on each value at the bracket ends) and
+    /// a massive tie at the threshold; every ISA and thread count against the sort of the
+    /// widened values.
+    func testBf16WithoutBase() throws {
+        var rng = Rng(28)
+        var random = rng.floats(300_007)
+        for i in stride(from: 17, to: random.count, by: 9973) { random[i] = [Float.nan, .infinity, -.infinity][i % 3] }
+        let cases: [(String, [Float])] = [
+            ("random", random),
+            ("quantized", (0..<400_003).map { _ in (rng.normal() * 16).rounded() / 16 }),
+            ("tie", (0..<300_001).map { _ in rng.uniform() < 0.3 ? Float(-1) : rng.normal() * 0.1 }),
+        ]
+        for (label, v) in cases {
+            let h = v.map { BFloat16($0) }, w = h.map(\.floatValue)
+            for d in [0.001, 0.1, 0.25, 0.5, 0.99] {
+                let k = densityCount(d, w.count), ref = referenceKeep(w, k: k)
+                for ctx in try allContexts() {
+                    let s = try ctx.select(h, density: d)
+                    XCTAssertEqual(s.kept, UInt64(k))
+                    XCTAssertTrue(keepSet(w, s) == ref, "bf16 \(label) d=\(d) \(ctx.isa.name)/\(ctx.threads): kept set differs")
+                }
+            }
+        }
+    }
+
     /// A third of the entries share the threshold value: the bracket collapses to one value,
     /// candidates overflow, and the cutoff comes from the per-tile counts alone.
     func testMassiveTieAtThreshold() throws {
