@@ -42,8 +42,8 @@ MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void
     /* bf16 without a base: a magnitude's bits are its word's, shifted, so the three counts run
      * on 16-bit words, two elements a 32-bit lane: 9 instructions a pair of vectors for the
      * counts, not 18 (with the candidates' 14 or so). A word lane counts one element in 2W of
-     * the call, at most one tile (MELD_TILE), so it cannot wrap. */
-    if (dt == MELD_BF16 && !hb)
+     * the call (a tile, MELD_TILE), so it cannot wrap; longer calls take the f32 lanes. */
+    if (dt == MELD_BF16 && !hb && n <= (size_t)0xffff * 2 * MELD_W)
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W)
             for (size_t k = 0; k < K; k++) {
                 prefetch_dt(xp[k], MELD_BF16, i);
