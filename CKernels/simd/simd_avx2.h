@@ -40,16 +40,21 @@ static inline vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
 static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-/* Lane masks of the 256 bit masks (8 KB): one load where broadcast, and and compare took four
- * instructions for every masked operation; the AVX2 TIES fused pass ran 14-24% faster with it
- * (merge bench with MELD_ISA=avx2, f32 14.0 -> 10.7-11.2 ms). Row m, lane l: -(bit l of m). */
-#define MELD_L8(m) {-((m) & 1), -((m) >> 1 & 1), -((m) >> 2 & 1), -((m) >> 3 & 1), -((m) >> 4 & 1), -((m) >> 5 & 1), -((m) >> 6 & 1), -((m) >> 7 & 1)}
-#define MELD_L32(m) MELD_L8(m), MELD_L8(m + 1), MELD_L8(m + 2), MELD_L8(m + 3), MELD_L8(m + 4), MELD_L8(m + 5), MELD_L8(m + 6), MELD_L8(m + 7), \
-    MELD_L8(m + 8), MELD_L8(m + 9), MELD_L8(m + 10), MELD_L8(m + 11), MELD_L8(m + 12), MELD_L8(m + 13), MELD_L8(m + 14), MELD_L8(m + 15), \
-    MELD_L8(m + 16), MELD_L8(m + 17), MELD_L8(m + 18), MELD_L8(m + 19), MELD_L8(m + 20), MELD_L8(m + 21), MELD_L8(m + 22), MELD_L8(m + 23), \
-    MELD_L8(m + 24), MELD_L8(m + 25), MELD_L8(m + 26), MELD_L8(m + 27), MELD_L8(m + 28), MELD_L8(m + 29), MELD_L8(m + 30), MELD_L8(m + 31)
-static const int32_t meld_avx2_lane_masks[256][8] __attribute__((aligned(32))) = {
-    MELD_L32(0), MELD_L32(32), MELD_L32(64), MELD_L32(96), MELD_L32(128), MELD_L32(160), MELD_L32(192), MELD_L32(224)};
+/* Tables over the 256 8-bit masks, generated here from their definitions: MELD_T256(ROW) is
+ * ROW(0), ..., ROW(255). */
+#define MELD_T8(F, m) F(m), F((m) + 1), F((m) + 2), F((m) + 3), F((m) + 4), F((m) + 5), F((m) + 6), F((m) + 7)
+#define MELD_T64(F, m) MELD_T8(F, m), MELD_T8(F, (m) + 8), MELD_T8(F, (m) + 16), MELD_T8(F, (m) + 24), \
+    MELD_T8(F, (m) + 32), MELD_T8(F, (m) + 40), MELD_T8(F, (m) + 48), MELD_T8(F, (m) + 56)
+#define MELD_T256(F) MELD_T64(F, 0), MELD_T64(F, 64), MELD_T64(F, 128), MELD_T64(F, 192)
+#define MELD_BIT(m, l) (((m) >> (l)) & 1u)
+#define MELD_BELOW(m, l) ((uint32_t)__builtin_popcount((m) & ((1u << (l)) - 1u))) /* set bits below bit l */
+
+/* Lane masks (8 KB): one load where broadcast, and and compare took four instructions for every
+ * masked operation; the AVX2 TIES fused pass ran 14-24% faster with it (merge bench with
+ * MELD_ISA=avx2, f32 14.0 -> 10.7-11.2 ms). Row m, lane l: -(bit l of m). */
+#define MELD_LANES_ROW(m) {-(int32_t)MELD_BIT(m, 0), -(int32_t)MELD_BIT(m, 1), -(int32_t)MELD_BIT(m, 2), -(int32_t)MELD_BIT(m, 3), \
+    -(int32_t)MELD_BIT(m, 4), -(int32_t)MELD_BIT(m, 5), -(int32_t)MELD_BIT(m, 6), -(int32_t)MELD_BIT(m, 7)}
+static const int32_t meld_avx2_lane_masks[256][8] __attribute__((aligned(32))) = {MELD_T256(MELD_LANES_ROW)};
 static inline __m256 meld_avx2_lanes(vm m) { return _mm256_load_ps((const float *)meld_avx2_lane_masks[m & 0xffu]); }
 static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, meld_avx2_lanes(m)); }
 /* masked arithmetic: lanes in m get the result, the others src */
@@ -95,42 +100,11 @@ static inline vm vm_from_i8_pos(const int8_t *p) {
 static inline void vm_store_sign_i8(int8_t *p, vm pos) {
     for (int j = 0; j < 8; j++) p[j] = ((pos >> j) & 1u) ? 1 : -1;
 }
-/* For each 8-bit mask, the lanes of its set bits in order, 3 bits each (lane of the j-th set
- * bit at bits 3j..3j+2). Generated: for m in 0..255, sum(p << 3j for the j-th set bit p of m). */
-static const uint32_t meld_avx2_compress_lanes[256] = {
-    0x000000, 0x000000, 0x000001, 0x000008, 0x000002, 0x000010, 0x000011, 0x000088,
-    0x000003, 0x000018, 0x000019, 0x0000c8, 0x00001a, 0x0000d0, 0x0000d1, 0x000688,
-    0x000004, 0x000020, 0x000021, 0x000108, 0x000022, 0x000110, 0x000111, 0x000888,
-    0x000023, 0x000118, 0x000119, 0x0008c8, 0x00011a, 0x0008d0, 0x0008d1, 0x004688,
-    0x000005, 0x000028, 0x000029, 0x000148, 0x00002a, 0x000150, 0x000151, 0x000a88,
-    0x00002b, 0x000158, 0x000159, 0x000ac8, 0x00015a, 0x000ad0, 0x000ad1, 0x005688,
-    0x00002c, 0x000160, 0x000161, 0x000b08, 0x000162, 0x000b10, 0x000b11, 0x005888,
-    0x000163, 0x000b18, 0x000b19, 0x0058c8, 0x000b1a, 0x0058d0, 0x0058d1, 0x02c688,
-    0x000006, 0x000030, 0x000031, 0x000188, 0x000032, 0x000190, 0x000191, 0x000c88,
-    0x000033, 0x000198, 0x000199, 0x000cc8, 0x00019a, 0x000cd0, 0x000cd1, 0x006688,
-    0x000034, 0x0001a0, 0x0001a1, 0x000d08, 0x0001a2, 0x000d10, 0x000d11, 0x006888,
-    0x0001a3, 0x000d18, 0x000d19, 0x0068c8, 0x000d1a, 0x0068d0, 0x0068d1, 0x034688,
-    0x000035, 0x0001a8, 0x0001a9, 0x000d48, 0x0001aa, 0x000d50, 0x000d51, 0x006a88,
-    0x0001ab, 0x000d58, 0x000d59, 0x006ac8, 0x000d5a, 0x006ad0, 0x006ad1, 0x035688,
-    0x0001ac, 0x000d60, 0x000d61, 0x006b08, 0x000d62, 0x006b10, 0x006b11, 0x035888,
-    0x000d63, 0x006b18, 0x006b19, 0x0358c8, 0x006b1a, 0x0358d0, 0x0358d1, 0x1ac688,
-    0x000007, 0x000038, 0x000039, 0x0001c8, 0x00003a, 0x0001d0, 0x0001d1, 0x000e88,
-    0x00003b, 0x0001d8, 0x0001d9, 0x000ec8, 0x0001da, 0x000ed0, 0x000ed1, 0x007688,
-    0x00003c, 0x0001e0, 0x0001e1, 0x000f08, 0x0001e2, 0x000f10, 0x000f11, 0x007888,
-    0x0001e3, 0x000f18, 0x000f19, 0x0078c8, 0x000f1a, 0x0078d0, 0x0078d1, 0x03c688,
-    0x00003d, 0x0001e8, 0x0001e9, 0x000f48, 0x0001ea, 0x000f50, 0x000f51, 0x007a88,
-    0x0001eb, 0x000f58, 0x000f59, 0x007ac8, 0x000f5a, 0x007ad0, 0x007ad1, 0x03d688,
-    0x0001ec, 0x000f60, 0x000f61, 0x007b08, 0x000f62, 0x007b10, 0x007b11, 0x03d888,
-    0x000f63, 0x007b18, 0x007b19, 0x03d8c8, 0x007b1a, 0x03d8d0, 0x03d8d1, 0x1ec688,
-    0x00003e, 0x0001f0, 0x0001f1, 0x000f88, 0x0001f2, 0x000f90, 0x000f91, 0x007c88,
-    0x0001f3, 0x000f98, 0x000f99, 0x007cc8, 0x000f9a, 0x007cd0, 0x007cd1, 0x03e688,
-    0x0001f4, 0x000fa0, 0x000fa1, 0x007d08, 0x000fa2, 0x007d10, 0x007d11, 0x03e888,
-    0x000fa3, 0x007d18, 0x007d19, 0x03e8c8, 0x007d1a, 0x03e8d0, 0x03e8d1, 0x1f4688,
-    0x0001f5, 0x000fa8, 0x000fa9, 0x007d48, 0x000faa, 0x007d50, 0x007d51, 0x03ea88,
-    0x000fab, 0x007d58, 0x007d59, 0x03eac8, 0x007d5a, 0x03ead0, 0x03ead1, 0x1f5688,
-    0x000fac, 0x007d60, 0x007d61, 0x03eb08, 0x007d62, 0x03eb10, 0x03eb11, 0x1f5888,
-    0x007d63, 0x03eb18, 0x03eb19, 0x1f58c8, 0x03eb1a, 0x1f58d0, 0x1f58d1, 0xfac688,
-};
+/* Compress indices: the lane of the j-th set bit of m at bits 3j..3j+2 (bit p set is the
+ * j-th when j bits lie below it; lane 0, if set, adds nothing). */
+#define MELD_CP(m, p) (MELD_BIT(m, p) * ((p) << (3 * MELD_BELOW(m, p))))
+#define MELD_COMPRESS_ROW(m) (MELD_CP(m, 1) | MELD_CP(m, 2) | MELD_CP(m, 3) | MELD_CP(m, 4) | MELD_CP(m, 5) | MELD_CP(m, 6) | MELD_CP(m, 7))
+static const uint32_t meld_avx2_compress_lanes[256] = {MELD_T256(MELD_COMPRESS_ROW)};
 /* Compress by a permute from the table (no BMI2: PDEP/PEXT are microcoded on Zen 1 and 2), then
  * one 32-byte store (a lane at a time, the set-bit loop mispredicted its exit). p must have 8
  * writable entries. */
@@ -160,42 +134,10 @@ static inline uint64_t vi_total16(vi acc) {
     const __m256i lo = _mm256_and_si256(acc, _mm256_set1_epi32(0xffff));
     return vi_total(_mm256_add_epi32(lo, _mm256_srli_epi32(acc, 16)));
 }
-/* For each 8-bit mask, lane l's source in an expand: the count of set bits below l, 3 bits
- * each (at bits 3l..3l+2). Generated: for m in 0..255, sum(popcount(m & (2^l - 1)) << 3l). */
-static const uint32_t meld_avx2_expand_lanes[256] = {
-    0x000000, 0x249248, 0x249240, 0x492488, 0x249200, 0x492448, 0x492440, 0x6db688,
-    0x249000, 0x492248, 0x492240, 0x6db488, 0x492200, 0x6db448, 0x6db440, 0x924688,
-    0x248000, 0x491248, 0x491240, 0x6da488, 0x491200, 0x6da448, 0x6da440, 0x923688,
-    0x491000, 0x6da248, 0x6da240, 0x923488, 0x6da200, 0x923448, 0x923440, 0xb6c688,
-    0x240000, 0x489248, 0x489240, 0x6d2488, 0x489200, 0x6d2448, 0x6d2440, 0x91b688,
-    0x489000, 0x6d2248, 0x6d2240, 0x91b488, 0x6d2200, 0x91b448, 0x91b440, 0xb64688,
-    0x488000, 0x6d1248, 0x6d1240, 0x91a488, 0x6d1200, 0x91a448, 0x91a440, 0xb63688,
-    0x6d1000, 0x91a248, 0x91a240, 0xb63488, 0x91a200, 0xb63448, 0xb63440, 0xdac688,
-    0x200000, 0x449248, 0x449240, 0x692488, 0x449200, 0x692448, 0x692440, 0x8db688,
-    0x449000, 0x692248, 0x692240, 0x8db488, 0x692200, 0x8db448, 0x8db440, 0xb24688,
-    0x448000, 0x691248, 0x691240, 0x8da488, 0x691200, 0x8da448, 0x8da440, 0xb23688,
-    0x691000, 0x8da248, 0x8da240, 0xb23488, 0x8da200, 0xb23448, 0xb23440, 0xd6c688,
-    0x440000, 0x689248, 0x689240, 0x8d2488, 0x689200, 0x8d2448, 0x8d2440, 0xb1b688,
-    0x689000, 0x8d2248, 0x8d2240, 0xb1b488, 0x8d2200, 0xb1b448, 0xb1b440, 0xd64688,
-    0x688000, 0x8d1248, 0x8d1240, 0xb1a488, 0x8d1200, 0xb1a448, 0xb1a440, 0xd63688,
-    0x8d1000, 0xb1a248, 0xb1a240, 0xd63488, 0xb1a200, 0xd63448, 0xd63440, 0xfac688,
-    0x000000, 0x249248, 0x249240, 0x492488, 0x249200, 0x492448, 0x492440, 0x6db688,
-    0x249000, 0x492248, 0x492240, 0x6db488, 0x492200, 0x6db448, 0x6db440, 0x924688,
-    0x248000, 0x491248, 0x491240, 0x6da488, 0x491200, 0x6da448, 0x6da440, 0x923688,
-    0x491000, 0x6da248, 0x6da240, 0x923488, 0x6da200, 0x923448, 0x923440, 0xb6c688,
-    0x240000, 0x489248, 0x489240, 0x6d2488, 0x489200, 0x6d2448, 0x6d2440, 0x91b688,
-    0x489000, 0x6d2248, 0x6d2240, 0x91b488, 0x6d2200, 0x91b448, 0x91b440, 0xb64688,
-    0x488000, 0x6d1248, 0x6d1240, 0x91a488, 0x6d1200, 0x91a448, 0x91a440, 0xb63688,
-    0x6d1000, 0x91a248, 0x91a240, 0xb63488, 0x91a200, 0xb63448, 0xb63440, 0xdac688,
-    0x200000, 0x449248, 0x449240, 0x692488, 0x449200, 0x692448, 0x692440, 0x8db688,
-    0x449000, 0x692248, 0x692240, 0x8db488, 0x692200, 0x8db448, 0x8db440, 0xb24688,
-    0x448000, 0x691248, 0x691240, 0x8da488, 0x691200, 0x8da448, 0x8da440, 0xb23688,
-    0x691000, 0x8da248, 0x8da240, 0xb23488, 0x8da200, 0xb23448, 0xb23440, 0xd6c688,
-    0x440000, 0x689248, 0x689240, 0x8d2488, 0x689200, 0x8d2448, 0x8d2440, 0xb1b688,
-    0x689000, 0x8d2248, 0x8d2240, 0xb1b488, 0x8d2200, 0xb1b448, 0xb1b440, 0xd64688,
-    0x688000, 0x8d1248, 0x8d1240, 0xb1a488, 0x8d1200, 0xb1a448, 0xb1a440, 0xd63688,
-    0x8d1000, 0xb1a248, 0xb1a240, 0xd63488, 0xb1a200, 0xd63448, 0xd63440, 0xfac688,
-};
+/* Expand indices: lane l takes packed entry (set bits of m below l), at bits 3l..3l+2. */
+#define MELD_EXPAND_ROW(m) (MELD_BELOW(m, 1) << 3 | MELD_BELOW(m, 2) << 6 | MELD_BELOW(m, 3) << 9 | MELD_BELOW(m, 4) << 12 | \
+    MELD_BELOW(m, 5) << 15 | MELD_BELOW(m, 6) << 18 | MELD_BELOW(m, 7) << 21)
+static const uint32_t meld_avx2_expand_lanes[256] = {MELD_T256(MELD_EXPAND_ROW)};
 /* Expand by a permute from the table (it was built lane by lane through memory), lanes
  * without a bit zeroed. */
 static inline vf vf_expand(vm m, vf packed) {
