@@ -21,6 +21,10 @@ static inline double now_s(void) {
 }
 
 /* best (minimum) seconds of reps runs of body */
+/* the command line: element count, repetitions, threads, JSON lines, and (moe) the shapes and
+ * token counts to run (NULL / 0: all) */
+typedef struct bench_cfg { size_t n; int reps; int threads; int json; const char *shape; size_t tokens; } bench_cfg;
+
 #define BEST_OF(reps, secs, body) do { \
     secs = 1e30; \
     for (int r_ = 0; r_ < (reps); r_++) { double t0_ = now_s(); body; double t_ = now_s() - t0_; if (t_ < secs) secs = t_; } \

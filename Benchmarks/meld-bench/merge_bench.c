@@ -7,7 +7,6 @@
 #include <meld.h>
 #include "bench_util.h"
 
-typedef struct bench_cfg { size_t n; int reps; int threads; int json; } bench_cfg;
 
 static void report(const bench_cfg *c, const char *kernel, const char *dtype, double secs, double bytes,
                    double triad, const char *target_name, double target, double ratio) {

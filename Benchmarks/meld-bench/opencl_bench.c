@@ -4,7 +4,6 @@
 #include <meld.h>
 #include "bench_util.h"
 
-typedef struct bench_cfg { size_t n; int reps; int threads; int json; } bench_cfg;
 
 #define CHECK(x) do { meld_status s_ = (x); if (s_ != MELD_OK) { fprintf(stderr, "%s: %s\n", #x, meld_status_string(s_)); exit(1); } } while (0)
 
