@@ -368,7 +368,7 @@ __kernel void meld_sparse_apply(ulong n, uint K, __global const uchar *base, int
             for (ulong w = blk << 3; w < (i >> 5); w++) pos += popcount(m[w]);
             pos += popcount(word & ((1u << (i & 31)) - 1u));
             float v = load_dt(values + d[k].value_byte, (int)d[k].dtype, pos);
-            acc = acc + d[k].scale * v;
+            acc = fma(d[k].scale, v, acc); /* one rounding, as the CPU kernels */
         }
         store_dt(out, odt, i, acc);
     }

@@ -60,6 +60,8 @@ static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, mel
 /* masked arithmetic: lanes in m get the result, the others src */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_mul_ps(a, b), src); }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_add_ps(a, b), src); }
+/* a*b + c in the lanes of m (one rounding), c elsewhere */
+static inline vf vf_mask_fma(vm m, vf a, vf b, vf c) { return vf_select(m, _mm256_fmadd_ps(a, b, c), c); }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_div_ps(a, b), src); }
 static inline vf vf_xor(vf a, vf b) { return _mm256_xor_ps(a, b); }
 static inline vm vf_gt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }

@@ -33,6 +33,8 @@ static inline vf vf_select(vm m, vf t, vf f) { return _mm512_mask_blend_ps((__mm
 /* masked arithmetic: lanes in m get the result, the others src (one instruction each) */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return _mm512_mask_mul_ps(src, (__mmask16)m, a, b); }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return _mm512_mask_add_ps(src, (__mmask16)m, a, b); }
+/* a*b + c in the lanes of m (one rounding), c elsewhere */
+static inline vf vf_mask_fma(vm m, vf a, vf b, vf c) { return _mm512_mask3_fmadd_ps(a, b, c, (__mmask16)m); }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return _mm512_mask_div_ps(src, (__mmask16)m, a, b); }
 static inline vf vf_xor(vf a, vf b) { return _mm512_xor_ps(a, b); }
 static inline vm vf_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }

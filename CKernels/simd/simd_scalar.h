@@ -29,6 +29,8 @@ static inline vf vf_select(vm m, vf t, vf f) { return (m & 1u) ? t : f; }
 /* masked arithmetic: lanes in m get the result, the others src */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return (m & 1u) ? a * b : src; }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return (m & 1u) ? a + b : src; }
+/* a*b + c in the lanes of m (one rounding), c elsewhere */
+static inline vf vf_mask_fma(vm m, vf a, vf b, vf c) { return (m & 1u) ? fmaf(a, b, c) : c; }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return (m & 1u) ? a / b : src; }
 static inline vf vf_xor(vf a, vf b) { return meld_bits_f32(meld_f32_bits(a) ^ meld_f32_bits(b)); }
 static inline vm vf_gt(vf a, vf b) { return a > b; }

@@ -125,7 +125,7 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
         vf v = vf_expand(m, load_dt(cur[k], dt, 0));
         cur[k] += (size_t)__builtin_popcount(vm_to_bits(m)) * es;
         /* lanes without a value stay untouched (identical on every vector width) */
-        acc = vf_mask_add(m, acc, acc, vf_mul(sc[k], v));
+        acc = vf_mask_fma(m, sc[k], v, acc);
     }
     return acc;
 }

@@ -247,6 +247,13 @@ final class SparseTests: XCTestCase {
                 var ref = base.map(Double.init)
                 for k in 0..<4 { for i in 0..<n where maskBit(masks[k], i) { ref[i] += Double(scales[k]) * Double(xs[k][i] - base[i]) } }
                 assertClose(out, ref, atol: 1e-6, rtol: 1e-6, "apply n=\(n)")
+                // the documented rounding, exactly: k ascending, one fused multiply-add per kept entry
+                // (scales that are not powers of two, whose products round)
+                let odd: [Float] = [0.7, -1.3, 0.35, 1.9]
+                let outOdd: [Float] = try ctx.sparseApply(base: base, packed, scales: odd)
+                var fused = base
+                for k in 0..<4 { for (j, i) in (0..<n).filter({ maskBit(masks[k], $0) }).enumerated() { fused[i].addProduct(odd[k], packed[k].values[j]) } }
+                XCTAssertEqual(bits(outOdd), bits(fused), "fused rounding \(ctx.isa.name)/\(ctx.threads) n=\(n)")
                 if let f = first { XCTAssertEqual(bits(out), f, "\(ctx.isa.name)/\(ctx.threads)") } else { first = bits(out) }
                 // bf16 values and bf16 output
                 let p16: [PackedDelta<BFloat16>] = try (0..<4).map { try ctx.pack(base: base, xs[$0], mask: masks[$0]) }

@@ -117,7 +117,9 @@ MELD_API meld_status meld_mask_count(const uint8_t *mask, size_t n, size_t *nnz)
 /* values[j] = delta at the j-th set bit (delta = x - base; base.data NULL: delta = x), times scale. */
 MELD_API meld_status meld_pack(meld_context *ctx, meld_view base, meld_view x, const uint8_t *mask,
                                float scale, meld_span values);
-/* out = base + sum_k scales[k] * unpack(deltas[k]) in one pass; base.data NULL: base = 0. */
+/* out = base + sum_k scales[k] * unpack(deltas[k]) in one pass; base.data NULL: base = 0. In
+ * f32, k ascending, each kept entry one fused multiply-add (acc = fma(scale, value, acc));
+ * entries a delta does not keep leave acc as it is. */
 MELD_API meld_status meld_sparse_apply(meld_context *ctx, meld_view base, size_t k,
                                        const meld_packed_view *deltas, const float *scales, meld_span out);
 
