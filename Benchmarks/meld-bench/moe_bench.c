@@ -18,21 +18,19 @@ void kmp_set_blocktime(int);
  * blocktime (200 ms). Alternated right after the other library, a case ran with a third busy
  * thread on two cores (olmoe T=512: 114-143 ms against 102-106 ms alone). So before each timed
  * call the other library's pool is put to sleep and the caller's own pool is woken, untimed. */
-static void quiesce_openmp(void) {
-    const int bt = kmp_get_blocktime();
-    kmp_set_blocktime(0);
-    int sink = 0;
-#pragma omp parallel reduction(+ : sink)
-    sink += 1;
-    kmp_set_blocktime(bt);
-    (void)sink;
-}
-
 static void wake_openmp(void) {
     int sink = 0;
 #pragma omp parallel reduction(+ : sink)
     sink += 1;
     (void)sink;
+}
+
+/* an empty region with blocktime 0: its workers go to sleep as it ends */
+static void quiesce_openmp(void) {
+    const int bt = kmp_get_blocktime();
+    kmp_set_blocktime(0);
+    wake_openmp();
+    kmp_set_blocktime(bt);
 }
 
 /* a multithreaded sgemm (above OpenBLAS's threading threshold) starts its pool */
