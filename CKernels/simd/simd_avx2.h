@@ -107,13 +107,17 @@ static inline void vm_store_sign_i8(int8_t *p, vm pos) {
 #define MELD_CP(m, p) (MELD_BIT(m, p) * ((p) << (3 * MELD_BELOW(m, p))))
 #define MELD_COMPRESS_ROW(m) (MELD_CP(m, 1) | MELD_CP(m, 2) | MELD_CP(m, 3) | MELD_CP(m, 4) | MELD_CP(m, 5) | MELD_CP(m, 6) | MELD_CP(m, 7))
 static const uint32_t meld_avx2_compress_lanes[256] = {MELD_T256(MELD_COMPRESS_ROW)};
+/* The 8 lane numbers of a table row (3 bits each) in the lanes of a permute index: lane l gets
+ * bits 3l.. of the row; the permute reads only the low 3 bits. */
+static inline __m256i meld_avx2_lane_indices(uint32_t row) {
+    return _mm256_srlv_epi32(_mm256_set1_epi32((int)row), _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21));
+}
 /* Compress by a permute from the table (no BMI2: PDEP/PEXT are microcoded on Zen 1 and 2), then
  * one 32-byte store (a lane at a time, the set-bit loop mispredicted its exit). p must have 8
  * writable entries. */
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
-    const __m256i sel = _mm256_srlv_epi32(_mm256_set1_epi32((int)meld_avx2_compress_lanes[m & 0xffu]),
-                                          _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21));
-    _mm256_storeu_si256((__m256i *)p, _mm256_permutevar8x32_epi32(v, sel)); /* uses the low 3 bits of sel */
+    const __m256i sel = meld_avx2_lane_indices(meld_avx2_compress_lanes[m & 0xffu]);
+    _mm256_storeu_si256((__m256i *)p, _mm256_permutevar8x32_epi32(v, sel));
     return (size_t)__builtin_popcount(m & 0xffu);
 }
 static inline vi vi_and(vi a, vi b) { return _mm256_and_si256(a, b); }
@@ -143,8 +147,7 @@ static const uint32_t meld_avx2_expand_lanes[256] = {MELD_T256(MELD_EXPAND_ROW)}
 /* Expand by a permute from the table (it was built lane by lane through memory), lanes
  * without a bit zeroed. */
 static inline vf vf_expand(vm m, vf packed) {
-    const __m256i sel = _mm256_srlv_epi32(_mm256_set1_epi32((int)meld_avx2_expand_lanes[m & 0xffu]),
-                                          _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21));
+    const __m256i sel = meld_avx2_lane_indices(meld_avx2_expand_lanes[m & 0xffu]);
     return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, sel), meld_avx2_lanes(m));
 }
 /* Philox in 64-bit lanes (philox.tpl.h); no fast PDEP (microcoded on Zen 2) */
