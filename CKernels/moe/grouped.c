@@ -105,15 +105,105 @@ size_t meld_moe_weights_bytes(const meld_moe_weights *w) { return w ? w->bytes :
 /* ---- the grouped core ------------------------------------------------------------------------
  * rows of expert e are positions start[e] .. start[e+1]-1 of arow/crow (row pointers, so both
  * forms and the FFN's sorted intermediates share it). */
-typedef struct gm_task { uint32_t e, m0, n0; } gm_task;
+typedef struct gm_task { uint32_t e, m0, n0, row0; } gm_task; /* row0: the unit's first row in its phase's copy */
+enum gm_copy { COPY_NONE, COPY_ROWS, COPY_PACKED };
+
+/* what the tasks of one call share */
+typedef struct gm_call {
+    const meld_ukernels *uk;
+    meld_gemm_ukernel gemm;
+    const meld_moe_weights *w;
+    const size_t *start;
+    const float *const *arow;
+    float *const *crow;
+    const float *copy;
+    size_t MR, MC, nc, ldp;
+    enum gm_copy mode;
+} gm_call;
+
+/* One task: rows m0 .. m0+MC of expert e times columns n0 .. n0+nc, in KC-deep slices of one
+ * NR panel reused across the task's row tiles. */
+static void run_task(const gm_call *g, gm_task t) {
+    const meld_moe_weights *w = g->w;
+    const size_t MR = g->MR, N = w->N, K = w->K, NR = w->nr, es = meld_dtype_size(w->dtype);
+    const size_t rows = g->start[t.e + 1] - g->start[t.e], m1 = t.m0 + g->MC < rows ? t.m0 + g->MC : rows;
+    const size_t n1 = t.n0 + g->nc < N ? t.n0 + g->nc : N;
+    const float *a[16];
+    float *c[16];
+    for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
+        const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
+        for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
+            const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
+            const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
+            /* the panel this task reads next: the next one of this k block, else the first of
+             * the next block (prefetched by the first row tile's call) */
+            const char *b_next = n0 + NR < n1      ? b + kc * NR * es
+                                 : k0 + GM_KC < K ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es
+                                                  : NULL;
+            for (size_t m = t.m0; m < m1; m += MR) {
+                const size_t mr = m1 - m < MR ? m1 - m : MR;
+                const void *bn = m == t.m0 ? b_next : NULL;
+                for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
+                if (g->mode == COPY_PACKED) { /* the tile's panel: MR rows of the copy, at k0 */
+                    g->uk->gemm_packed(kc, g->copy + (t.row0 + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                    continue;
+                }
+                for (size_t r = 0; r < MR; r++) {
+                    const size_t rr = m + (r < mr ? r : mr - 1);
+                    a[r] = g->mode == COPY_ROWS ? g->copy + (t.row0 + rr - t.m0) * g->ldp + k0 : g->arow[g->start[t.e] + rr] + k0;
+                }
+                g->gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
+            }
+        }
+    }
+}
+
+/* A task of few rows is bound by reading its weights, one of many rows by FMAs. Where a phase
+ * has both (skewed routing: a few busy experts, many with a handful of rows), running them side
+ * by side overlaps the weight streaming with the arithmetic; in task order, all threads would
+ * stream the same tail of small experts together while the FMA units idle. Light: fewer rows
+ * than the FLOPs a core does per byte it can stream (~10 f32 FLOPs/byte for one core of two on
+ * the Zen 5 machine measured: ~200 GFLOP/s against ~20 GB/s), per weight element read. */
+#define GM_FLOPS_PER_BYTE 10
+static int rows_light(const gm_call *g, size_t rows) {
+    return 2 * rows < GM_FLOPS_PER_BYTE * meld_dtype_size(g->w->dtype); /* FLOPs, bytes per weight element */
+}
+static int task_light(const gm_call *g, gm_task t) {
+    const size_t rows = g->start[t.e + 1] - g->start[t.e] - t.m0;
+    return rows_light(g, rows < g->MC ? rows : g->MC);
+}
+
+/* estimated cost in FLOP-equivalents: the larger of the FMAs and the weight bytes streamed */
+static double task_cost(const gm_call *g, gm_task t) {
+    const size_t rows = g->start[t.e + 1] - g->start[t.e] - t.m0, ur = rows < g->MC ? rows : g->MC;
+    const size_t cols = g->w->N - t.n0 < g->nc ? g->w->N - t.n0 : g->nc;
+    const double flops = 2.0 * (double)(ur * cols * g->w->K);
+    const double bytes = (double)(cols * g->w->K * meld_dtype_size(g->w->dtype));
+    return flops > GM_FLOPS_PER_BYTE * bytes ? flops : GM_FLOPS_PER_BYTE * bytes;
+}
+
+/* Puts a phase's heavy tasks before its light ones (each in their order); returns where the
+ * light ones start and how many threads should start on them. */
+static size_t split_phase(const gm_call *g, gm_task *t, size_t n, gm_task *tmp, int threads, int *light_threads) {
+    size_t h = 0, l = 0;
+    double hc = 0, lc = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (task_light(g, t[i])) { tmp[l++] = t[i]; lc += task_cost(g, t[i]); }
+        else { t[h++] = t[i]; hc += task_cost(g, t[i]); }
+    }
+    memcpy(t + h, tmp, l * sizeof *t);
+    long nl = lround(threads * lc / (hc + lc > 0 ? hc + lc : 1));
+    *light_threads = (int)(nl < 1 ? 1 : nl > threads - 1 ? threads - 1 : nl);
+    return h;
+}
 
 static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, const size_t *start,
                                 const float *const *arow, float *const *crow) {
     const meld_ukernels *uk = ctx->uk;
-    const meld_gemm_ukernel gemm = w->pairs ? meld_bf16_gemm_dot__avx512bf16 : uk->gemm;
+    gm_call g = {.uk = uk, .gemm = w->pairs ? meld_bf16_gemm_dot__avx512bf16 : uk->gemm, .w = w, .start = start,
+                 .arow = arow, .crow = crow};
     /* the AVX512-BF16 dot kernel has its own 8-row block */
     const size_t MR = w->pairs ? 8 : uk->gemm_mr, NR = w->nr, MC = GM_MC_BLOCKS * MR, N = w->N, K = w->K;
-    const size_t es = meld_dtype_size(w->dtype);
     size_t rows_max = 0, ntasks = 0, nunits = 0;
     for (size_t e = 0; e < w->E; e++) {
         size_t r = start[e + 1] - start[e];
@@ -138,7 +228,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
      *    Row strides of K = 2048 or 4096 floats put the MR rows read at each k into the same
      *    cache sets, where they evict each other and the B panel.
      * Decode rows are too few to gain. */
-    enum { COPY_NONE, COPY_ROWS, COPY_PACKED } mode = COPY_NONE;
+    enum gm_copy mode = COPY_NONE;
     if (rows_max > MR && start[w->E] > 1) {
         if (!w->pairs) mode = COPY_PACKED;
         else {
@@ -149,40 +239,61 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     }
     const int pack = mode != COPY_NONE;
     const size_t ldp = mode == COPY_PACKED ? K : K + 16; /* floats per copied row (a packed tile: MR of them) */
+    g.MR = MR; g.MC = MC; g.nc = nc; g.ldp = ldp; g.mode = mode;
     size_t copy_bytes = GM_COPY_BYTES;
     const char *env = getenv("MELD_MOE_COPY_BYTES"); /* tests: a small value copies in many phases */
     if (env && *env) copy_bytes = strtoull(env, NULL, 10);
     const size_t cap_rows = copy_bytes / (ldp * sizeof(float)) > MC ? copy_bytes / (ldp * sizeof(float)) : MC;
-    /* tasks in (expert, row block, column) order; a unit's tasks are consecutive. phase[f] is
+    /* Units (expert, row block) go to phases in two interleaved lists, heavy and light units
+     * each in (expert, row block) order, taken in proportion to their rows, so every phase has
+     * its share of both (see split_phase); a unit's column tasks are consecutive. phase[f] is
      * the first task of phase f; unit rows are numbered within their phase (row0), packed units
      * rounded up to whole tiles. */
-    gm_task *tasks = malloc(ntasks * sizeof *tasks);
-    size_t *phase = malloc((ntasks + 1) * sizeof *phase);
-    uint32_t *row0 = malloc(ntasks * sizeof *row0);
+    gm_task *tasks = malloc(2 * ntasks * sizeof *tasks); /* and a partition buffer */
+    size_t *phase = malloc(5 * (ntasks + 1) * sizeof *phase); /* and phase_rows, split, cursors (2 a phase) */
+    int *light_threads = malloc((ntasks + 1) * sizeof *light_threads);
+    gm_task *units = malloc(nunits * sizeof *units);
     const float **src = pack ? malloc((start[w->E] + nunits * MR) * sizeof *src) : NULL; /* copy sources, by phase row */
-    size_t *phase_rows = malloc((ntasks + 1) * sizeof *phase_rows);
-    if (!tasks || !phase || !row0 || (pack && !src) || !phase_rows) {
-        free(tasks); free(phase); free(row0); free(src); free(phase_rows);
+    if (!tasks || !phase || !light_threads || !units || (pack && !src)) {
+        free(tasks); free(phase); free(light_threads); free(units); free(src);
         return MELD_ERR_OUT_OF_MEMORY;
     }
-    size_t q = 0, nphase = 0, prow = 0, srow = 0;
-    phase[0] = 0;
-    for (size_t e = 0; e < w->E; e++) /* one flat list across all experts */
+    size_t *phase_rows = phase + (ntasks + 1), *split = phase_rows + (ntasks + 1), *cursor = split + (ntasks + 1);
+    size_t nh = 0, nl = nunits, rows_h = 0, rows_l = 0; /* heavy units fill units[] from the front, light from the back */
+    for (size_t e = 0; e < w->E; e++)
         for (size_t m0 = 0; m0 < start[e + 1] - start[e]; m0 += MC) {
             const size_t mr = start[e + 1] - start[e] - m0 < MC ? start[e + 1] - start[e] - m0 : MC;
-            const size_t rows = mode == COPY_PACKED ? (mr + MR - 1) / MR * MR : mr;
-            if (pack && prow + rows > cap_rows) { phase_rows[nphase] = prow; phase[++nphase] = q; prow = 0; }
-            for (size_t r = 0; pack && r < rows; r++) src[srow++] = arow[start[e] + m0 + (r < mr ? r : mr - 1)];
-            for (size_t n0 = 0; n0 < N; n0 += nc) {
-                row0[q] = (uint32_t)prow;
-                tasks[q++] = (gm_task){(uint32_t)e, (uint32_t)m0, (uint32_t)n0};
-            }
-            prow += rows;
+            if (rows_light(&g, mr)) { units[--nl] = (gm_task){(uint32_t)e, (uint32_t)m0, 0, 0}; rows_l += mr; }
+            else { units[nh++] = (gm_task){(uint32_t)e, (uint32_t)m0, 0, 0}; rows_h += mr; }
         }
+    size_t q = 0, nphase = 0, prow = 0, srow = 0, hi = 0, li = nunits, taken_h = 0, taken_l = 0;
+    phase[0] = 0;
+    while (hi < nh || li > nl) {
+        /* the list that is behind in its share of rows (light units are read back to front) */
+        const int heavy = li == nl || (hi < nh && taken_h * rows_l <= taken_l * rows_h);
+        const gm_task u = heavy ? units[hi++] : units[--li];
+        const size_t mr = start[u.e + 1] - start[u.e] - u.m0 < MC ? start[u.e + 1] - start[u.e] - u.m0 : MC;
+        const size_t rows = mode == COPY_PACKED ? (mr + MR - 1) / MR * MR : mr;
+        *(heavy ? &taken_h : &taken_l) += mr;
+        if (pack && prow + rows > cap_rows) { phase_rows[nphase] = prow; phase[++nphase] = q; prow = 0; }
+        for (size_t r = 0; pack && r < rows; r++) src[srow++] = arow[start[u.e] + u.m0 + (r < mr ? r : mr - 1)];
+        for (size_t n0 = 0; n0 < N; n0 += nc) tasks[q++] = (gm_task){u.e, u.m0, (uint32_t)n0, (uint32_t)prow};
+        prow += rows;
+    }
     phase_rows[nphase] = prow;
     phase[++nphase] = q;
+    free(units);
+    for (size_t f = 0; f < nphase; f++) {
+        /* decode (no copy): every task streams its weights; nothing to overlap */
+        split[f] = mode == COPY_NONE ? phase[f + 1]
+                                     : phase[f] + split_phase(&g, tasks + phase[f], phase[f + 1] - phase[f], tasks + ntasks,
+                                                              ctx->threads, &light_threads[f]);
+        cursor[2 * f] = phase[f];
+        cursor[2 * f + 1] = split[f];
+    }
     float *copy = pack ? meld_scratch(ctx, cap_rows * ldp * sizeof(float)) : NULL;
-    if (pack && !copy) { free(tasks); free(phase); free(row0); free(src); free(phase_rows); return MELD_ERR_OUT_OF_MEMORY; }
+    if (pack && !copy) { free(tasks); free(phase); free(light_threads); free(src); return MELD_ERR_OUT_OF_MEMORY; }
+    g.copy = copy;
 #pragma omp parallel num_threads(ctx->threads) if (ntasks > 1)
     {
         const float **srcp = src;
@@ -208,43 +319,25 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                 }
             }
             srcp += pack ? phase_rows[f] : 0;
+            const int nth = omp_get_num_threads();
+            if (nth == 1 || split[f] == phase[f] || split[f] == phase[f + 1]) {
 #pragma omp for schedule(static, 1)
-            for (size_t i = phase[f]; i < phase[f + 1]; i++) {
-                const gm_task t = tasks[i];
-                const size_t rows = start[t.e + 1] - start[t.e], m1 = t.m0 + MC < rows ? t.m0 + MC : rows;
-                const size_t n1 = t.n0 + nc < N ? t.n0 + nc : N;
-                const float *a[16];
-                float *c[16];
-                for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
-                    const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
-                    for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
-                        const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
-                        const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
-                        /* the panel this task reads next: the next one of this k block, else the
-                         * first of the next block (prefetched by the first row tile's call) */
-                        const char *b_next = n0 + NR < n1      ? b + kc * NR * es
-                                             : k0 + GM_KC < K ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es
-                                                              : NULL;
-                        for (size_t m = t.m0; m < m1; m += MR) {
-                            const size_t mr = m1 - m < MR ? m1 - m : MR;
-                            const void *bn = m == t.m0 ? b_next : NULL;
-                            for (size_t r = 0; r < mr; r++) c[r] = crow[start[t.e] + m + r] + n0;
-                            if (mode == COPY_PACKED) { /* the tile's panel: MR rows of the copy, at k0 */
-                                uk->gemm_packed(kc, copy + (row0[i] + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
-                                continue;
-                            }
-                            for (size_t r = 0; r < MR; r++) {
-                                const size_t rr = m + (r < mr ? r : mr - 1);
-                                a[r] = mode == COPY_ROWS ? copy + (row0[i] + rr - t.m0) * ldp + k0 : arow[start[t.e] + rr] + k0;
-                            }
-                            gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
-                        }
-                    }
+                for (size_t i = phase[f]; i < phase[f + 1]; i++) run_task(&g, tasks[i]);
+            } else {
+                /* heavy and light side by side: each thread takes tasks from its own list first
+                 * (list 0 the heavy tasks, 1 the light), then helps with the other */
+                const int own = omp_get_thread_num() >= nth - light_threads[f];
+                const size_t end[2] = {split[f], phase[f + 1]};
+                for (int l = own, tries = 0; tries < 2;) {
+                    const size_t i = __atomic_fetch_add(&cursor[2 * f + l], 1, __ATOMIC_RELAXED);
+                    if (i < end[l]) run_task(&g, tasks[i]);
+                    else { l ^= 1; tries++; }
                 }
+#pragma omp barrier
             }
         }
     }
-    free(tasks); free(phase); free(row0); free(src); free(phase_rows);
+    free(tasks); free(phase); free(light_threads); free(src);
     return MELD_OK;
 }
 

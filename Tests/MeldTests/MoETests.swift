@@ -92,12 +92,23 @@ final class MoETests: XCTestCase {
     func testGroupedMatmul() throws {
         var rng = Rng(52)
         // ldx 1024: rows on the 4 KiB grid (the bf16 dot kernel's prefill copies those to a padded stride)
-        for (E, N, K, M, ldx) in [(4, 37, 23, 29, 26), (8, 64, 64, 1, 67), (3, 33, 300, 70, 303), (3, 33, 300, 70, 1024), (5, 16, 8, 0, 11)] {
+        // (6, 33, 64, 400): with "skew", busy experts beside ones of a few rows, in several copy phases
+        for (E, N, K, M, ldx) in [(4, 37, 23, 29, 26), (8, 64, 64, 1, 67), (3, 33, 300, 70, 303), (3, 33, 300, 70, 1024), (5, 16, 8, 0, 11),
+                                  (6, 33, 64, 400, 64)] {
             let wf = (0..<(E * N * K)).map { _ in rng.normal() * 0.1 }
             let ldy = N + 5
             let x = (0..<(max(M, 1) * ldx)).map { _ in rng.normal() }
-            for routing in ["spread", "one", "skip"] {
-                let ids: [Int32] = (0..<M).map { r in routing == "one" ? Int32(E - 1) : routing == "skip" ? Int32((r % 2) * 2 % E) : Int32(rng.next() % UInt64(E)) }
+            for routing in ["spread", "one", "skip", "skew"] {
+                // skew: 3 in 4 rows on expert 0, the rest spread (prefill mixes row blocks bound by
+                // FMAs with ones bound by reading their weights)
+                let ids: [Int32] = (0..<M).map { r in
+                    switch routing {
+                    case "one": Int32(E - 1)
+                    case "skip": Int32((r % 2) * 2 % E)
+                    case "skew": r % 4 != 0 ? 0 : Int32(rng.next() % UInt64(E))
+                    default: Int32(rng.next() % UInt64(E))
+                    }
+                }
                 let sortedRows = (0..<M).sorted { ids[$0] != ids[$1] ? ids[$0] < ids[$1] : $0 < $1 }
                 var offsets = [Int32](repeating: 0, count: E + 1)
                 for id in ids { offsets[Int(id) + 1] += 1 }
@@ -115,11 +126,13 @@ final class MoETests: XCTestCase {
                         }
                         let yg = try ctx.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: packed, ldy: ldy)
                         let yo = try ctx.groupedMatmul(x: xs, ldx: ldx, offsets: offsets, weights: packed, ldy: ldy)
-                        // the prefill copy one (expert, row block) at a time: the same bits
-                        setenv("MELD_MOE_COPY_BYTES", "1", 1)
-                        let yp = try ctx.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: packed, ldy: ldy)
-                        unsetenv("MELD_MOE_COPY_BYTES")
-                        XCTAssertEqual(bits(yp), bits(yg), "copy in phases \(routing) \(ctx.isa)")
+                        // the prefill copy one (expert, row block) at a time, or a few: the same bits
+                        for copyBytes in ["1", "60000"] {
+                            setenv("MELD_MOE_COPY_BYTES", copyBytes, 1)
+                            let yp = try ctx.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: packed, ldy: ldy)
+                            unsetenv("MELD_MOE_COPY_BYTES")
+                            XCTAssertEqual(bits(yp), bits(yg), "copy in phases of \(copyBytes) bytes \(routing) \(ctx.isa)")
+                        }
                         // each row alone (decode: row pointers, no copy) gives the bits it got among
                         // many (prefill: packed A tiles)
                         if routing == "one" {
