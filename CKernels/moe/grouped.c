@@ -285,6 +285,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     free(units);
     for (size_t f = 0; f < nphase; f++) {
         /* decode (no copy): every task streams its weights; nothing to overlap */
+        light_threads[f] = 0;
         split[f] = mode == COPY_NONE ? phase[f + 1]
                                      : phase[f] + split_phase(&g, tasks + phase[f], phase[f + 1] - phase[f], tasks + ntasks,
                                                               ctx->threads, &light_threads[f]);
@@ -319,22 +320,18 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                 }
             }
             srcp += pack ? phase_rows[f] : 0;
-            const int nth = omp_get_num_threads();
-            if (nth == 1 || split[f] == phase[f] || split[f] == phase[f + 1]) {
-#pragma omp for schedule(static, 1)
-                for (size_t i = phase[f]; i < phase[f + 1]; i++) run_task(&g, tasks[i]);
-            } else {
-                /* heavy and light side by side: each thread takes tasks from its own list first
-                 * (list 0 the heavy tasks, 1 the light), then helps with the other */
-                const int own = omp_get_thread_num() >= nth - light_threads[f];
-                const size_t end[2] = {split[f], phase[f + 1]};
-                for (int l = own, tries = 0; tries < 2;) {
-                    const size_t i = __atomic_fetch_add(&cursor[2 * f + l], 1, __ATOMIC_RELAXED);
-                    if (i < end[l]) run_task(&g, tasks[i]);
-                    else { l ^= 1; tries++; }
-                }
-#pragma omp barrier
+            /* Tasks go to whichever thread is free (a shared cursor), so a thread slowed by a
+             * neighbour does not hold the others at the phase's end; with heavy and light tasks
+             * (split_phase), each thread starts on its own list (0 heavy, 1 light), then helps
+             * with the other. Any thread may compute any task: the bits do not change. */
+            const int own = omp_get_thread_num() >= omp_get_num_threads() - light_threads[f];
+            const size_t end[2] = {split[f], phase[f + 1]};
+            for (int l = own, tries = 0; tries < 2;) {
+                const size_t i = __atomic_fetch_add(&cursor[2 * f + l], 1, __ATOMIC_RELAXED);
+                if (i < end[l]) run_task(&g, tasks[i]);
+                else { l ^= 1; tries++; }
             }
+#pragma omp barrier
         }
     }
     free(tasks); free(phase); free(light_threads); free(src);
