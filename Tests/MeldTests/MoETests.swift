@@ -152,6 +152,17 @@ final class MoETests: XCTestCase {
                         }
                         if ctx.isa == .avx512 || !ISA.avx512.isSupported {
                             if let f = byThreads[0] { XCTAssertEqual(bits(f), bits(yg), "1 vs 2 threads") } else { byThreads[0] = yg }
+                            // more threads than the light list's one (the split between the lists)
+                            if routing == "skew" && ctx.threads == 1 {
+                                for t in [3, 5] {
+                                    let c = try Context(threads: t, isa: ctx.isa)
+                                    let p = dtName == "f32" ? try PackedExperts(c, weights: wf, experts: E, n: N, k: K)
+                                        : dtName == "bf16" ? try PackedExperts(c, weights: wf.map { BFloat16($0) }, experts: E, n: N, k: K)
+                                        : try PackedExperts(c, weights: wf.map { Float16($0) }, experts: E, n: N, k: K)
+                                    let y = try c.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: p, ldy: ldy)
+                                    XCTAssertEqual(bits(y), bits(yg), "\(t) threads \(dtName)")
+                                }
+                            }
                         }
                     }
                 }
