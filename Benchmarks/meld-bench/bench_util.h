@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <meld.h>
 
 int omp_get_max_threads(void);
 void omp_set_num_threads(int);
@@ -20,11 +21,14 @@ static inline double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* best (minimum) seconds of reps runs of body */
 /* the command line: element count, repetitions, threads, JSON lines, and (moe) the shapes and
  * token counts to run (NULL / 0: all) */
 typedef struct bench_cfg { size_t n; int reps; int threads; int json; const char *shape; size_t tokens; } bench_cfg;
 
+/* a failed call ends the benchmark, naming the call and its status */
+#define CHECK(x) do { meld_status s_ = (x); if (s_ != MELD_OK) { fprintf(stderr, "%s: %s\n", #x, meld_status_string(s_)); exit(1); } } while (0)
+
+/* best (minimum) seconds of reps runs of body */
 #define BEST_OF(reps, secs, body) do { \
     secs = 1e30; \
     for (int r_ = 0; r_ < (reps); r_++) { double t0_ = now_s(); body; double t_ = now_s() - t0_; if (t_ < secs) secs = t_; } \

@@ -7,7 +7,6 @@
 #include <meld.h>
 #include "bench_util.h"
 
-
 static void report(const bench_cfg *c, const char *kernel, const char *dtype, double secs, double bytes,
                    double triad, const char *target_name, double target, double ratio) {
     double gbs = bytes / secs / 1e9;
@@ -19,8 +18,6 @@ static void report(const bench_cfg *c, const char *kernel, const char *dtype, do
                "\"gbs\":%.3f,\"triad_gbs\":%.3f,\"%s\":%.3f}\n",
                kernel, dtype, c->n, c->threads, secs * 1e3, gbs, triad, target_name, ratio);
 }
-
-#define CHECK(x) do { meld_status s_ = (x); if (s_ != MELD_OK) { fprintf(stderr, "%s: %s\n", #x, meld_status_string(s_)); exit(1); } } while (0)
 
 void merge_bench(const bench_cfg *c) {
     const size_t n = c->n;

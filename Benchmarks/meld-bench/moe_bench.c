@@ -70,8 +70,6 @@ static double peak_gflops(int threads) {
 
 typedef struct shape { const char *name; size_t hidden, inter, experts, k; } shape;
 
-#define CHECK(x) do { meld_status s_ = (x); if (s_ != MELD_OK) { fprintf(stderr, "%s: %s\n", #x, meld_status_string(s_)); exit(1); } } while (0)
-
 static void make_ids(int32_t *ids, size_t T, size_t k, size_t E, int routing, uint64_t seed) {
     for (size_t t = 0; t < T; t++) {
         for (size_t j = 0; j < k; j++) {

@@ -4,9 +4,6 @@
 #include <meld.h>
 #include "bench_util.h"
 
-
-#define CHECK(x) do { meld_status s_ = (x); if (s_ != MELD_OK) { fprintf(stderr, "%s: %s\n", #x, meld_status_string(s_)); exit(1); } } while (0)
-
 void opencl_bench(const bench_cfg *c) {
     size_t ndev = 0;
     meld_opencl_device_count(&ndev);
