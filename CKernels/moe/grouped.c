@@ -121,12 +121,18 @@ typedef struct gm_call {
     enum gm_copy mode;
 } gm_call;
 
+/* rows of the unit (expert e, row block at m0): MC, or fewer in the expert's last block */
+static size_t unit_rows(const gm_call *g, size_t e, size_t m0) {
+    const size_t left = g->start[e + 1] - g->start[e] - m0;
+    return left < g->MC ? left : g->MC;
+}
+
 /* One task: rows m0 .. m0+MC of expert e times columns n0 .. n0+nc, in KC-deep slices of one
  * NR panel reused across the task's row tiles. */
 static void run_task(const gm_call *g, gm_task t) {
     const meld_moe_weights *w = g->w;
     const size_t MR = g->MR, N = w->N, K = w->K, NR = w->nr, es = meld_dtype_size(w->dtype);
-    const size_t rows = g->start[t.e + 1] - g->start[t.e], m1 = t.m0 + g->MC < rows ? t.m0 + g->MC : rows;
+    const size_t m1 = t.m0 + unit_rows(g, t.e, t.m0);
     const size_t n1 = t.n0 + g->nc < N ? t.n0 + g->nc : N;
     const float *a[16];
     float *c[16];
@@ -168,14 +174,11 @@ static void run_task(const gm_call *g, gm_task t) {
 static int rows_light(const gm_call *g, size_t rows) {
     return 2 * rows < GM_FLOPS_PER_BYTE * meld_dtype_size(g->w->dtype); /* FLOPs, bytes per weight element */
 }
-static int task_light(const gm_call *g, gm_task t) {
-    const size_t rows = g->start[t.e + 1] - g->start[t.e] - t.m0;
-    return rows_light(g, rows < g->MC ? rows : g->MC);
-}
+static int task_light(const gm_call *g, gm_task t) { return rows_light(g, unit_rows(g, t.e, t.m0)); }
 
 /* estimated cost in FLOP-equivalents: the larger of the FMAs and the weight bytes streamed */
 static double task_cost(const gm_call *g, gm_task t) {
-    const size_t rows = g->start[t.e + 1] - g->start[t.e] - t.m0, ur = rows < g->MC ? rows : g->MC;
+    const size_t ur = unit_rows(g, t.e, t.m0);
     const size_t cols = g->w->N - t.n0 < g->nc ? g->w->N - t.n0 : g->nc;
     const double flops = 2.0 * (double)(ur * cols * g->w->K);
     const double bytes = (double)(cols * g->w->K * meld_dtype_size(g->w->dtype));
@@ -262,7 +265,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     size_t nh = 0, nl = nunits, rows_h = 0, rows_l = 0; /* heavy units fill units[] from the front, light from the back */
     for (size_t e = 0; e < w->E; e++)
         for (size_t m0 = 0; m0 < start[e + 1] - start[e]; m0 += MC) {
-            const size_t mr = start[e + 1] - start[e] - m0 < MC ? start[e + 1] - start[e] - m0 : MC;
+            const size_t mr = unit_rows(&g, e, m0);
             if (rows_light(&g, mr)) { units[--nl] = (gm_task){(uint32_t)e, (uint32_t)m0, 0, 0}; rows_l += mr; }
             else { units[nh++] = (gm_task){(uint32_t)e, (uint32_t)m0, 0, 0}; rows_h += mr; }
         }
@@ -272,7 +275,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
         /* the list that is behind in its share of rows (light units are read back to front) */
         const int heavy = li == nl || (hi < nh && taken_h * rows_l <= taken_l * rows_h);
         const gm_task u = heavy ? units[hi++] : units[--li];
-        const size_t mr = start[u.e + 1] - start[u.e] - u.m0 < MC ? start[u.e + 1] - start[u.e] - u.m0 : MC;
+        const size_t mr = unit_rows(&g, u.e, u.m0);
         const size_t rows = mode == COPY_PACKED ? (mr + MR - 1) / MR * MR : mr;
         *(heavy ? &taken_h : &taken_l) += mr;
         if (pack && prow + rows > cap_rows) { phase_rows[nphase] = prow; phase[++nphase] = q; prow = 0; }
