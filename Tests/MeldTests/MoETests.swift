@@ -116,14 +116,17 @@ final class MoETests: XCTestCase {
                 let xs = sortedRows.flatMap { Array(x[($0 * ldx)..<($0 * ldx + ldx)]) }
                 for (dtName, tol) in [("f32", 1e-5), ("bf16", 1e-5), ("f16", 1e-5)] {
                     var byThreads: [Int: [Float]] = [:]
-                    for ctx in try allContexts() {
-                        let packed: PackedExperts
-                        var wq = wf
+                    // the weights as the kernels see them, and packed for a context
+                    let wq = dtName == "bf16" ? wf.map { BFloat16($0).floatValue } : dtName == "f16" ? wf.map { Float(Float16($0)) } : wf
+                    func pack(_ c: Context) throws -> PackedExperts {
                         switch dtName {
-                        case "bf16": let b = wf.map { BFloat16($0) }; wq = b.map(\.floatValue); packed = try PackedExperts(ctx, weights: b, experts: E, n: N, k: K)
-                        case "f16": let h = wf.map { Float16($0) }; wq = h.map(Float.init); packed = try PackedExperts(ctx, weights: h, experts: E, n: N, k: K)
-                        default: packed = try PackedExperts(ctx, weights: wf, experts: E, n: N, k: K)
+                        case "bf16": try PackedExperts(c, weights: wf.map { BFloat16($0) }, experts: E, n: N, k: K)
+                        case "f16": try PackedExperts(c, weights: wf.map { Float16($0) }, experts: E, n: N, k: K)
+                        default: try PackedExperts(c, weights: wf, experts: E, n: N, k: K)
                         }
+                    }
+                    for ctx in try allContexts() {
+                        let packed = try pack(ctx)
                         let yg = try ctx.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: packed, ldy: ldy)
                         let yo = try ctx.groupedMatmul(x: xs, ldx: ldx, offsets: offsets, weights: packed, ldy: ldy)
                         // the prefill copy one (expert, row block) at a time, or a few: the same bits
@@ -156,10 +159,7 @@ final class MoETests: XCTestCase {
                             if routing == "skew" && ctx.threads == 1 {
                                 for t in [3, 5] {
                                     let c = try Context(threads: t, isa: ctx.isa)
-                                    let p = dtName == "f32" ? try PackedExperts(c, weights: wf, experts: E, n: N, k: K)
-                                        : dtName == "bf16" ? try PackedExperts(c, weights: wf.map { BFloat16($0) }, experts: E, n: N, k: K)
-                                        : try PackedExperts(c, weights: wf.map { Float16($0) }, experts: E, n: N, k: K)
-                                    let y = try c.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: p, ldy: ldy)
+                                    let y = try c.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: try pack(c), ldy: ldy)
                                     XCTAssertEqual(bits(y), bits(yg), "\(t) threads \(dtName)")
                                 }
                             }
