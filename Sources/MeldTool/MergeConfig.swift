@@ -185,3 +185,19 @@ public struct MergeConfig: Sendable {
         }
     }
 }
+
+/// A size as mergekit's `--out-shard-size` takes it: a number with an optional K, M or B
+/// (thousand, million, billion) suffix, or KB/MB/GB/KiB/MiB/GiB; nil unless it is a positive
+/// whole number of bytes up to Int.max.
+public func parseByteSize(_ s: String) -> Int? {
+    let t = s.trimmingCharacters(in: .whitespaces).uppercased()
+    let units: [(String, Double)] = [("KIB", 1024), ("MIB", 1_048_576), ("GIB", 1_073_741_824), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9),
+                                     ("K", 1e3), ("M", 1e6), ("B", 1e9), ("G", 1e9)]
+    for (u, m) in units where t.hasSuffix(u) {
+        // Int(_:) traps past Int.max (and on infinity): such sizes are refused first
+        guard let v = Double(t.dropLast(u.count)), v > 0, v * m < Double(Int.max), v * m >= 1 else { continue }
+        return Int(v * m)
+    }
+    if let v = Int(t), v > 0 { return v }
+    return nil
+}

@@ -43,7 +43,9 @@ public enum Merger {
         }
         let cfg = try MergeConfig(yaml: text, source: req.configPath)
         let fm = FileManager.default
-        let out = absolute(req.outDir)
+        // ".." resolved first: the temporary folder and the old one sit beside the output, and
+        // "a/../out" would lose its parent once a had moved away
+        let out = URL(fileURLWithPath: absolute(req.outDir)).standardizedFileURL.path
         if fm.fileExists(atPath: out) && !req.overwrite {
             throw ToolError("output folder \(req.outDir) already exists (pass --overwrite to replace it)")
         }
@@ -58,6 +60,11 @@ public enum Merger {
         let base = try cfg.baseModel.map(folder)
         let models = try cfg.models.map { try folder($0.model) }
         let plan = try Plan(cfg: cfg, base: base, models: models)
+        // replacing an input would delete the model being read (even with --overwrite)
+        let outReal = URL(fileURLWithPath: out).resolvingSymlinksInPath().standardizedFileURL.path
+        for f in folders.values where URL(fileURLWithPath: f.path).resolvingSymlinksInPath().standardizedFileURL.path == outReal {
+            throw ToolError("output folder \(req.outDir) is an input model of the merge")
+        }
 
         let parent = (out as NSString).deletingLastPathComponent
         let tmp = parent + "/.meld-tmp-\(getpid())-" + (out as NSString).lastPathComponent
@@ -75,7 +82,10 @@ public enum Merger {
             if fm.fileExists(atPath: out) {
                 let old = parent + "/.meld-old-\(getpid())-" + (out as NSString).lastPathComponent
                 try fm.moveItem(atPath: out, toPath: old)
-                try fm.moveItem(atPath: tmp, toPath: out)
+                do { try fm.moveItem(atPath: tmp, toPath: out) } catch {
+                    try? fm.moveItem(atPath: old, toPath: out) /* the old output back where it was */
+                    throw error
+                }
                 try? fm.removeItem(atPath: old)
             } else {
                 try fm.moveItem(atPath: tmp, toPath: out)
@@ -217,7 +227,11 @@ public enum Merger {
             let t0 = Date()
             for f in uniqueInputs { f.prefetch(name) }
             tMap += Date().timeIntervalSince(t0)
-            try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, sink: sink)
+            do {
+                try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, sink: sink)
+            } catch let e as MeldError {
+                throw ToolError("\(plan.method) merge of tensor \(name): \(e)")
+            }
             tKernel += Date().timeIntervalSince(t0)
             mapped.append(name)
             mappedBytes += inBytes
@@ -307,6 +321,9 @@ public enum Merger {
             let w = try plan.entries.map { Float(try required(p("weight", $0.entry), "weight", model: $0.entry.model, tensor: name)) }
             let xs = try plan.entries.map { try v($0.folder) }
             let normalize = flag("normalize", true)
+            if normalize && w.reduce(0, +) == 0 {
+                throw ToolError("linear merge of tensor \(name): the weights \(w) sum to 0, and normalize (the default) divides by that sum; change the weights or set normalize: false")
+            }
             try sink.chunked { first, out in   // elementwise: a range of the inputs gives that range of the output
                 try ctx.linear(xs.map { x in TensorView(data: x.data.map { $0 + first * x.dtype.size }, count: out.count, dtype: x.dtype) },
                                weights: w, normalize: normalize, into: out)

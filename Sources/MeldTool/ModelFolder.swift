@@ -12,9 +12,10 @@ public final class ModelFolder {
     public init(path: String) throws {
         self.path = path
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw ToolError("model folder \(path) does not exist")
         }
+        guard isDir.boolValue else { throw ToolError("model \(path) is a file, not a model folder") }
         let cfgPath = path + "/config.json"
         if let d = FileManager.default.contents(atPath: cfgPath) {
             guard let c = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else { throw ToolError("\(cfgPath) is not a JSON object") }

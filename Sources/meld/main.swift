@@ -13,19 +13,6 @@ struct MeldCommand: ParsableCommand {
     )
 }
 
-/// Parses sizes as mergekit does: a number with an optional K, M or B (thousand, million,
-/// billion) suffix, or KB/MB/GB/KiB/MiB/GiB.
-func parseSize(_ s: String) throws -> Int {
-    let t = s.trimmingCharacters(in: .whitespaces).uppercased()
-    let units: [(String, Double)] = [("KIB", 1024), ("MIB", 1_048_576), ("GIB", 1_073_741_824), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9),
-                                     ("K", 1e3), ("M", 1e6), ("B", 1e9), ("G", 1e9)]
-    for (u, m) in units where t.hasSuffix(u) {
-        if let v = Double(t.dropLast(u.count)), v > 0 { return Int(v * m) }
-    }
-    if let v = Int(t), v > 0 { return v }
-    throw ValidationError("--out-shard-size \(s): expected a size such as 5B, 500M or 2GiB")
-}
-
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Merge the models of a mergekit YAML config into OUT_DIR.")
     @Argument(help: "The mergekit YAML config (model paths resolve against the working directory).") var config: String
@@ -48,7 +35,11 @@ struct Merge: ParsableCommand {
             req.openCLDevice = parts.count == 2 ? Int(parts[1])! : -1
         }
         req.seed = seed
-        req.shardSize = try parseSize(shardSize)
+        guard let size = parseByteSize(shardSize) else {
+            throw ValidationError("--out-shard-size \(shardSize): expected a size such as 5B, 500M or 2GiB, at most \(Int.max) bytes")
+        }
+        req.shardSize = size
+        guard (0...4096).contains(threads) else { throw ValidationError("--threads \(threads): expected 0 (all cores) to 4096") }
         req.threads = threads
         req.quiet = quiet
         req.overwrite = overwrite

@@ -159,7 +159,26 @@ final class ToolTests: XCTestCase {
         expectError(ties().replacingOccurrences(of: "weight: 1.0, ", with: ""), in: d, contains: "has no weight")
         expectError(ties("out_dtype: int8"), in: d, contains: "out_dtype")
         expectError("merge_method: [ties\n", in: d, contains: "not valid YAML")
+        // normalize divides by the weights' sum: a zero sum is refused, naming the tensor
+        let linear = "merge_method: linear\nmodels:\n  - model: models/expert0\n    parameters: {weight: 1.0}\n  - model: models/expert1\n    parameters: {weight: -1.0}\n"
+        expectError(linear, in: d, contains: "sum to 0")
         expectError(ties().replacingOccurrences(of: "merge_method: ties", with: "merge_method: slerp").replacingOccurrences(of: "{weight: 1.0, density: 0.5}", with: "{}").replacingOccurrences(of: "{weight: 0.5, density: 0.3}", with: "{}"), in: d, contains: "slerp needs")
+        // without normalize, the same weights merge
+        write(linear + "parameters: {normalize: false}\n", d + "/c.yml")
+        XCTAssertNoThrow(try runMerge("c.yml", "out", in: d))
+    }
+
+    /// --out-shard-size: mergekit's suffixes; nothing that is not a positive size up to Int.max
+    /// (such a size used to trap in the conversion to Int).
+    func testByteSizes() {
+        XCTAssertEqual(parseByteSize("5B"), 5_000_000_000)
+        XCTAssertEqual(parseByteSize("500m"), 500_000_000)
+        XCTAssertEqual(parseByteSize("2GiB"), 2 << 30)
+        XCTAssertEqual(parseByteSize("1.5K"), 1500)
+        XCTAssertEqual(parseByteSize("4096"), 4096)
+        for bad in ["0", "-1", "0.0001K", "5QB", "", "K", "inf", "infG", "nanM", "99999999999999999999G", "9223372036854775808"] {
+            XCTAssertNil(parseByteSize(bad), bad)
+        }
     }
 
     func testModelMismatches() throws {
@@ -190,7 +209,17 @@ final class ToolTests: XCTestCase {
         r.quiet = true
         XCTAssertThrowsError(try Merger.run(r)) { XCTAssertTrue("\($0)".contains("already exists")) }
         r.overwrite = true
+        // never an input model, even with overwrite
+        var into = MergeRequest(configPath: "c.yml", outDir: "models/expert1/../expert1")
+        into.quiet = true; into.overwrite = true
+        XCTAssertThrowsError(try Merger.run(into)) { XCTAssertTrue("\($0)".contains("is an input model"), "\($0)") }
+        XCTAssertNoThrow(try ModelFolder(path: d + "/models/expert1"))
         XCTAssertNoThrow(try Merger.run(r))
+        // an output named through itself and ".." is replaced in place (its parent path "out/.." vanished
+        // with the old output, which was then left under a temporary name)
+        var dotted = MergeRequest(configPath: "c.yml", outDir: "out/../out")
+        dotted.quiet = true; dotted.overwrite = true
+        XCTAssertNoThrow(try Merger.run(dotted))
         XCTAssertNoThrow(try ModelFolder(path: d + "/out"))
     }
 
