@@ -157,6 +157,7 @@ meld_status meld_context_isa(const meld_context *ctx, meld_isa *out) {
 }
 
 const char *meld_context_last_error(const meld_context *ctx) { return ctx ? ctx->last_error : ""; }
+void meld_context_clear_error(meld_context *ctx) { if (ctx) ctx->last_error[0] = '\0'; }
 
 void meld_set_error(meld_context *ctx, const char *fmt, ...) {
     if (!ctx) return;

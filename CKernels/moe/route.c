@@ -101,7 +101,7 @@ struct meld_moe_plan {
 meld_status meld_moe_plan_create(meld_context *ctx, const int32_t *ids, size_t T, size_t k, size_t E, meld_moe_plan **out) {
     if (!ctx || !out || (T && k && !ids)) return MELD_ERR_NULL_POINTER;
     *out = NULL;
-    if (E == 0 || k == 0 || T * k > (size_t)INT32_MAX) return MELD_ERR_INVALID_ARGUMENT;
+    if (E == 0 || k == 0 || (T && k > (size_t)INT32_MAX / T)) return MELD_ERR_INVALID_ARGUMENT; /* T * k would not fit */
     const size_t M = T * k;
     for (size_t i = 0; i < M; i++)
         if (ids[i] < 0 || (size_t)ids[i] >= E) {

@@ -104,7 +104,12 @@ public final class Context {
     deinit { meld_context_destroy(raw) }
     public var threads: Int { var t: Int32 = 0; meld_context_threads(raw, &t); return Int(t) }
     public var isa: ISA { var i = meld_isa(0); meld_context_isa(raw, &i); return ISA(rawValue: i.rawValue) ?? .scalar }
-    @inline(__always) func run(_ s: meld_status) throws { try check(s, raw) }
+    /// Runs a C call on this context: a failure throws with the message that call left (the
+    /// context's message is cleared first, so an earlier failure's does not carry over).
+    @inline(__always) func run(_ call: @autoclosure () -> meld_status) throws {
+        meld_context_clear_error(raw)
+        try check(call(), raw)
+    }
 }
 
 /// Calls body with C views of every array, keeping them alive for the call.

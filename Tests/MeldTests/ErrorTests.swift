@@ -74,5 +74,16 @@ final class ErrorTests: XCTestCase {
             XCTAssertEqual(($0 as? MeldError)?.status, MeldError.invalidArgument)
         }
         XCTAssertThrowsError(try Context(threads: -3))
+        // a call's message is its own: a bad expert id names itself, and a later failure without a
+        // message does not repeat it
+        XCTAssertThrowsError(try ctx.dispatchPlan(ids: [0, 7], tokens: 2, k: 1, experts: 4)) {
+            XCTAssertTrue("\($0)".contains("expert id 7 at token 1"), "\($0)")
+        }
+        XCTAssertThrowsError(try ctx.select([1, 2, 3] as [Float], density: 2)) {
+            XCTAssertEqual(($0 as? MeldError)?.message, "", "\($0)")
+        }
+        // T * k that does not fit is an argument error, also where the product wraps around
+        var plan: OpaquePointer?
+        XCTAssertEqual(meld_moe_plan_create(ctx.raw, [0], 1 << 62, 8, 4, &plan), MELD_ERR_INVALID_ARGUMENT)
     }
 }

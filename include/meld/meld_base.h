@@ -13,7 +13,7 @@ extern "C" {
 #endif
 
 #define MELD_VERSION_MAJOR 0
-#define MELD_VERSION_MINOR 5
+#define MELD_VERSION_MINOR 6
 #define MELD_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH */
 #define MELD_VERSION (MELD_VERSION_MAJOR * 10000 + MELD_VERSION_MINOR * 100 + MELD_VERSION_PATCH)
@@ -95,8 +95,11 @@ MELD_API meld_status meld_context_create_ex(const meld_context_options *options,
 MELD_API meld_status meld_context_destroy(meld_context *ctx);
 MELD_API meld_status meld_context_threads(const meld_context *ctx, int *out);
 MELD_API meld_status meld_context_isa(const meld_context *ctx, meld_isa *out);
-/* Message of the last failing call on this context (device build logs etc.), "" if none. */
+/* Message of the last failing call on this context that gave one (device build logs, a bad
+ * expert id, ...), "" if none. A failing call without a message leaves it as it was: clear it
+ * before a call whose message you will read. */
 MELD_API const char *meld_context_last_error(const meld_context *ctx);
+MELD_API void meld_context_clear_error(meld_context *ctx);
 
 #ifdef __cplusplus
 }
