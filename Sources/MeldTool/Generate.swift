@@ -1,5 +1,8 @@
 import Foundation
 import Meld
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Writes Llama-shaped checkpoints: a base and experts = base + small dense noise + a sparse
 /// larger perturbation on ~10% of entries (so trimming and sign conflicts both matter).
@@ -26,6 +29,44 @@ public struct CheckpointGenerator: Sendable {
     }
 
     public var parameterCount: Int { tensorShapes.reduce(0) { $0 + $1.1.reduce(1, *) } }
+
+    /// Checks the shape parameters (each size at least 1, heads dividing hidden and kv-heads
+    /// dividing heads), that the sizes do not overflow, and that the models fit on the disk.
+    /// Returns the bytes the models take.
+    @discardableResult
+    public func validate(dir: String) throws -> Int {
+        for (name, v) in [("hidden", hidden), ("layers", layers), ("vocab", vocab), ("intermediate", intermediate),
+                          ("heads", heads), ("kv-heads", kvHeads)] where v < 1 {
+            throw ToolError("--\(name) \(v): must be at least 1")
+        }
+        guard experts >= 0 else { throw ToolError("--experts \(experts): must be at least 0") }
+        guard hidden % heads == 0 else { throw ToolError("--heads \(heads) does not divide --hidden \(hidden)") }
+        guard heads % kvHeads == 0 else { throw ToolError("--kv-heads \(kvHeads) does not divide --heads \(heads)") }
+        // bytes of all models, every product and sum checked (the shapes' own products trap on
+        // overflow): embeddings and lm_head, the final norm, and per layer two norms, q and o,
+        // k and v, and the three MLP matrices
+        func product(_ f: Int...) -> Int? {
+            f.reduce(Int?.some(1)) { acc, x in acc.flatMap { let (r, o) = $0.multipliedReportingOverflow(by: x); return o ? nil : r } }
+        }
+        func sum(_ t: Int?...) -> Int? {
+            t.reduce(Int?.some(0)) { acc, x in acc.flatMap { a in x.flatMap { let (r, o) = a.addingReportingOverflow($0); return o ? nil : r } } }
+        }
+        let layer = sum(product(2, hidden), product(2, hidden, hidden), product(2, kvHeads, hidden / heads, hidden), product(3, intermediate, hidden))
+        let params = sum(product(2, vocab, hidden), hidden, layer.flatMap { product($0, layers) })
+        guard let bytes = params.flatMap({ product($0, dtype.size, experts + 1) }) else {
+            throw ToolError("these shapes do not fit in memory addresses: choose smaller --hidden, --vocab, --intermediate or --layers")
+        }
+        var st = statvfs()
+        var probe = URL(fileURLWithPath: dir).standardizedFileURL
+        while !FileManager.default.fileExists(atPath: probe.path) && probe.path != "/" { probe.deleteLastPathComponent() }
+        if statvfs(probe.path, &st) == 0 {
+            let free = Double(st.f_bavail) * Double(st.f_frsize)
+            if Double(bytes) > free {
+                throw ToolError(String(format: "the models need %.2f GB and %@ has %.2f GB free", Double(bytes) / 1e9, probe.path, free / 1e9))
+            }
+        }
+        return bytes
+    }
 
     @inline(__always) static func mix(_ x: UInt64) -> UInt64 {
         var z = x &+ 0x9E37_79B9_7F4A_7C15

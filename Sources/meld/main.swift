@@ -121,6 +121,7 @@ struct Generate: ParsableCommand {
         case "f16": g.dtype = .F16
         default: throw ValidationError("--dtype must be f32, bf16 or f16")
         }
+        do { try g.validate(dir: dir) } catch let e as ToolError { throw ValidationError(e.message) }
         try g.write(to: dir)
         print("meld generate: base + \(experts) experts of \(g.parameterCount) parameters (\(dtype)) in \(dir)")
     }

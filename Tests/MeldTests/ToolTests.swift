@@ -181,6 +181,26 @@ final class ToolTests: XCTestCase {
         }
     }
 
+    /// `meld generate`'s checks: the byte count it computes with checked arithmetic is the
+    /// models' size; bad shapes are refused by name.
+    func testGeneratorValidation() throws {
+        var g = CheckpointGenerator()
+        g.hidden = 48; g.heads = 4; g.kvHeads = 2; g.intermediate = 80; g.vocab = 100; g.layers = 3; g.experts = 2; g.dtype = .BF16
+        XCTAssertEqual(try g.validate(dir: NSTemporaryDirectory()), g.parameterCount * 2 * 3)
+        func refused(_ change: (inout CheckpointGenerator) -> Void, _ text: String, line: UInt = #line) {
+            var b = g
+            change(&b)
+            XCTAssertThrowsError(try b.validate(dir: NSTemporaryDirectory()), line: line) { XCTAssertTrue("\($0)".contains(text), "\($0)", line: line) }
+        }
+        refused({ $0.hidden = 0 }, "--hidden 0")
+        refused({ $0.layers = -1 }, "--layers -1")
+        refused({ $0.experts = -1 }, "--experts -1")
+        refused({ $0.heads = 5 }, "does not divide --hidden")
+        refused({ $0.kvHeads = 3 }, "does not divide --heads")
+        refused({ $0.hidden = 1 << 40; $0.heads = 1; $0.kvHeads = 1 }, "do not fit")
+        refused({ $0.hidden = 1 << 20; $0.heads = 1; $0.kvHeads = 1; $0.vocab = 1 << 20 }, "GB free")
+    }
+
     func testModelMismatches() throws {
         let d = tempDir("mis")
         try models(d + "/models")
