@@ -67,7 +67,7 @@ public enum Merger {
         }
 
         let parent = (out as NSString).deletingLastPathComponent
-        let tmp = parent + "/.meld-tmp-\(getpid())-" + (out as NSString).lastPathComponent
+        let tmp = temporaryFolder(for: req.outDir)
         try? fm.removeItem(atPath: tmp)
         do { try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true) } catch {
             throw ToolError("cannot create \(tmp): \(error.localizedDescription)")
@@ -99,6 +99,13 @@ public enum Merger {
             try? fm.removeItem(atPath: tmp)
             throw error
         }
+    }
+
+    /// Where this process writes the output before renaming it to `outDir` (beside it, named
+    /// after it and the process id), so that a signal handler can remove it.
+    public static func temporaryFolder(for outDir: String) -> String {
+        let out = URL(fileURLWithPath: absolute(outDir)).standardizedFileURL.path
+        return (out as NSString).deletingLastPathComponent + "/.meld-tmp-\(getpid())-" + (out as NSString).lastPathComponent
     }
 
     /// fsync of a folder's files and of the folder itself (its entries).
@@ -205,6 +212,8 @@ public enum Merger {
         let progress = Progress(total: totalIn + writer.totalBytes, tensors: plan.names.count, enabled: !req.quiet && isatty(2) != 0)
         var done = 0
         let timing = ProcessInfo.processInfo.environment["MELD_TIMING"] != nil
+        // MELD_TEST_STALL_AFTER=N: stop for good after N tensors (tests interrupt a merge there)
+        let stallAfter = ProcessInfo.processInfo.environment["MELD_TEST_STALL_AFTER"].flatMap { Int($0) }
         var tKernel = 0.0, tRelease = 0.0, tMap = 0.0
         // Merged tensors' input pages are dropped in batches of up to `releaseBudget` bytes (and
         // before a tensor that would take the mapped total past it): one madvise per run of
@@ -235,6 +244,7 @@ public enum Merger {
             tKernel += Date().timeIntervalSince(t0)
             mapped.append(name)
             mappedBytes += inBytes
+            if stallAfter == i + 1 { while true { sleep(60) } } /* test hook: a merge caught midway */
             done += inBytes + info.count * plan.outDtype[name]!.size
             progress.update(tensors: i + 1, bytes: done, seconds: Date().timeIntervalSince(start))
         }

@@ -13,6 +13,34 @@ struct MeldCommand: ParsableCommand {
     )
 }
 
+/// On SIGINT, SIGTERM or SIGHUP, removes `path` (a merge's partial output) and then dies of
+/// the signal. The signals are blocked in this thread, and so in every thread started after
+/// (OpenMP's, the writer's); one thread of ours takes them with sigwait, outside signal context,
+/// where removing files is safe. A signal the process was started ignoring (nohup, a background
+/// job) stays ignored.
+func removeOnSignal(_ path: String) {
+    var set = sigset_t()
+    sigemptyset(&set)
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let previous = signal(sig, SIG_DFL)
+        if unsafeBitCast(previous, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self) { signal(sig, SIG_IGN) } else { sigaddset(&set, sig) }
+    }
+    pthread_sigmask(SIG_BLOCK, &set, nil)
+    let blocked = set
+    let waiter = Thread {
+        var wait = blocked, sig: Int32 = 0
+        guard sigwait(&wait, &sig) == 0 else { return }
+        try? FileManager.default.removeItem(atPath: path)
+        var one = sigset_t()
+        sigemptyset(&one)
+        sigaddset(&one, sig)
+        signal(sig, SIG_DFL)
+        pthread_sigmask(SIG_UNBLOCK, &one, nil) /* the pending signal is delivered here */
+        raise(sig)
+    }
+    waiter.start()
+}
+
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Merge the models of a mergekit YAML config into OUT_DIR.")
     @Argument(help: "The mergekit YAML config (model paths resolve against the working directory).") var config: String
@@ -44,6 +72,7 @@ struct Merge: ParsableCommand {
         req.quiet = quiet
         req.overwrite = overwrite
         req.sync = fsync
+        removeOnSignal(Merger.temporaryFolder(for: outDir))
         do {
             let s = try Merger.run(req)
             if !quiet {

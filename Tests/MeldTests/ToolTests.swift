@@ -181,6 +181,33 @@ final class ToolTests: XCTestCase {
         }
     }
 
+    /// A merge stopped by a signal leaves nothing behind: `meld merge` removes its temporary
+    /// folder, then dies of the signal (so its parent sees why it ended).
+    func testInterruptedMergeLeavesNothing() throws {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("meld")
+        guard FileManager.default.isExecutableFile(atPath: bin.path) else { return XCTFail("no meld executable at \(bin.path)") }
+        let d = tempDir("signal")
+        try models(d + "/models")
+        write(ties(), d + "/c.yml")
+        for sig in [SIGTERM, SIGINT] {
+            let p = Process()
+            p.executableURL = bin
+            p.arguments = ["merge", "c.yml", "out", "--quiet"]
+            p.currentDirectoryURL = URL(fileURLWithPath: d)
+            p.environment = ProcessInfo.processInfo.environment.merging(["MELD_TEST_STALL_AFTER": "2"]) { $1 }
+            try p.run()
+            let tmp = d + "/.meld-tmp-\(p.processIdentifier)-out", deadline = Date().addingTimeInterval(60)
+            while !FileManager.default.fileExists(atPath: tmp + "/model.safetensors") && Date() < deadline { usleep(10_000) }
+            XCTAssertTrue(FileManager.default.fileExists(atPath: tmp), "the merge never started writing")
+            kill(p.processIdentifier, sig)
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationReason, .uncaughtSignal)
+            XCTAssertEqual(p.terminationStatus, sig)
+            let left = try FileManager.default.contentsOfDirectory(atPath: d).filter { $0 != "models" && $0 != "c.yml" }
+            XCTAssertEqual(left, [], "after signal \(sig)")
+        }
+    }
+
     /// `meld generate`'s checks: the byte count it computes with checked arithmetic is the
     /// models' size; bad shapes are refused by name.
     func testGeneratorValidation() throws {
