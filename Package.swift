@@ -23,7 +23,7 @@ let package = Package(
         .target(
             name: "CMeld",
             path: ".",
-            exclude: ["CKernels/opencl"],
+            exclude: ["CKernels/opencl", "Benchmarks"], // Benchmarks/Meld links back here: a loop to scan
             sources: ["CKernels"],
             publicHeadersPath: "include",
             cSettings: cFlags,
