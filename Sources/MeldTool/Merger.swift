@@ -53,6 +53,11 @@ public enum Merger {
         var folders: [String: ModelFolder] = [:]
         func folder(_ p: String) throws -> ModelFolder {
             if let f = folders[p] { return f }
+            // a missing "owner/name" is most likely a Hugging Face hub id, which mergekit downloads
+            let hubLike = !p.hasPrefix("/") && !p.hasPrefix(".") && p.split(separator: "/").count == 2
+            if hubLike && !FileManager.default.fileExists(atPath: absolute(p)) {
+                throw ToolError("model folder \(absolute(p)) does not exist; meld reads local folders only: for the hub model \(p), download it first (huggingface-cli download \(p) --local-dir DIR) and name DIR")
+            }
             let f = try ModelFolder(path: absolute(p))
             folders[p] = f
             return f

@@ -156,6 +156,7 @@ final class ToolTests: XCTestCase {
         expectError(ties().replacingOccurrences(of: "density: 0.5", with: "density: 1.5"), in: d, contains: "density = 1.5")
         expectError(ties().replacingOccurrences(of: "density: 0.5", with: "densty: 0.5"), in: d, contains: "parameter densty")
         expectError(ties().replacingOccurrences(of: "models/expert1", with: "models/nope"), in: d, contains: "models/nope does not exist")
+        expectError(ties().replacingOccurrences(of: "models/expert1", with: "meta-llama/Llama-3.1-8B"), in: d, contains: "huggingface-cli download meta-llama/Llama-3.1-8B")
         expectError(ties().replacingOccurrences(of: "weight: 1.0, ", with: ""), in: d, contains: "has no weight")
         expectError(ties("out_dtype: int8"), in: d, contains: "out_dtype")
         expectError("merge_method: [ties\n", in: d, contains: "not valid YAML")
