@@ -65,44 +65,59 @@ static meld_status combine(meld_context *ctx, size_t k, const meld_view *x, cons
     return meld_linear(ctx, k, x, w, 0, out);
 }
 
-meld_status meld_slerp(meld_context *ctx, float t, meld_view v0, meld_view v1, meld_span out) {
-    if (!ctx) return MELD_ERR_NULL_POINTER;
+meld_status meld_slerp_weights(meld_context *ctx, float t, meld_view v0, meld_view v1, float w[2]) {
+    if (!ctx || !w) return MELD_ERR_NULL_POINTER;
     if (!(t >= 0.0f && t <= 1.0f)) return MELD_ERR_INVALID_ARGUMENT;
-    MELD_TRY(meld_check_span(out, out.numel));
     meld_view v[2] = {v0, v1};
-    MELD_TRY(meld_check_models(2, v, out.numel));
     double g[4], s0, s1;
     MELD_TRY(meld_gram(ctx, (meld_view){0}, 2, v, g));
     slerp_coefficients(t, g[0], g[1], g[3], &s0, &s1);
-    float w[2] = {(float)s0, (float)s1};
+    w[0] = (float)s0;
+    w[1] = (float)s1;
+    return MELD_OK;
+}
+
+meld_status meld_slerp(meld_context *ctx, float t, meld_view v0, meld_view v1, meld_span out) {
+    if (!ctx) return MELD_ERR_NULL_POINTER;
+    MELD_TRY(meld_check_span(out, out.numel));
+    meld_view v[2] = {v0, v1};
+    MELD_TRY(meld_check_models(2, v, out.numel));
+    float w[2];
+    MELD_TRY(meld_slerp_weights(ctx, t, v0, v1, w));
     return combine(ctx, 2, v, w, out);
+}
+
+meld_status meld_nuslerp_weights(meld_context *ctx, meld_view base, meld_view x0, meld_view x1, float w0, float w1, float w[3]) {
+    if (!ctx || !w) return MELD_ERR_NULL_POINTER;
+    if (!isfinite(w0) || !isfinite(w1) || w0 + w1 == 0.0f) return MELD_ERR_INVALID_ARGUMENT;
+    meld_view v[2] = {x0, x1};
+    MELD_TRY(meld_check_models(2, v, x0.numel));
+    if (base.data || base.numel) MELD_TRY(meld_check_view(base, x0.numel));
+    double t = (double)w1 / ((double)w0 + (double)w1), g[4], s0, s1;
+    MELD_TRY(meld_gram(ctx, base, 2, v, g));
+    slerp_coefficients(t, g[0], g[1], g[3], &s0, &s1);
+    /* with a base: base + s0 (x0 - base) + s1 (x1 - base) */
+    w[0] = (float)s0;
+    w[1] = (float)s1;
+    w[2] = base.data ? (float)(1.0 - s0 - s1) : 0.0f;
+    return MELD_OK;
 }
 
 meld_status meld_nuslerp(meld_context *ctx, meld_view base, meld_view x0, meld_view x1, float w0, float w1, meld_span out) {
     if (!ctx) return MELD_ERR_NULL_POINTER;
-    if (!isfinite(w0) || !isfinite(w1) || w0 + w1 == 0.0f) return MELD_ERR_INVALID_ARGUMENT;
     MELD_TRY(meld_check_span(out, out.numel));
     meld_view v[3] = {x0, x1, base};
     MELD_TRY(meld_check_models(2, v, out.numel));
-    if (base.data || base.numel) MELD_TRY(meld_check_view(base, out.numel));
-    double t = (double)w1 / ((double)w0 + (double)w1), g[4], s0, s1;
-    MELD_TRY(meld_gram(ctx, base, 2, v, g));
-    slerp_coefficients(t, g[0], g[1], g[3], &s0, &s1);
-    if (!base.data) {
-        float w[2] = {(float)s0, (float)s1};
-        return combine(ctx, 2, v, w, out);
-    }
-    /* base + s0 (x0 - base) + s1 (x1 - base) */
-    float w[3] = {(float)s0, (float)s1, (float)(1.0 - s0 - s1)};
-    return combine(ctx, 3, v, w, out);
+    float w[3];
+    MELD_TRY(meld_nuslerp_weights(ctx, base, x0, x1, w0, w1, w));
+    return combine(ctx, base.data ? 3 : 2, v, w, out);
 }
 
-meld_status meld_model_stock(meld_context *ctx, meld_view base, size_t k, const meld_view *models, meld_span out, float *t_out) {
-    if (!ctx || !models) return MELD_ERR_NULL_POINTER;
+meld_status meld_model_stock_weights(meld_context *ctx, meld_view base, size_t k, const meld_view *models, float *w, float *t_out) {
+    if (!ctx || !models || !w) return MELD_ERR_NULL_POINTER;
     if (k < 2 || k > MELD_GRAM_MAX) return MELD_ERR_INVALID_ARGUMENT;
-    MELD_TRY(meld_check_span(out, out.numel));
-    MELD_TRY(meld_check_view(base, out.numel));
-    MELD_TRY(meld_check_models(k, models, out.numel));
+    MELD_TRY(meld_check_view(base, models[0].numel));
+    MELD_TRY(meld_check_models(k, models, models[0].numel));
     double g[MELD_GRAM_MAX * MELD_GRAM_MAX];
     MELD_TRY(meld_gram(ctx, base, k, models, g));
     double cos_sum = 0.0;
@@ -116,10 +131,25 @@ meld_status meld_model_stock(meld_context *ctx, meld_view base, size_t k, const 
     double c = cos_sum / (double)pairs, N = (double)k;
     double t = N * c / (1.0 + (N - 1.0) * c);
     if (t_out) *t_out = (float)t;
-    meld_view v[MELD_GRAM_MAX + 1];
-    float w[MELD_GRAM_MAX + 1];
-    for (size_t i = 0; i < k; i++) { v[i] = models[i]; w[i] = (float)(t / N); }
-    v[k] = base;
+    if (!isfinite(t)) {
+        meld_set_error(ctx, "the task vectors' mean pairwise cosine is %g, where t = k cos / (1 + (k - 1) cos) has no finite value", c);
+        return MELD_ERR_INVALID_ARGUMENT;
+    }
+    for (size_t i = 0; i < k; i++) w[i] = (float)(t / N);
     w[k] = (float)(1.0 - t);
+    return MELD_OK;
+}
+
+meld_status meld_model_stock(meld_context *ctx, meld_view base, size_t k, const meld_view *models, meld_span out, float *t_out) {
+    if (!ctx || !models) return MELD_ERR_NULL_POINTER;
+    if (k < 2 || k > MELD_GRAM_MAX) return MELD_ERR_INVALID_ARGUMENT;
+    MELD_TRY(meld_check_span(out, out.numel));
+    MELD_TRY(meld_check_view(base, out.numel));
+    MELD_TRY(meld_check_models(k, models, out.numel));
+    float w[MELD_GRAM_MAX + 1];
+    MELD_TRY(meld_model_stock_weights(ctx, base, k, models, w, t_out));
+    meld_view v[MELD_GRAM_MAX + 1];
+    for (size_t i = 0; i < k; i++) v[i] = models[i];
+    v[k] = base;
     return combine(ctx, k + 1, v, w, out);
 }

@@ -229,4 +229,25 @@ extension Context {
         try run(meld_model_stock(raw, base.c, models.count, models.map(\.c), out.c, &t))
         return t
     }
+
+    // The weights of the geometric merges, from their reduction pass alone: `linear` with them
+    // (normalize off) over any range of the inputs gives the merge's bits there.
+    /// SLERP as weights of (v0, v1).
+    public func slerpWeights(t: Float, _ v0: TensorView, _ v1: TensorView) throws -> [Float] {
+        var w = [Float](repeating: 0, count: 2)
+        try run(meld_slerp_weights(raw, t, v0.c, v1.c, &w))
+        return w
+    }
+    /// NuSLERP as weights of (x0, x1, base); the base's weight is 0 without a base.
+    public func nuslerpWeights(base: TensorView?, _ x0: TensorView, _ x1: TensorView, weights: (Float, Float)) throws -> [Float] {
+        var w = [Float](repeating: 0, count: 3)
+        try run(meld_nuslerp_weights(raw, base?.c ?? meld_view(data: nil, numel: 0, dtype: MELD_F32), x0.c, x1.c, weights.0, weights.1, &w))
+        return w
+    }
+    /// Model Stock as weights of (models..., base), and its t.
+    public func modelStockWeights(base: TensorView, _ models: [TensorView]) throws -> (weights: [Float], t: Float) {
+        var w = [Float](repeating: 0, count: models.count + 1), t: Float = 0
+        try run(meld_model_stock_weights(raw, base.c, models.count, models.map(\.c), &w, &t))
+        return (w, t)
+    }
 }

@@ -290,9 +290,10 @@ public enum Merger {
         return v
     }
 
-    /// Where a merged tensor goes. Elementwise methods stream it in chunks: the chunk stays in
-    /// cache between the kernel and the write, and no tensor-sized buffer is needed. Methods
-    /// with whole-tensor reductions (or on OpenCL) fill the staging buffer and write it at once.
+    /// Where a merged tensor goes: in chunks, each written straight into the writer's ring (the
+    /// chunk stays in cache between the kernel and the write, and no tensor-sized buffer is
+    /// needed); methods with whole-tensor reductions run those first, over the mapped inputs.
+    /// On OpenCL a tensor goes whole through the staging buffer.
     struct TensorSink {
         let writer: ShardedWriter, name: String, dtype: DType, count: Int
         let chunks: Bool
@@ -303,6 +304,15 @@ public enum Merger {
             let buf = writer.staging(bytes: bytes)
             try body(MutableTensorView(data: buf, count: count, dtype: dtype))
             try writer.write(name, offset: 0, from: buf, bytes: bytes)
+        }
+
+        /// out = Σ w_i x_i (over Σ w_i when normalizing), in chunks: elementwise, so a range of
+        /// the inputs gives that range of the output.
+        func combine(_ xs: [TensorView], weights: [Float], normalize: Bool = false, ctx: Context) throws {
+            try chunked { first, out in
+                try ctx.linear(xs.map { x in TensorView(data: x.data.map { $0 + first * x.dtype.size }, count: out.count, dtype: x.dtype) },
+                               weights: weights, normalize: normalize, into: out)
+            }
         }
 
         /// body(first, out) writes elements first ..< first + out.count; first is a multiple of
@@ -339,23 +349,23 @@ public enum Merger {
             if normalize && w.reduce(0, +) == 0 {
                 throw ToolError("linear merge of tensor \(name): the weights \(w) sum to 0, and normalize (the default) divides by that sum; change the weights or set normalize: false")
             }
-            try sink.chunked { first, out in   // elementwise: a range of the inputs gives that range of the output
-                try ctx.linear(xs.map { x in TensorView(data: x.data.map { $0 + first * x.dtype.size }, count: out.count, dtype: x.dtype) },
-                               weights: w, normalize: normalize, into: out)
-            }
+            try sink.combine(xs, weights: w, normalize: normalize, ctx: ctx)
+        // the geometric merges: weights from a reduction over the whole tensor, then a linear pass
+        // written in chunks like the elementwise methods (the same bits as the whole call)
         case "slerp":
             let t = try required(p("t"), "t", model: "(global)", tensor: name)
             let other = plan.entries.first { $0.folder !== plan.base! }!.folder
             let (t32, b, o) = (try check(t, "t", 0...1, "(global)"), try v(plan.base!), try v(other))
-            try sink.whole { try ctx.slerp(t: t32, b, o, into: $0) }
+            try sink.combine([b, o], weights: try ctx.slerpWeights(t: t32, b, o), ctx: ctx)
         case "nuslerp":
             let e = plan.experts
             let w = try e.map { try required(p("weight", $0.entry), "weight", model: $0.entry.model, tensor: name) }
             let (b, x0, x1) = (try plan.base.map(v), try v(e[0].folder), try v(e[1].folder))
-            try sink.whole { try ctx.nuslerp(base: b, x0, x1, weights: (Float(w[0]), Float(w[1])), into: $0) }
+            let nw = try ctx.nuslerpWeights(base: b, x0, x1, weights: (Float(w[0]), Float(w[1])))
+            try sink.combine([x0, x1] + (b.map { [$0] } ?? []), weights: Array(nw.prefix(b == nil ? 2 : 3)), ctx: ctx)
         case "model_stock":
             let (b, xs) = (try v(plan.base!), try plan.experts.map { try v($0.folder) })
-            try sink.whole { _ = try ctx.modelStock(base: b, xs, into: $0) }
+            try sink.combine(xs + [b], weights: try ctx.modelStockWeights(base: b, xs).weights, ctx: ctx)
         default:
             let m = plan.method
             let sparsify: Sparsifier.Method = switch m {

@@ -69,11 +69,23 @@ final class GeometricTests: XCTestCase {
             }
             var first: [UInt32]?
             for ctx in try allContexts() {
+                // the weights alone, as the tool applies them chunk by chunk
+                let w = try base.withUnsafeBufferPointer { b in try xs[0].withUnsafeBufferPointer { x0 in
+                    try xs[1].withUnsafeBufferPointer { x1 in try xs[2].withUnsafeBufferPointer { x2 in
+                        try ctx.modelStockWeights(base: TensorView(b), [TensorView(x0), TensorView(x1), TensorView(x2)])
+                    } } } }
+                XCTAssertEqual(Double(w.t), t, accuracy: 1e-6)
+                for (i, wi) in w.weights.enumerated() { XCTAssertEqual(Double(wi), i < 3 ? t / 3 : 1 - t, accuracy: 1e-6) }
                 let (out, tt): ([Float], Float) = try ctx.modelStock(base: base, xs)
                 XCTAssertEqual(Double(tt), t, accuracy: 1e-6)
                 assertClose(out, ref, atol: 1e-6, rtol: 1e-5, "model stock n=\(n)")
                 if let f = first { XCTAssertEqual(bits(out), f, "\(ctx.isa.name)/\(ctx.threads)") } else { first = bits(out) }
             }
+        }
+        // two task vectors in opposite directions: cos = -1 leaves t = 2 cos / (1 + cos) without a value
+        let ctx = try Context(threads: 1)
+        XCTAssertThrowsError(try ctx.modelStock(base: [0, 0] as [Float], [[1, 0], [-1, 0]]) as ([Float], Float)) {
+            XCTAssertTrue("\($0)".contains("no finite value"), "\($0)")
         }
     }
 }

@@ -468,6 +468,10 @@ final class ToolTests: XCTestCase {
             ("ties", "merge_method: ties\nbase_model: m/base\nmodels:\n  - model: m/expert0\n    parameters: {weight: 1.0, density: 0.3}\n  - model: m/expert1\n    parameters: {weight: 0.5, density: 0.6}\n"),
             ("dare_ties", "merge_method: dare_ties\nbase_model: m/base\nmodels:\n  - model: m/expert0\n    parameters: {weight: 1.0, density: 0.3}\n  - model: m/expert1\n    parameters: {weight: 0.5, density: 0.6}\n"),
             ("linear", "merge_method: linear\nmodels:\n  - model: m/expert0\n    parameters: {weight: 1.0}\n  - model: m/expert1\n    parameters: {weight: 0.5}\n"),
+            // the geometric merges: whole-tensor weights, then chunks
+            ("slerp", "merge_method: slerp\nbase_model: m/base\nmodels:\n  - model: m/base\n  - model: m/expert0\nparameters: {t: 0.3}\n"),
+            ("nuslerp", "merge_method: nuslerp\nbase_model: m/base\nmodels:\n  - model: m/expert0\n    parameters: {weight: 1.0}\n  - model: m/expert1\n    parameters: {weight: 3.0}\n"),
+            ("model_stock", "merge_method: model_stock\nbase_model: m/base\nmodels:\n  - model: m/expert0\n  - model: m/expert1\n"),
         ]
         let base = try ModelFolder(path: d + "/m/base")
         let xs = try (0..<2).map { try ModelFolder(path: d + "/m/expert\($0)") }
@@ -487,6 +491,9 @@ final class ToolTests: XCTestCase {
             let want: [Float]
             switch method {
             case "linear": want = try ctx.linear(x, weights: [1, 0.5])
+            case "slerp": want = try ctx.slerp(t: 0.3, b, x[0])
+            case "nuslerp": want = try ctx.nuslerp(base: b, x[0], x[1], weights: (1, 3))
+            case "model_stock": want = try ctx.modelStock(base: b, x).merged
             default:
                 let sp: [Sparsifier] = method == "ties" ? [.magnitude(0.3), .magnitude(0.6)]
                     : (0..<2).map { .dare([0.3, 0.6][$0], seed: 7, stream: Sparsifier.stream(tensor: name, expert: $0)) }

@@ -134,6 +134,17 @@ MELD_API meld_status meld_nuslerp(meld_context *ctx, meld_view base, meld_view x
  * t = k cos / (1 + (k - 1) cos), out = t mean(x) + (1 - t) base. *t_out (may be NULL) gets t. */
 MELD_API meld_status meld_model_stock(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
                                       meld_span out, float *t_out);
+/* The weights these merges apply, from their reduction pass alone (no output): each merge is
+ * out = sum_i w[i] x[i] with x = (v0, v1) for slerp, (x0, x1, base) for nuslerp (w[2] = 0 without
+ * a base) and (models..., base) for model stock (k + 1 weights). meld_linear(ctx, count, x, w, 0,
+ * out) over any range of the inputs gives the same bits as the whole call there, so a caller can
+ * write a large tensor in pieces. Model stock: a mean cosine of -1/(k - 1) leaves t infinite,
+ * MELD_ERR_INVALID_ARGUMENT (the message says so). */
+MELD_API meld_status meld_slerp_weights(meld_context *ctx, float t, meld_view v0, meld_view v1, float w[2]);
+MELD_API meld_status meld_nuslerp_weights(meld_context *ctx, meld_view base, meld_view x0, meld_view x1,
+                                          float w0, float w1, float w[3]);
+MELD_API meld_status meld_model_stock_weights(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
+                                              float *w, float *t_out);
 /* Gram matrix of the task vectors (base.data NULL: of x itself), f64, fixed blocking:
  * gram[i * k + j] = sum (x_i - base)(x_j - base). */
 MELD_API meld_status meld_gram(meld_context *ctx, meld_view base, size_t k, const meld_view *x, double *gram);
