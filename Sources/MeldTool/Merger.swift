@@ -56,7 +56,7 @@ public enum Merger {
             // a missing "owner/name" is most likely a Hugging Face hub id, which mergekit downloads
             let hubLike = !p.hasPrefix("/") && !p.hasPrefix(".") && p.split(separator: "/").count == 2
             if hubLike && !FileManager.default.fileExists(atPath: absolute(p)) {
-                throw ToolError("model folder \(absolute(p)) does not exist; meld reads local folders only: for the hub model \(p), download it first (huggingface-cli download \(p) --local-dir DIR) and name DIR")
+                throw ToolError("model folder \(absolute(p)) does not exist (meld reads local folders only: if \(p) is a Hugging Face hub id, download it first with huggingface-cli download \(p) --local-dir DIR, and name DIR)")
             }
             let f = try ModelFolder(path: absolute(p))
             folders[p] = f
@@ -65,11 +65,16 @@ public enum Merger {
         let base = try cfg.baseModel.map(folder)
         let models = try cfg.models.map { try folder($0.model) }
         let plan = try Plan(cfg: cfg, base: base, models: models)
-        // replacing an input would delete the model being read (even with --overwrite)
-        let outReal = URL(fileURLWithPath: out).resolvingSymlinksInPath().standardizedFileURL.path
-        for f in folders.values where URL(fileURLWithPath: f.path).resolvingSymlinksInPath().standardizedFileURL.path == outReal {
-            throw ToolError("output folder \(req.outDir) is an input model of the merge")
+        // replacing the output folder deletes it whole (even with --overwrite, never when it is
+        // or holds an input model, or the config: `meld merge c.yml . --overwrite`)
+        func real(_ p: String) -> String { URL(fileURLWithPath: p).resolvingSymlinksInPath().standardizedFileURL.path }
+        let outReal = real(out)
+        func within(_ p: String) -> Bool { p == outReal || p.hasPrefix(outReal == "/" ? "/" : outReal + "/") }
+        for f in folders.values where within(real(f.path)) {
+            throw ToolError(real(f.path) == outReal ? "output folder \(req.outDir) is an input model of the merge"
+                                                     : "output folder \(req.outDir) holds the input model \(f.path)")
         }
+        if within(real(absolute(req.configPath))) { throw ToolError("output folder \(req.outDir) holds the config \(req.configPath)") }
 
         let parent = (out as NSString).deletingLastPathComponent
         let tmp = temporaryFolder(for: req.outDir)

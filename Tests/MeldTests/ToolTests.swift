@@ -262,6 +262,19 @@ final class ToolTests: XCTestCase {
         into.quiet = true; into.overwrite = true
         XCTAssertThrowsError(try Merger.run(into)) { XCTAssertTrue("\($0)".contains("is an input model"), "\($0)") }
         XCTAssertNoThrow(try ModelFolder(path: d + "/models/expert1"))
+        // nor a folder that holds inputs or the config (it would be deleted whole)
+        for (dir, text) in [("models", "holds the input model"), (".", "holds the input model")] {
+            var holder = MergeRequest(configPath: "c.yml", outDir: dir)
+            holder.quiet = true; holder.overwrite = true
+            XCTAssertThrowsError(try Merger.run(holder)) { XCTAssertTrue("\($0)".contains(text), "\($0)") }
+        }
+        try FileManager.default.createDirectory(atPath: d + "/cfg", withIntermediateDirectories: true)
+        write(ties(), d + "/cfg/c.yml") // model paths resolve against the working directory
+        var cfgHolder = MergeRequest(configPath: "cfg/c.yml", outDir: "cfg")
+        cfgHolder.quiet = true; cfgHolder.overwrite = true
+        XCTAssertThrowsError(try Merger.run(cfgHolder)) { XCTAssertTrue("\($0)".contains("holds the config"), "\($0)") }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: d + "/cfg/c.yml"))
+        XCTAssertNoThrow(try ModelFolder(path: d + "/models/base"))
         XCTAssertNoThrow(try Merger.run(r))
         // an output named through itself and ".." is replaced in place (its parent path "out/.." vanished
         // with the old output, which was then left under a temporary name)
