@@ -96,19 +96,44 @@ struct Example: ParsableCommand {
 
     func run() throws {
         let fm = FileManager.default
-        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: dir, isDirectory: &isDir) && !isDir.boolValue {
+            throw ValidationError("\(dir) is a file: meld example needs a folder to work in")
+        }
+        let s: MergeSummary, g: CheckpointGenerator
+        do { (s, g) = try example() } catch let e as ToolError {
+            FileHandle.standardError.write("meld: error: \(e.message)\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        } catch {
+            FileHandle.standardError.write("meld: error: \(dir): \(error.localizedDescription)\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        }
+        print("""
+        meld example: generated a Llama-shaped base and 3 fine-tuned experts (\(g.parameterCount) parameters each) in \(dir)/models,
+        TIES-merged them with \(dir)/ties.yml (densities 0.2/0.5/0.35, sum vote, normalized, bf16 output):
+        \(s.tensors) tensors, \(String(format: "%.1f", Double(s.bytesRead) / 1e6)) MB read, \(String(format: "%.1f", Double(s.bytesWritten) / 1e6)) MB written in \(String(format: "%.3f", s.seconds)) s -> \(s.outDir)
+        Merge your own models with: meld merge CONFIG.yml OUT_DIR
+        """)
+    }
+
+    func example() throws -> (MergeSummary, CheckpointGenerator) {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var g = CheckpointGenerator()
         g.experts = 3
         try g.write(to: dir + "/models")
+        // paths as double-quoted YAML scalars: a folder name may hold spaces, '#' or ': '
+        func model(_ name: String) -> String {
+            "\"" + (dir + "/models/" + name).replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        }
         let yaml = """
         merge_method: ties
-        base_model: \(dir)/models/base
+        base_model: \(model("base"))
         models:
-          - model: \(dir)/models/expert0
+          - model: \(model("expert0"))
             parameters: {weight: 1.0, density: 0.2}
-          - model: \(dir)/models/expert1
+          - model: \(model("expert1"))
             parameters: {weight: 0.6, density: 0.5}
-          - model: \(dir)/models/expert2
+          - model: \(model("expert2"))
             parameters: {weight: 0.8, density: 0.35}
         dtype: float32
         out_dtype: bfloat16
@@ -118,13 +143,7 @@ struct Example: ParsableCommand {
         var req = MergeRequest(configPath: dir + "/ties.yml", outDir: dir + "/merged")
         req.overwrite = true
         req.quiet = true
-        let s = try Merger.run(req)
-        print("""
-        meld example: generated a Llama-shaped base and 3 fine-tuned experts (\(g.parameterCount) parameters each) in \(dir)/models,
-        TIES-merged them with \(dir)/ties.yml (densities 0.2/0.5/0.35, sum vote, normalized, bf16 output):
-        \(s.tensors) tensors, \(String(format: "%.1f", Double(s.bytesRead) / 1e6)) MB read, \(String(format: "%.1f", Double(s.bytesWritten) / 1e6)) MB written in \(String(format: "%.3f", s.seconds)) s -> \(s.outDir)
-        Merge your own models with: meld merge CONFIG.yml OUT_DIR
-        """)
+        return (try Merger.run(req), g)
     }
 }
 

@@ -185,8 +185,7 @@ final class ToolTests: XCTestCase {
     /// A merge stopped by a signal leaves nothing behind: `meld merge` removes its temporary
     /// folder, then dies of the signal (so its parent sees why it ended).
     func testInterruptedMergeLeavesNothing() throws {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("meld")
-        guard FileManager.default.isExecutableFile(atPath: bin.path) else { return XCTFail("no meld executable at \(bin.path)") }
+        let bin = try meldExecutable()
         let d = tempDir("signal")
         try models(d + "/models")
         write(ties(), d + "/c.yml")
@@ -207,6 +206,39 @@ final class ToolTests: XCTestCase {
             let left = try FileManager.default.contentsOfDirectory(atPath: d).filter { $0 != "models" && $0 != "c.yml" }
             XCTAssertEqual(left, [], "after signal \(sig)")
         }
+    }
+
+    /// The `meld` executable beside the test bundle (`swift test` builds it).
+    func meldExecutable() throws -> URL {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("meld")
+        guard FileManager.default.isExecutableFile(atPath: bin.path) else {
+            XCTFail("no meld executable at \(bin.path)")
+            throw CocoaError(.fileNoSuchFile)
+        }
+        return bin
+    }
+
+    /// The README's main job, `meld example DIR`, in a folder whose name YAML would misread
+    /// unquoted; a file in place of the folder is a clear error.
+    func testExampleCommand() throws {
+        let dir = tempDir("example") + "/a b#: \"c\\"
+        let p = Process()
+        p.executableURL = try meldExecutable()
+        p.arguments = ["example", dir]
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertEqual(try ModelFolder(path: dir + "/merged").tensorNames.count, 21)
+        let f = tempDir("example-file") + "/file"
+        write("x", f)
+        let q = Process()
+        q.executableURL = try meldExecutable()
+        q.arguments = ["example", f]
+        q.standardError = FileHandle.nullDevice
+        try q.run()
+        q.waitUntilExit()
+        XCTAssertNotEqual(q.terminationStatus, 0)
     }
 
     /// `meld generate`'s checks: the byte count it computes with checked arithmetic is the
