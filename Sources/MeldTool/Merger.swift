@@ -167,7 +167,10 @@ public enum Merger {
             default:
                 guard !experts.isEmpty else { throw ToolError("\(cfg.method) needs at least one model besides base_model") }
             }
-            // every model has every tensor of the reference, with the same shape and dtype
+            // every model has every tensor of the reference, with the same shape; dtypes may differ
+            // (a bf16 base with an f32 fine-tune): the kernels widen each input exactly to f32, as
+            // torch promotes them in mergekit, and the output takes out_dtype, else dtype, else
+            // the reference's dtype (mergekit casts the result to the base's)
             names = reference.tensorNames
             var od: [String: STDType] = [:]
             let all = [reference] + models
@@ -179,7 +182,9 @@ public enum Merger {
                 for m in all where m !== reference {
                     guard let mi = m.info(n) else { throw ToolError("tensor \(n) is missing from \(m.path)") }
                     guard mi.shape == ri.shape else { throw ToolError("tensor \(n) has shape \(mi.shape) in \(m.path) but \(ri.shape) in \(reference.path)") }
-                    guard mi.dtype == ri.dtype else { throw ToolError("tensor \(n) has dtype \(mi.dtype.rawValue) in \(m.path) but \(ri.dtype.rawValue) in \(reference.path)") }
+                    guard mi.dtype.meld != nil else {
+                        throw ToolError("tensor \(n) has dtype \(mi.dtype.rawValue) in \(m.path); meld merges F32, F16 and BF16 only")
+                    }
                 }
                 od[n] = cfg.outDtype ?? cfg.dtype ?? ri.dtype
             }

@@ -267,7 +267,6 @@ final class ToolTests: XCTestCase {
         try models(d + "/wide", hidden: 48)
         try models(d + "/half", dtype: .BF16)
         expectError(ties().replacingOccurrences(of: "models/expert1", with: "wide/expert1"), in: d, contains: "has shape")
-        expectError(ties().replacingOccurrences(of: "models/expert1", with: "half/expert1"), in: d, contains: "has dtype BF16")
         // a model without one of the tensors
         let f = try ModelFolder(path: d + "/models/expert0")
         let names = f.tensorNames.filter { $0 != "model.norm.weight" }
@@ -275,6 +274,41 @@ final class ToolTests: XCTestCase {
         let w = try ShardedWriter(directory: d + "/partial", plan: names.map { .init(name: $0, dtype: .F32, shape: f.info($0)!.shape) }, shardSize: .max)
         try w.close()
         expectError(ties().replacingOccurrences(of: "models/expert1", with: "partial"), in: d, contains: "model.norm.weight is missing")
+        // a tensor that is not floating point
+        try FileManager.default.createDirectory(atPath: d + "/ints", withIntermediateDirectories: true)
+        let iw = try ShardedWriter(directory: d + "/ints", plan: f.tensorNames.map { .init(name: $0, dtype: $0 == "model.norm.weight" ? .I32 : .F32, shape: f.info($0)!.shape) }, shardSize: .max)
+        try iw.close()
+        expectError(ties().replacingOccurrences(of: "models/expert1", with: "ints"), in: d, contains: "has dtype I32 in")
+    }
+
+    /// Models of different float dtypes merge (a bf16 fine-tune of an f32 base): each input is
+    /// widened exactly, so the result equals the merge of an f32 copy of the bf16 model.
+    func testMixedDtypes() throws {
+        let d = tempDir("mixed")
+        try models(d + "/models")
+        try models(d + "/half", dtype: .BF16)
+        let half = try ModelFolder(path: d + "/half/expert1")
+        try FileManager.default.createDirectory(atPath: d + "/wide", withIntermediateDirectories: true)
+        let w = try ShardedWriter(directory: d + "/wide", plan: half.tensorNames.map { .init(name: $0, dtype: .F32, shape: half.info($0)!.shape) }, shardSize: .max)
+        for n in half.tensorNames {
+            let v = try floats(half, n)
+            try v.withUnsafeBytes { try w.write(n, offset: 0, from: $0.baseAddress!, bytes: $0.count) }
+        }
+        try w.close()
+        for (method, dtype) in [("ties", true), ("ties", false), ("task_arithmetic", true)] {
+            var cfg = method == "ties" ? ties() : ties().replacingOccurrences(of: "merge_method: ties", with: "merge_method: task_arithmetic")
+                .replacingOccurrences(of: ", density: 0.5", with: "").replacingOccurrences(of: ", density: 0.3", with: "")
+            if !dtype { cfg = cfg.replacingOccurrences(of: "dtype: float32", with: "") }
+            write(cfg.replacingOccurrences(of: "models/expert1", with: "half/expert1"), d + "/mixed.yml")
+            write(cfg.replacingOccurrences(of: "models/expert1", with: "wide"), d + "/wide.yml")
+            _ = try runMerge("mixed.yml", "out-mixed", in: d)
+            _ = try runMerge("wide.yml", "out-wide", in: d)
+            let a = try ModelFolder(path: d + "/out-mixed"), b = try ModelFolder(path: d + "/out-wide")
+            for n in a.tensorNames {
+                XCTAssertEqual(a.info(n)?.dtype, .F32, "the base's dtype")
+                XCTAssertEqual(try floats(a, n).map(\.bitPattern), try floats(b, n).map(\.bitPattern), "\(method) \(n)")
+            }
+        }
     }
 
     func testExistingOutputIsRefused() throws {
