@@ -591,16 +591,26 @@ final class ToolTests: XCTestCase {
         try models(d + "/models", experts: 3)
         try models(d + "/bf", experts: 3, dtype: .BF16)
         let two = "  - model: M/expert0\n    parameters: {weight: 0.6, density: 0.5}\n  - model: M/expert1\n    parameters: {weight: 0.4, density: 0.6}\n"
-        for dir in ["models", "bf"] {
+        // "mixed": an f32 base with a bf16 expert0; the same bytes on 1 and 2 threads
+        func paths(_ yaml: String, _ dir: String) -> String {
+            dir != "mixed" ? yaml.replacingOccurrences(of: "M/", with: dir + "/")
+                : yaml.replacingOccurrences(of: "M/expert0", with: "bf/expert0").replacingOccurrences(of: "M/", with: "models/")
+        }
+        for dir in ["models", "bf", "mixed"] {
             for m in ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"] {
                 var body = two
                 if m == "linear" || m == "task_arithmetic" { body = body.replacingOccurrences(of: ", density: 0.5", with: "").replacingOccurrences(of: ", density: 0.6", with: "") }
                 let yaml = "merge_method: \(m)\nbase_model: M/base\nmodels:\n" + body
-                write(yaml.replacingOccurrences(of: "M/", with: dir + "/"), d + "/c.yml")
+                write(paths(yaml, dir), d + "/c.yml")
                 let s = try runMerge("c.yml", "out-\(m)", in: d)
                 XCTAssertEqual(s.tensors, 21, m)
                 let out = try ModelFolder(path: d + "/out-\(m)")
                 XCTAssertEqual(out.info("lm_head.weight")?.dtype, dir == "bf" ? .BF16 : .F32)
+                if dir == "mixed" {
+                    _ = try runMerge("c.yml", "out1-\(m)", in: d, threads: 1)
+                    XCTAssertEqual(FileManager.default.contents(atPath: d + "/out1-\(m)/model.safetensors"),
+                                   FileManager.default.contents(atPath: d + "/out-\(m)/model.safetensors"), "mixed \(m), 1 vs 2 threads")
+                }
             }
             let rest = [
                 "merge_method: slerp\nbase_model: M/base\nmodels:\n  - model: M/base\n  - model: M/expert0\nparameters: {t: [0, 1]}\n",
@@ -608,7 +618,7 @@ final class ToolTests: XCTestCase {
                 "merge_method: model_stock\nbase_model: M/base\nmodels:\n  - model: M/expert0\n  - model: M/expert1\n  - model: M/expert2\n",
             ]
             for (i, y) in rest.enumerated() {
-                write(y.replacingOccurrences(of: "M/", with: dir + "/"), d + "/c.yml")
+                write(paths(y, dir), d + "/c.yml")
                 XCTAssertEqual(try runMerge("c.yml", "out-r\(i)", in: d).tensors, 21)
             }
         }
