@@ -281,16 +281,22 @@ public enum Merger {
     }
 
     /// Inputs in the configured compute dtype: mergekit casts to `dtype` first, so a narrower
-    /// dtype rounds the inputs (a temporary copy); a wider one is exact and needs no copy.
+    /// dtype rounds the inputs (a temporary copy of the tensor, made once per input even where
+    /// the input plays two roles, on the merge's threads); a wider one is exact and needs no copy.
     final class Inputs {
+        let ctx: Context
         var keep: [UnsafeMutableRawPointer] = []
+        var made: [UnsafeRawPointer: TensorView] = [:]
+        init(ctx: Context) { self.ctx = ctx }
         func view(_ v: TensorView, dtype: STDType?) throws -> TensorView {
             guard let d = dtype?.meld, d != v.dtype, d.size < v.dtype.size || (d.size == v.dtype.size && d != v.dtype) else { return v }
+            if let src = v.data, let c = made[src] { return c }
             let p = UnsafeMutableRawPointer.allocate(byteCount: max(v.count * d.size, 1), alignment: 64)
             keep.append(p)
-            let ctx = try Context(threads: 1)
             try ctx.convert(v, into: MutableTensorView(data: p, count: v.count, dtype: d))
-            return TensorView(data: UnsafeRawPointer(p), count: v.count, dtype: d)
+            let c = TensorView(data: UnsafeRawPointer(p), count: v.count, dtype: d)
+            if let src = v.data { made[src] = c }
+            return c
         }
         deinit { keep.forEach { $0.deallocate() } }
     }
@@ -342,7 +348,7 @@ public enum Merger {
 
     static func mergeTensor(_ name: String, info: TensorInfo, plan: Plan, cfg: MergeConfig, seed: UInt64, ctx: Context,
                             sink: TensorSink) throws {
-        let inputs = Inputs()   // converted copies, which the views below point into
+        let inputs = Inputs(ctx: ctx)   // converted copies, which the views below point into
         defer { withExtendedLifetime(inputs) {} }
         func v(_ f: ModelFolder) throws -> TensorView { try inputs.view(try f.view(name), dtype: cfg.dtype) }
         func p(_ key: String, _ e: ModelEntry? = nil) -> Double? { plan.param(key, entry: e, tensor: name) }
