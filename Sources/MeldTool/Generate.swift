@@ -62,7 +62,8 @@ public struct CheckpointGenerator: Sendable {
         if statvfs(probe.path, &st) == 0 {
             let free = Double(st.f_bavail) * Double(st.f_frsize)
             if Double(bytes) > free {
-                throw ToolError(String(format: "the models need %.2f GB and %@ has %.2f GB free", Double(bytes) / 1e9, probe.path, free / 1e9))
+                func size(_ b: Double) -> String { b >= 1e9 ? String(format: "%.2f GB", b / 1e9) : String(format: "%.1f MB", b / 1e6) }
+                throw ToolError("the models need \(size(Double(bytes))) and \(probe.path) has \(size(free)) free")
             }
         }
         return bytes

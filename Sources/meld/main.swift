@@ -41,6 +41,18 @@ func removeOnSignal(_ path: String) {
     waiter.start()
 }
 
+/// Runs body; a failure is one line on stderr ("meld: error: ...", prefixed with `subject` for
+/// system errors, which do not name their file) and exit status 1.
+func reportingErrors<T>(subject: String, _ body: () throws -> T) throws -> T {
+    func fail(_ message: String) -> ExitCode {
+        FileHandle.standardError.write("meld: error: \(message)\n".data(using: .utf8)!)
+        return ExitCode(1)
+    }
+    do { return try body() } catch let e as ToolError { throw fail(e.message) } catch let e as MeldError { throw fail("\(e)") } catch let e as ExitCode {
+        throw e
+    } catch { throw fail("\(subject): \(error.localizedDescription)") }
+}
+
 struct Merge: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Merge the models of a mergekit YAML config into OUT_DIR.")
     @Argument(help: "The mergekit YAML config (model paths resolve against the working directory).") var config: String
@@ -73,18 +85,10 @@ struct Merge: ParsableCommand {
         req.overwrite = overwrite
         req.sync = fsync
         removeOnSignal(Merger.temporaryFolder(for: outDir))
-        do {
-            let s = try Merger.run(req)
-            if !quiet {
-                print(String(format: "meld: %@ merge of %d tensors (%.1f MB read, %.1f MB written) in %.2f s -> %@",
-                             s.method, s.tensors, Double(s.bytesRead) / 1e6, Double(s.bytesWritten) / 1e6, s.seconds, s.outDir))
-            }
-        } catch let e as ToolError {
-            FileHandle.standardError.write("meld: error: \(e.message)\n".data(using: .utf8)!)
-            throw ExitCode(1)
-        } catch let e as MeldError {
-            FileHandle.standardError.write("meld: error: \(e)\n".data(using: .utf8)!)
-            throw ExitCode(1)
+        let s = try reportingErrors(subject: outDir) { try Merger.run(req) }
+        if !quiet {
+            print(String(format: "meld: %@ merge of %d tensors (%.1f MB read, %.1f MB written) in %.2f s -> %@",
+                         s.method, s.tensors, Double(s.bytesRead) / 1e6, Double(s.bytesWritten) / 1e6, s.seconds, s.outDir))
         }
     }
 }
@@ -100,14 +104,7 @@ struct Example: ParsableCommand {
         if fm.fileExists(atPath: dir, isDirectory: &isDir) && !isDir.boolValue {
             throw ValidationError("\(dir) is a file: meld example needs a folder to work in")
         }
-        let s: MergeSummary, g: CheckpointGenerator
-        do { (s, g) = try example() } catch let e as ToolError {
-            FileHandle.standardError.write("meld: error: \(e.message)\n".data(using: .utf8)!)
-            throw ExitCode(1)
-        } catch {
-            FileHandle.standardError.write("meld: error: \(dir): \(error.localizedDescription)\n".data(using: .utf8)!)
-            throw ExitCode(1)
-        }
+        let (s, g) = try reportingErrors(subject: dir) { try example() }
         print("""
         meld example: generated a Llama-shaped base and 3 fine-tuned experts (\(g.parameterCount) parameters each) in \(dir)/models,
         TIES-merged them with \(dir)/ties.yml (densities 0.2/0.5/0.35, sum vote, normalized, bf16 output):
@@ -170,7 +167,7 @@ struct Generate: ParsableCommand {
         default: throw ValidationError("--dtype must be f32, bf16 or f16")
         }
         do { try g.validate(dir: dir) } catch let e as ToolError { throw ValidationError(e.message) }
-        try g.write(to: dir)
+        try reportingErrors(subject: dir) { try g.write(to: dir) }
         print("meld generate: base + \(experts) experts of \(g.parameterCount) parameters (\(dtype)) in \(dir)")
     }
 }
