@@ -131,7 +131,8 @@ MELD_API meld_status meld_slerp(meld_context *ctx, float t, meld_view v0, meld_v
 MELD_API meld_status meld_nuslerp(meld_context *ctx, meld_view base, meld_view x0, meld_view x1,
                                   float w0, float w1, meld_span out);
 /* Model Stock: cos = mean pairwise cosine of the task vectors x_k - base (k >= 2),
- * t = k cos / (1 + (k - 1) cos), out = t mean(x) + (1 - t) base. *t_out (may be NULL) gets t. */
+ * t = k cos / (1 + (k - 1) cos), out = t mean(x) + (1 - t) base. *t_out (may be NULL) gets t.
+ * cos = -1/(k - 1) leaves t without a finite value: MELD_ERR_INVALID_ARGUMENT. */
 MELD_API meld_status meld_model_stock(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
                                       meld_span out, float *t_out);
 /* The weights these merges apply, from their reduction pass alone (no output): each merge is
