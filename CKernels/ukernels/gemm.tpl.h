@@ -13,6 +13,7 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
     vf c0[MELD_MR], c1[MELD_MR];
     const size_t es = dt_bytes(bdt);
     const char *next = b_next;
+#pragma clang loop unroll(full)
     for (int r = 0; r < R; r++) c0[r] = c1[r] = vf_zero();
     for (size_t k = 0; k < kc; k++) {
         if (next) {
@@ -26,18 +27,26 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
             c1[r] = vf_fma(av, b1, c1[r]);
         }
     }
-    for (size_t r = 0; r < mr; r++) {
-        if (nr == MELD_NR) {
+    /* Stores unrolled over the compile-time R: the accumulators stay in registers (a loop to
+     * the runtime mr indexes them, which sent all 2R through the stack before and after the k
+     * loop). A partial tile goes through a buffer. */
+    if (mr == (size_t)R && nr == MELD_NR) {
+#pragma clang loop unroll(full)
+        for (int r = 0; r < R; r++) {
             if (accumulate) { c0[r] = vf_add(vf_load(c[r]), c0[r]); c1[r] = vf_add(vf_load(c[r] + MELD_W), c1[r]); }
             vf_store(c[r], c0[r]);
             vf_store(c[r] + MELD_W, c1[r]);
-        } else {
-            float tmp[MELD_NR];
-            vf_store(tmp, c0[r]);
-            vf_store(tmp + MELD_W, c1[r]);
-            for (size_t j = 0; j < nr; j++) c[r][j] = accumulate ? c[r][j] + tmp[j] : tmp[j];
         }
+        return;
     }
+    float tmp[MELD_MR][MELD_NR];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < R; r++) {
+        vf_store(tmp[r], c0[r]);
+        vf_store(tmp[r] + MELD_W, c1[r]);
+    }
+    for (size_t r = 0; r < mr; r++)
+        for (size_t j = 0; j < nr; j++) c[r][j] = accumulate ? c[r][j] + tmp[r][j] : tmp[r][j];
 }
 
 static inline __attribute__((always_inline)) void gemm_rows(size_t kc, const float *const *a, const float *ap,
