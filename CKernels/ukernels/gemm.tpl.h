@@ -45,8 +45,15 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
         vf_store(tmp[r], c0[r]);
         vf_store(tmp[r] + MELD_W, c1[r]);
     }
-    for (size_t r = 0; r < mr; r++)
-        for (size_t j = 0; j < nr; j++) c[r][j] = accumulate ? c[r][j] + tmp[r][j] : tmp[r][j];
+    for (size_t r = 0; r < mr; r++) {
+        if (nr == MELD_NR) {
+            vf t0 = vf_load(tmp[r]), t1 = vf_load(tmp[r] + MELD_W);
+            if (accumulate) { t0 = vf_add(vf_load(c[r]), t0); t1 = vf_add(vf_load(c[r] + MELD_W), t1); }
+            vf_store(c[r], t0);
+            vf_store(c[r] + MELD_W, t1);
+        } else
+            for (size_t j = 0; j < nr; j++) c[r][j] = accumulate ? c[r][j] + tmp[r][j] : tmp[r][j];
+    }
 }
 
 static inline __attribute__((always_inline)) void gemm_rows(size_t kc, const float *const *a, const float *ap,
