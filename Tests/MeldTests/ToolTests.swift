@@ -218,27 +218,30 @@ final class ToolTests: XCTestCase {
         return bin
     }
 
+    /// Runs the `meld` executable to its end: its exit status and what it wrote on stderr.
+    func runMeld(_ arguments: [String]) throws -> (status: Int32, stderr: String) {
+        let p = Process(), err = Pipe()
+        p.executableURL = try meldExecutable()
+        p.arguments = arguments
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = err
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+
     /// The README's main job, `meld example DIR`, in a folder whose name YAML would misread
-    /// unquoted; a file in place of the folder is a clear error.
+    /// unquoted; a file in place of the folder is a clear error that names it.
     func testExampleCommand() throws {
         let dir = tempDir("example") + "/a b#: \"c\\"
-        let p = Process()
-        p.executableURL = try meldExecutable()
-        p.arguments = ["example", dir]
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertEqual(try runMeld(["example", dir]).status, 0)
         XCTAssertEqual(try ModelFolder(path: dir + "/merged").tensorNames.count, 21)
         let f = tempDir("example-file") + "/file"
         write("x", f)
-        let q = Process()
-        q.executableURL = try meldExecutable()
-        q.arguments = ["example", f]
-        q.standardError = FileHandle.nullDevice
-        try q.run()
-        q.waitUntilExit()
-        XCTAssertNotEqual(q.terminationStatus, 0)
+        let (status, stderr) = try runMeld(["example", f])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(stderr.contains(f) && stderr.contains("is a file"), stderr)
     }
 
     /// `meld generate`'s checks: the byte count it computes with checked arithmetic is the
