@@ -43,6 +43,7 @@ func removeOnSignal(_ path: String) {
 
 /// Runs body; a failure is one line on stderr ("meld: error: ...", prefixed with `subject` for
 /// system errors, which do not name their file) and exit status 1.
+@discardableResult
 func reportingErrors<T>(subject: String, _ body: () throws -> T) throws -> T {
     func fail(_ message: String) -> ExitCode {
         FileHandle.standardError.write("meld: error: \(message)\n".data(using: .utf8)!)
