@@ -158,11 +158,9 @@ extension Context {
         let bytes = (x.count + 7) / 8
         let mask = try withView(x) { xv in try withSparsifiers([s]) { sp in
             try [UInt8](unsafeUninitializedCapacity: max(bytes, 1)) { buf, count in
-                let bv = base.map { b in b.withUnsafeBytes { meld_view(data: $0.baseAddress, numel: b.count, dtype: T.dtype.c) } }
                 if let base {
-                    try base.withUnsafeBytes { try run(meld_sparsify_mask(raw, meld_view(data: $0.baseAddress, numel: base.count, dtype: T.dtype.c), xv, sp, buf.baseAddress, &scale)) }
+                    try withView(base) { try run(meld_sparsify_mask(raw, $0, xv, sp, buf.baseAddress, &scale)) }
                 } else {
-                    _ = bv
                     try run(meld_sparsify_mask(raw, meld_view(data: nil, numel: 0, dtype: MELD_F32), xv, sp, buf.baseAddress, &scale))
                 }
                 count = bytes
