@@ -159,6 +159,14 @@ meld_status meld_context_isa(const meld_context *ctx, meld_isa *out) {
 const char *meld_context_last_error(const meld_context *ctx) { return ctx ? ctx->last_error : ""; }
 void meld_context_clear_error(meld_context *ctx) { if (ctx) ctx->last_error[0] = '\0'; }
 
+meld_status meld_context_set_window(meld_context *ctx, size_t window, meld_window_fn done, void *user) {
+    if (!ctx) return MELD_ERR_NULL_POINTER;
+    ctx->window = done ? window : 0;
+    ctx->window_done = window ? done : NULL;
+    ctx->window_user = user;
+    return MELD_OK;
+}
+
 void meld_set_error(meld_context *ctx, const char *fmt, ...) {
     if (!ctx) return;
     va_list ap;

@@ -22,6 +22,9 @@ struct meld_context {
     void *opencl;                 /* device state when an OpenCL device is attached */
     void *scratch;                /* grow-only scratch reused across calls (no page faults per call) */
     size_t scratch_bytes;
+    size_t window;                /* meld_context_set_window: elements per window, 0 = off */
+    meld_window_fn window_done;
+    void *window_user;
 };
 
 /* Scratch of at least bytes, owned by ctx and valid until the next call; NULL if out of memory. */
@@ -40,8 +43,9 @@ meld_status meld_check_floats(const float *w, size_t k); /* finite values */
 
 /* ---- streaming driver -------------------------------------------------------------------
  * Splits [0, n) into tiles of MELD_TILE elements (a multiple of MELD_UK_ALIGN), runs them in one
- * OpenMP parallel-for with a static schedule, and gives the last partial vector group to the
- * callback through zero-padded f32 copies, so ukernels only ever see n % MELD_UK_ALIGN == 0. */
+ * OpenMP parallel region (in one per window under meld_context_set_window), threads claiming runs
+ * of tiles, and gives the last partial vector group to the callback through zero-padded f32
+ * copies, so ukernels only ever see n % MELD_UK_ALIGN == 0. */
 #define MELD_TILE 16384
 #define MELD_STREAM_MAX 72
 

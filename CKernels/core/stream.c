@@ -62,24 +62,37 @@ static void run_tile(const meld_stream *s, size_t t, meld_tile_fn fn, void *op) 
     }
 }
 
-meld_status meld_stream_run(meld_context *ctx, const meld_stream *s, meld_tile_fn fn, void *op) {
-    size_t tiles = meld_stream_tiles(s->n);
-    if (tiles == 0) return MELD_OK;
-    int nt = ctx->threads;
+/* Tiles [t0, t1) on up to nt threads. Runs of tiles are claimed in turn, about 8 per thread: a
+ * thread that loses its core for a while (another process, the tool's writer thread, a busy host)
+ * delays only the run it holds, where a static split would hold the pass until that thread had
+ * done its half. Runs, not single tiles: threads streaming interleaved 64 KiB tiles ran 10-20%
+ * slower. A tile's result does not depend on which thread runs it. */
+static void run_tiles(const meld_stream *s, size_t t0, size_t t1, int nt, meld_tile_fn fn, void *op) {
+    const size_t tiles = t1 - t0;
     if ((size_t)nt > tiles) nt = (int)tiles;
     if (nt <= 1) {
-        for (size_t t = 0; t < tiles; t++) run_tile(s, t, fn, op);
-        return MELD_OK;
+        for (size_t t = t0; t < t1; t++) run_tile(s, t, fn, op);
+        return;
     }
-    /* Runs of tiles are claimed in turn, about 8 per thread: a thread that loses its core for a
-     * while (another process, the tool's writer thread, a busy host) delays only the run it
-     * holds, where a static split would hold the pass until that thread had done its half. Runs,
-     * not single tiles: threads streaming interleaved 64 KiB tiles ran 10-20% slower. A tile's
-     * result does not depend on which thread runs it. */
     const size_t run = tiles / (8 * (size_t)nt) > 1 ? tiles / (8 * (size_t)nt) : 1;
-    size_t next = 0;
+    size_t next = t0;
 #pragma omp parallel num_threads(nt)
-    for (size_t t0; (t0 = __atomic_fetch_add(&next, run, __ATOMIC_RELAXED)) < tiles;)
-        for (size_t t = t0; t < t0 + run && t < tiles; t++) run_tile(s, t, fn, op);
+    for (size_t a; (a = __atomic_fetch_add(&next, run, __ATOMIC_RELAXED)) < t1;)
+        for (size_t t = a; t < a + run && t < t1; t++) run_tile(s, t, fn, op);
+}
+
+meld_status meld_stream_run(meld_context *ctx, const meld_stream *s, meld_tile_fn fn, void *op) {
+    const size_t tiles = meld_stream_tiles(s->n);
+    if (tiles == 0) return MELD_OK;
+    /* meld_context_set_window: window by window, each reported once read */
+    const size_t per = !ctx->window_done ? tiles : ctx->window / MELD_TILE > 1 ? ctx->window / MELD_TILE : 1;
+    for (size_t t0 = 0; t0 < tiles; t0 += per) {
+        const size_t t1 = t0 + per < tiles ? t0 + per : tiles;
+        run_tiles(s, t0, t1, ctx->threads, fn, op);
+        if (ctx->window_done) {
+            const size_t end = t1 * MELD_TILE < s->n ? t1 * MELD_TILE : s->n;
+            ctx->window_done(ctx->window_user, s->first + t0 * MELD_TILE, end - t0 * MELD_TILE);
+        }
+    }
     return MELD_OK;
 }

@@ -389,16 +389,22 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         uint32_t *sample = malloc(ne * S * sizeof *sample);
         if (!sample) return MELD_ERR_OUT_OF_MEMORY;
         meld_status st[MELD_MAX_MODELS];
-        /* experts sample and bracket independently; the blocks of one expert in parallel too */
-#pragma omp parallel num_threads(nt)
-        {
-#pragma omp for schedule(static)
-            for (size_t r = 0; r < ne * B; r++)
+        /* the blocks of all experts in parallel, then each expert's bracket; under
+         * meld_context_set_window the blocks a window at a time, in index order (the samples
+         * land in the same places) */
+        const size_t per = !ctx->window_done ? B : ctx->window / step > 1 ? ctx->window / step : 1;
+        for (size_t b0 = 0; b0 < B; b0 += per) {
+            const size_t nb = b0 + per < B ? per : B - b0;
+#pragma omp parallel for schedule(static) num_threads(nt)
+            for (size_t q = 0; q < ne * nb; q++) {
+                const size_t r = q / nb * B + b0 + q % nb; /* expert q / nb, block b0 + q % nb */
                 sample_run(s, active[r / B], r % B * step, MELD_SEL_RUN, sample + r * MELD_SEL_RUN);
-#pragma omp for schedule(static, 1)
-            for (size_t j = 0; j < ne; j++)
-                st[j] = meld_select_bracket(sample + j * S, S, n, kk[active[j]], &lo[j], &hi[j]);
+            }
+            if (ctx->window_done) ctx->window_done(ctx->window_user, b0 * step, (b0 + nb == B ? n : (b0 + nb) * step) - b0 * step);
         }
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
+        for (size_t j = 0; j < ne; j++)
+            st[j] = meld_select_bracket(sample + j * S, S, n, kk[active[j]], &lo[j], &hi[j]);
         free(sample);
         for (size_t j = 0; j < ne; j++) MELD_TRY(st[j]);
         cap = (size_t)(0.16 * (double)n / nt) + 4096; /* 4 bytes a candidate: heavy ties fit */

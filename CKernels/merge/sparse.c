@@ -74,8 +74,55 @@ typedef struct della_job {
     uint8_t *mask;
 } della_job;
 
+/* Row r's keep bits: ranks by a stable radix sort, then Philox against p(rank). key: 3 rows of
+ * scratch, idx: 2. */
+static void della_row(const della_job *j, size_t r, size_t row, uint32_t *key, uint32_t *idx) {
+    const size_t n = j->n;
+    const size_t a = r * row, m = a + row < n ? row : n - a;
+    uint32_t *k2 = key + row, *i2 = idx + row;
+    for (size_t i = 0; i < m; i++) {
+        float v = meld_load_scalar(j->x.data, j->x.dtype, a + i);
+        if (j->base.data) v = v - meld_load_scalar(j->base.data, j->base.dtype, a + i);
+        key[i] = meld_f32_bits(v) & 0x7fffffffu;
+        idx[i] = (uint32_t)i;
+    }
+    /* stable LSD radix sort by magnitude: 11 + 10 + 10 bits */
+    for (int pass = 0; pass < 3; pass++) {
+        int shift = pass == 0 ? 0 : pass == 1 ? 11 : 21;
+        uint32_t bins = pass == 0 ? 2048 : 1024, cnt[2048] = {0};
+        for (size_t i = 0; i < m; i++) cnt[(key[i] >> shift) & (bins - 1)]++;
+        uint32_t sum = 0;
+        for (uint32_t b = 0; b < bins; b++) { uint32_t c = cnt[b]; cnt[b] = sum; sum += c; }
+        for (size_t i = 0; i < m; i++) {
+            uint32_t d = cnt[(key[i] >> shift) & (bins - 1)]++;
+            k2[d] = key[i];
+            i2[d] = idx[i];
+        }
+        memcpy(key, k2, m * sizeof *key);
+        memcpy(idx, i2, m * sizeof *idx);
+    }
+    /* the row's uniforms in index order: one Philox block gives four neighbours */
+    uint32_t *u = key + 2 * row;
+    for (size_t g = a & ~(size_t)3; g < a + m; g += 4) {
+        uint32_t c[4] = {(uint32_t)(g >> 2), (uint32_t)(g >> 34), 0, 0}, o[4];
+        philox(c, j->k0, j->k1, o);
+        for (size_t w = 0; w < 4; w++)
+            if (g + w >= a && g + w < a + m) u[g + w - a] = o[w] >> 8;
+    }
+    for (size_t q = 0; q < m; q++) { /* q = rank - 1 */
+        double p = m > 1 ? (j->d - j->eps) + 2.0 * j->eps * (double)q / (double)(m - 1) : j->d;
+        size_t i = a + idx[q];
+        if (u[idx[q]] < p24_of(p)) {
+#pragma omp atomic update
+            j->mask[i >> 3] |= (uint8_t)(1u << (i & 7));
+        }
+    }
+}
+
 static meld_status della_mask(meld_context *ctx, const della_job *j) {
     const size_t n = j->n, row = j->row ? j->row : n, rows = n ? (n + row - 1) / row : 0;
+    /* meld_context_set_window: rows a window at a time, each reported once read */
+    const size_t per = !ctx->window_done ? rows : ctx->window / row > 1 ? ctx->window / row : 1;
     memset(j->mask, 0, (n + 7) / 8);
     meld_status st = MELD_OK;
 #pragma omp parallel num_threads(ctx->threads)
@@ -85,48 +132,14 @@ static meld_status della_mask(meld_context *ctx, const della_job *j) {
 #pragma omp atomic write
             st = MELD_ERR_OUT_OF_MEMORY;
         }
+        for (size_t r0 = 0; r0 < rows; r0 += per) {
+            const size_t r1 = r0 + per < rows ? r0 + per : rows;
 #pragma omp for schedule(static, 1) /* dynamic needs __kmpc_dispatch_deinit, absent from libomp 14 */
-        for (size_t r = 0; r < rows; r++) {
-            if (!key || !idx) continue;
-            size_t a = r * row, m = a + row < n ? row : n - a;
-            uint32_t *k2 = key + row, *i2 = idx + row;
-            for (size_t i = 0; i < m; i++) {
-                float v = meld_load_scalar(j->x.data, j->x.dtype, a + i);
-                if (j->base.data) v = v - meld_load_scalar(j->base.data, j->base.dtype, a + i);
-                key[i] = meld_f32_bits(v) & 0x7fffffffu;
-                idx[i] = (uint32_t)i;
-            }
-            /* stable LSD radix sort by magnitude: 11 + 10 + 10 bits */
-            for (int pass = 0; pass < 3; pass++) {
-                int shift = pass == 0 ? 0 : pass == 1 ? 11 : 21;
-                uint32_t bins = pass == 0 ? 2048 : 1024, cnt[2048] = {0};
-                for (size_t i = 0; i < m; i++) cnt[(key[i] >> shift) & (bins - 1)]++;
-                uint32_t sum = 0;
-                for (uint32_t b = 0; b < bins; b++) { uint32_t c = cnt[b]; cnt[b] = sum; sum += c; }
-                for (size_t i = 0; i < m; i++) {
-                    uint32_t d = cnt[(key[i] >> shift) & (bins - 1)]++;
-                    k2[d] = key[i];
-                    i2[d] = idx[i];
-                }
-                memcpy(key, k2, m * sizeof *key);
-                memcpy(idx, i2, m * sizeof *idx);
-            }
-            /* the row's uniforms in index order: one Philox block gives four neighbours */
-            uint32_t *u = key + 2 * row;
-            for (size_t g = a & ~(size_t)3; g < a + m; g += 4) {
-                uint32_t c[4] = {(uint32_t)(g >> 2), (uint32_t)(g >> 34), 0, 0}, o[4];
-                philox(c, j->k0, j->k1, o);
-                for (size_t w = 0; w < 4; w++)
-                    if (g + w >= a && g + w < a + m) u[g + w - a] = o[w] >> 8;
-            }
-            for (size_t q = 0; q < m; q++) { /* q = rank - 1 */
-                double p = m > 1 ? (j->d - j->eps) + 2.0 * j->eps * (double)q / (double)(m - 1) : j->d;
-                size_t i = a + idx[q];
-                if (u[idx[q]] < p24_of(p)) {
-#pragma omp atomic update
-                    j->mask[i >> 3] |= (uint8_t)(1u << (i & 7));
-                }
-            }
+            for (size_t r = r0; r < r1; r++)
+                if (key && idx) della_row(j, r, row, key, idx);
+#pragma omp master
+            if (ctx->window_done) ctx->window_done(ctx->window_user, r0 * row, (r1 * row < n ? r1 * row : n) - r0 * row);
+#pragma omp barrier
         }
         free(key);
         free(idx);

@@ -104,6 +104,25 @@ public final class Context {
     deinit { meld_context_destroy(raw) }
     public var threads: Int { var t: Int32 = 0; meld_context_threads(raw, &t); return Int(t) }
     public var isa: ISA { var i = meld_isa(0); meld_context_isa(raw, &i); return ISA(rawValue: i.rawValue) ?? .scalar }
+
+    /// Streaming in windows (meld_context_set_window): every streaming pass over more than
+    /// `elements` elements runs window by window in index order, calling `done(first, count)`
+    /// after each window and at the end of each pass, on the calling thread, once that pass has
+    /// read all it will of elements first ..< first + count of its inputs. For inputs paged in
+    /// and out by the caller (mmap'ed checkpoints); results do not change. nil turns it off.
+    public func setWindow(elements: Int, done: ((Int, Int) -> Void)?) {
+        window = done.map { WindowBox($0) }
+        if let w = window {
+            meld_context_set_window(raw, elements, { user, first, count in
+                Unmanaged<WindowBox>.fromOpaque(user!).takeUnretainedValue().done(first, count)
+            }, Unmanaged.passUnretained(w).toOpaque())
+        } else {
+            meld_context_set_window(raw, 0, nil, nil)
+        }
+    }
+    final class WindowBox { let done: (Int, Int) -> Void; init(_ d: @escaping (Int, Int) -> Void) { done = d } }
+    var window: WindowBox?   // kept alive while C holds its pointer
+
     /// Runs a C call on this context: a failure throws with the message that call left (the
     /// context's message is cleared first, so an earlier failure's does not carry over).
     @inline(__always) func run(_ call: @autoclosure () -> meld_status) throws {

@@ -18,6 +18,9 @@ public struct MergeRequest: Sendable {
     public var isa: ISA = .auto
     /// nil: the CPU; otherwise the OpenCL device index (-1: MELD_CL_DEVICE or 0)
     public var openCLDevice: Int? = nil
+    /// The most input bytes mapped at once (at least 64 KiB): tensors whose inputs need more are
+    /// paged in windows as the kernels stream over them.
+    public var mapBudget = 1 << 30
     public init(configPath: String, outDir: String) { self.configPath = configPath; self.outDir = outDir }
 }
 
@@ -28,6 +31,8 @@ public struct MergeSummary: Sendable {
     public var bytesWritten: Int
     public var seconds: Double
     public var outDir: String
+    /// tensors whose inputs were paged in windows (larger than the map budget allows whole)
+    public var pagedTensors = 0
 }
 
 /// Runs a mergekit-style merge: one tensor at a time, inputs mmap'ed and their pages dropped after
@@ -230,12 +235,16 @@ public enum Merger {
         // MELD_TEST_STALL_AFTER=N: stop for good after N tensors (tests interrupt a merge there)
         let stallAfter = ProcessInfo.processInfo.environment["MELD_TEST_STALL_AFTER"].flatMap { Int($0) }
         var tKernel = 0.0, tRelease = 0.0, tMap = 0.0
-        // Merged tensors' input pages are dropped in batches of up to `releaseBudget` bytes (and
-        // before a tensor that would take the mapped total past it): one madvise per run of
-        // adjacent tensors instead of one per tensor and file, while the mapped inputs stay
-        // within max(budget, the largest tensor's inputs).
-        let releaseBudget = 256 << 20
-        var mapped: [String] = [], mappedBytes = 0
+        // The inputs mapped at once stay within `mapBudget` (1 GiB by default). Merged tensors' input pages are dropped in batches of up to a quarter of it (and
+        // before a tensor that would take the mapped total past that): one madvise per run of
+        // adjacent tensors instead of one per tensor and file. A tensor whose inputs exceed what
+        // is left besides a batch and two windows is paged in windows of a sixteenth as the
+        // kernels stream over it. Paging costs a map and a drop per pass (TIES makes three: ~30 ms
+        // a GB here), so smaller tensors are mapped whole.
+        let mapBudget = max(req.mapBudget, 1 << 16)
+        let releaseBudget = mapBudget / 4, windowBudget = mapBudget / 16
+        let pageAbove = mapBudget - releaseBudget - 2 * windowBudget
+        var mapped: [String] = [], mappedBytes = 0, paged = 0
         func release() {
             let t = Date()
             for f in uniqueInputs { f.release(mapped) }
@@ -249,8 +258,19 @@ public enum Merger {
             let sink = TensorSink(writer: writer, name: name, dtype: plan.outDtype[name]!.meld!, count: info.count,
                                   chunks: req.openCLDevice == nil)
             let t0 = Date()
-            for f in uniqueInputs { f.prefetch(name) }
+            // a tensor whose inputs exceed the budget is paged in windows as the kernels stream
+            // over it (every pass of every method), so peak memory does not grow with it
+            let pager = inBytes > pageAbove && req.openCLDevice == nil
+                ? InputPager(files: uniqueInputs.compactMap { try? $0.view(name) }, window: max(1, info.count * windowBudget / inBytes)) : nil
+            if let pager {
+                paged += 1
+                ctx.setWindow(elements: pager.window) { pager.done($0, $1) }
+                pager.populate(from: 0)
+            } else {
+                for f in uniqueInputs { f.prefetch(name) }
+            }
             tMap += Date().timeIntervalSince(t0)
+            defer { if pager != nil { ctx.setWindow(elements: 0, done: nil) } }
             do {
                 try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, sink: sink)
             } catch let e as MeldError {
@@ -277,7 +297,7 @@ public enum Merger {
             FileHandle.standardError.write(line.data(using: .utf8)!)
         }
         return MergeSummary(method: cfg.method, tensors: plan.names.count, bytesRead: totalIn, bytesWritten: writer.totalBytes,
-                            seconds: Date().timeIntervalSince(start), outDir: dir)
+                            seconds: Date().timeIntervalSince(start), outDir: dir, pagedTensors: paged)
     }
 
     /// Inputs in the configured compute dtype: mergekit casts to `dtype` first, so a narrower

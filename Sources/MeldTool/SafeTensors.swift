@@ -183,6 +183,59 @@ public final class SafeTensorsFile {
     }
 }
 
+/// Pages one large tensor's mmap'ed inputs in and out as the kernels stream over them
+/// (Context.setWindow): each range a pass reports read is dropped from this process, and the
+/// next window is mapped in one call. The inputs mapped at a time stay near two windows, whatever
+/// the tensor's size; a later pass over a dropped range faults it back from the page cache. Only
+/// for file-backed views: dropping anonymous memory (a converted copy) would zero it.
+final class InputPager {
+    let views: [(base: UnsafeRawPointer, elementSize: Int)]
+    let count: Int, window: Int
+    let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+
+    init(files: [TensorView], window: Int) {
+        views = files.compactMap { v in v.data.map { ($0, v.dtype.size) } }
+        count = files.first?.count ?? 0
+        self.window = window
+    }
+
+    /// madvise over the pages of elements [a, b) of every view: the pages wholly inside them
+    /// (`inward`), or every page they touch.
+    func advise(_ a: Int, _ b: Int, inward: Bool, _ advice: Int32) {
+        for (p, es) in views {
+            let lo = UInt(bitPattern: p + a * es), hi = UInt(bitPattern: p + b * es)
+            let x = inward ? (lo + page - 1) / page * page : lo / page * page
+            let y = inward ? hi / page * page : (hi + page - 1) / page * page
+            if y > x { _ = madvise(UnsafeMutableRawPointer(bitPattern: x), Int(y - x), advice) }
+        }
+    }
+
+    /// elements before this are mapped, back to where the current pass is
+    var mappedTo = 0
+    /// elements before this are dropped (in the current pass)
+    var droppedTo = 0
+
+    /// Maps the window that starts at element `first`.
+    func populate(from first: Int) {
+        mappedTo = min(count, first + window)
+        advise(first, mappedTo, inward: false, 22 /* MADV_POPULATE_READ */)
+    }
+
+    /// A pass has read elements [first, first + n): drop them. Map the next window once the pass
+    /// is half a window from the end of what is mapped (a call per window, however short the
+    /// reports: walking mapped pages again cost more than the mapping); after a pass's end, the
+    /// first window, for the pass that may follow.
+    func done(_ first: Int, _ n: Int) {
+        let end = first + n
+        if first < droppedTo { droppedTo = first }   // a new pass
+        if end >= count || end - droppedTo >= window {
+            advise(droppedTo, end, inward: true, MADV_DONTNEED)
+            droppedTo = end >= count ? 0 : end
+        }
+        if end >= count { populate(from: 0) } else if end + window / 2 > mappedTo { populate(from: max(end, mappedTo)) }
+    }
+}
+
 /// pwrite of all `count` bytes at `offset` (short writes retried). With `startWriteback`, the
 /// range's writeback starts at once (non-blocking), so that a later fsync finds little left;
 /// without it the page cache flushes on its own, as after mergekit. nil, or why it failed.

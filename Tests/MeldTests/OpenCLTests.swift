@@ -21,7 +21,7 @@ final class OpenCLTests: XCTestCase {
         for n in [1, 17, 4096 + 5, 70_001] {
             let base = rng.floats(n)
             let xs = (0..<3).map { _ in base.map { $0 + rng.normal() * 0.01 + (rng.uniform() < 0.1 ? rng.normal() * 0.1 : 0) } }
-            var special = xs[0]; if n > 10 { special[3] = .nan; special[5] = -.infinity; special[7] = 1e-40 }
+            var special = xs[0]; if n > 10 { special[3] = .nan; special[5] = -.infinity; special[7] = Float(bitPattern: 0x0001_16C2) /* 1e-40, a subnormal */ }
             // conversions, including NaN / Inf / subnormals
             for (a, b) in [(try cpu.convert(special) as [BFloat16], try gpu.convert(special) as [BFloat16])] { XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern)) }
             XCTAssertEqual((try cpu.convert(special) as [Float16]).map(\.bitPattern), (try gpu.convert(special) as [Float16]).map(\.bitPattern))
@@ -156,8 +156,8 @@ final class OpenCLTests: XCTestCase {
         for name in ["ties", "dare_ties", "task_arithmetic", "breadcrumbs_ties", "ties_bf16", "slerp"] {
             let dir = cases + "/" + name, out = tempDir("cl-\(name)")
             let cwd = FileManager.default.currentDirectoryPath
-            FileManager.default.changeCurrentDirectoryPath(dir)
-            defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+            XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(dir))
+            defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
             var r = MergeRequest(configPath: "config.yml", outDir: out + "/cpu")
             r.quiet = true; r.seed = 7
             _ = try Merger.run(r)

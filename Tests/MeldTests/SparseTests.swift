@@ -231,6 +231,59 @@ final class SparseTests: XCTestCase {
         }
     }
 
+    /// Streaming in windows (meld_context_set_window): every merge method gives the same bits
+    /// with windows on, and reports its passes window by window in index order, each window at
+    /// most as long as asked (whole tiles; DELLA: whole rows), each pass covering [0, n) exactly.
+    func testWindowsKeepBitsAndReportEveryRange() throws {
+        var rng = Rng(43)
+        let n = 200_003, window = 40_000, tile = 16384, row = 10_007
+        let base = rng.floats(n)
+        let xs = (0..<3).map { k in base.indices.map { i in base[i] + (i % 5 == 0 ? 0.02 : rng.normal() * 0.01) * Float(k + 1) } }
+        let w: [Float] = [1, 0.6, 0.8]
+        let ties = MergeOptions(consensus: .sum, divisor: .weightSum)
+        func tv(_ sp: [Sparsifier]) -> (Context) throws -> [Float] {
+            { try $0.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: sp, options: ties) }
+        }
+        // (name, merge, the window length a pass of it must show: tiles, or DELLA's rows)
+        let methods: [(String, (Context) throws -> [Float], Int)] = [
+            ("ties", tv([.magnitude(0.2), .magnitude(0.5), .magnitude(0.35)]), window / tile * tile),
+            ("dare l1", tv((0..<3).map { .dare(0.4, seed: 5, stream: UInt64($0)) }), window / tile * tile),
+            ("della", tv((0..<3).map { .della(0.5, epsilon: 0.2, seed: 5, stream: UInt64($0), rowLength: row) }), window / row * row),
+            ("breadcrumbs", tv((0..<3).map { _ in .breadcrumbs(0.5, gamma: 0.05) }), window / tile * tile),
+            ("task arithmetic", { try $0.taskArithmetic(base: base, xs, weights: w) }, window / tile * tile),
+            ("slerp", { try $0.slerp(t: 0.3, base, xs[0]) }, window / tile * tile),
+            ("model stock", { try $0.modelStock(base: base, xs).merged }, window / tile * tile),
+        ]
+        for threads in [1, 2] {
+            let ctx = try Context(threads: threads)
+            for (name, merge, shown) in methods {
+                let what = "\(name), \(threads) threads"
+                let plain = try merge(ctx)
+                var calls: [(Int, Int)] = []
+                ctx.setWindow(elements: window) { calls.append(($0, $1)) }
+                let windowed = try merge(ctx)
+                ctx.setWindow(elements: window, done: nil)
+                XCTAssertEqual(bits(plain), bits(windowed), "\(what): windows changed the result")
+                // split into passes: a pass goes on where its last window ended
+                var passes: [[(Int, Int)]] = []
+                for c in calls {
+                    if let last = passes.last?.last, last.0 + last.1 == c.0 { passes[passes.count - 1].append(c) } else { passes.append([c]) }
+                }
+                XCTAssertFalse(passes.isEmpty, "\(what): no pass reported")
+                for p in passes {
+                    XCTAssertEqual(p.first!.0, 0, "\(what): a pass must start at element 0: \(p)")
+                    XCTAssertEqual(p.last!.0 + p.last!.1, n, "\(what): a pass must end at element n: \(p)")
+                    XCTAssertTrue(p.allSatisfy { $0.1 <= max(window, row) }, "\(what): a window longer than asked: \(p)")
+                }
+                XCTAssertTrue(passes.contains { p in p.count > 1 && p.dropLast().allSatisfy { $0.1 == shown } },
+                              "\(what): no pass in windows of \(shown): \(passes)")
+                calls = []
+                _ = try merge(ctx)
+                XCTAssertTrue(calls.isEmpty, "\(what): windows off, yet \(calls.count) reports")
+            }
+        }
+    }
+
     /// Packed deltas: pack then apply equals base + sum s_k * masked delta; all dtypes; K = 4.
     func testPackAndApply() throws {
         var rng = Rng(36)

@@ -13,7 +13,7 @@ extern "C" {
 #endif
 
 #define MELD_VERSION_MAJOR 0
-#define MELD_VERSION_MINOR 6
+#define MELD_VERSION_MINOR 7
 #define MELD_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH */
 #define MELD_VERSION (MELD_VERSION_MAJOR * 10000 + MELD_VERSION_MINOR * 100 + MELD_VERSION_PATCH)
@@ -100,6 +100,16 @@ MELD_API meld_status meld_context_isa(const meld_context *ctx, meld_isa *out);
  * before a call whose message you will read. */
 MELD_API const char *meld_context_last_error(const meld_context *ctx);
 MELD_API void meld_context_clear_error(meld_context *ctx);
+
+/* Streaming in windows, for inputs that the caller pages in and out (mmap'ed checkpoints larger
+ * than a memory budget). Every streaming pass of the merge kernels (selection, reductions, the
+ * merge and conversion passes) over more than `window` elements then runs window by window in
+ * index order, and after each window, and at the end of every pass, calls
+ * done(user, first, count) on the calling thread: that pass has read all it will read of
+ * elements [first, first + count) of its inputs (a later pass may read them again). Results do
+ * not change. window 0 (the default) or done NULL: off. */
+typedef void (*meld_window_fn)(void *user, size_t first, size_t count);
+MELD_API meld_status meld_context_set_window(meld_context *ctx, size_t window, meld_window_fn done, void *user);
 
 #ifdef __cplusplus
 }
