@@ -221,9 +221,10 @@ final class InputPager {
         advise(first, mappedTo, inward: false, 22 /* MADV_POPULATE_READ */)
     }
 
-    /// A pass has read elements [first, first + n): drop them. Map the next window once the pass
-    /// is half a window from the end of what is mapped (a call per window, however short the
-    /// reports: walking mapped pages again cost more than the mapping); after a pass's end, the
+    /// A pass has read elements [first, first + n): drop what it has read, a window or the
+    /// pass's end at a time, and map the next window once the pass is half a window from the
+    /// end of what is mapped (a call per window however short the reports, such as the output's
+    /// chunks: an madvise per report cost more than the mapping); after a pass's end, map the
     /// first window, for the pass that may follow.
     func done(_ first: Int, _ n: Int) {
         let end = first + n
