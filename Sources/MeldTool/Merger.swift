@@ -255,8 +255,6 @@ public enum Merger {
             let info = plan.reference.info(name)!
             let inBytes = uniqueInputs.reduce(0) { $0 + ($1.info(name).map { $0.end - $0.begin } ?? 0) }
             if mappedBytes > 0 && mappedBytes + inBytes > releaseBudget { release() }
-            let sink = TensorSink(writer: writer, name: name, dtype: plan.outDtype[name]!.meld!, count: info.count,
-                                  chunks: req.openCLDevice == nil)
             let t0 = Date()
             // a tensor whose inputs exceed the budget is paged in windows as the kernels stream
             // over it (every pass of every method), so peak memory does not grow with it
@@ -264,13 +262,15 @@ public enum Merger {
                 ? InputPager(files: uniqueInputs.compactMap { try? $0.view(name) }, window: max(1, info.count * windowBudget / inBytes)) : nil
             if let pager {
                 paged += 1
-                ctx.setWindow(elements: pager.window) { pager.done($0, $1) }
+                pager.attach(ctx)
                 pager.populate(from: 0)
             } else {
                 for f in uniqueInputs { f.prefetch(name) }
             }
             tMap += Date().timeIntervalSince(t0)
             defer { if pager != nil { ctx.setWindow(elements: 0, done: nil) } }
+            let sink = TensorSink(writer: writer, name: name, dtype: plan.outDtype[name]!.meld!, count: info.count,
+                                  chunks: req.openCLDevice == nil, pager: pager)
             do {
                 try mergeTensor(name, info: info, plan: plan, cfg: cfg, seed: req.seed, ctx: ctx, sink: sink)
             } catch let e as MeldError {
@@ -293,7 +293,8 @@ public enum Merger {
                               tc.timeIntervalSince(start) - tKernel - tRelease, tMap, tKernel - tMap - (bg ? 0 : writer.writeSeconds),
                               writer.writeSeconds)
                 + (bg ? " (beside the kernels)" : "")
-                + String(format: ", release %.3f s, close %.3f s\n", tRelease, Date().timeIntervalSince(tc))
+                + String(format: ", release %.3f s, close %.3f s, paged %d tensors, peak RSS %.0f MB\n", tRelease,
+                         Date().timeIntervalSince(tc), paged, Double(peakRSSBytes()) / 1e6)
             FileHandle.standardError.write(line.data(using: .utf8)!)
         }
         return MergeSummary(method: cfg.method, tensors: plan.names.count, bytesRead: totalIn, bytesWritten: writer.totalBytes,
@@ -333,6 +334,7 @@ public enum Merger {
     struct TensorSink {
         let writer: ShardedWriter, name: String, dtype: DType, count: Int
         let chunks: Bool
+        let pager: InputPager?
         static let chunk = 64 * MergePlan.rangeAlignment
 
         func whole(_ body: (MutableTensorView) throws -> Void) throws {
@@ -345,9 +347,14 @@ public enum Merger {
         /// out = Σ w_i x_i (over Σ w_i when normalizing), in chunks: elementwise, so a range of
         /// the inputs gives that range of the output.
         func combine(_ xs: [TensorView], weights: [Float], normalize: Bool = false, ctx: Context) throws {
+            // each chunk's views start at the chunk, so the kernels would report ranges of the
+            // chunk: the pager hears of each chunk here instead, in tensor indices
+            if pager != nil { ctx.setWindow(elements: 0, done: nil) }
+            defer { pager?.attach(ctx) }
             try chunked { first, out in
                 try ctx.linear(xs.map { x in TensorView(data: x.data.map { $0 + first * x.dtype.size }, count: out.count, dtype: x.dtype) },
                                weights: weights, normalize: normalize, into: out)
+                pager?.done(first, out.count)
             }
         }
 
@@ -452,6 +459,16 @@ public enum Merger {
         let data = try JSONSerialization.data(withJSONObject: cfg, options: [.prettyPrinted, .sortedKeys])
         try data.write(to: URL(fileURLWithPath: dir + "/config.json"))
     }
+}
+
+/// This process's peak resident set so far: VmHWM of its memory map. Not getrusage's ru_maxrss,
+/// which Linux carries across execve from the address space the process was spawned in (a
+/// vfork'ed child starts with its parent's peak).
+func peakRSSBytes() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+          let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+          let kb = Int(line.dropFirst(6).trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") else { return 0 }
+    return kb * 1024
 }
 
 /// Progress on stderr when it is a terminal: tensors, bytes, throughput, time left.

@@ -215,6 +215,9 @@ final class InputPager {
     /// elements before this are dropped (in the current pass)
     var droppedTo = 0
 
+    /// The kernels' reports of passes over the whole tensor come to `done` through the context.
+    func attach(_ ctx: Context) { ctx.setWindow(elements: window) { [unowned self] in self.done($0, $1) } }
+
     /// Maps the window that starts at element `first`.
     func populate(from first: Int) {
         mappedTo = min(count, first + window)

@@ -65,6 +65,7 @@ struct Merge: ParsableCommand {
     @Flag(help: "Replace OUT_DIR if it exists.") var overwrite = false
     @Flag(help: "Flush the output to the disk before it takes its final name (survives a power loss; waits for the disk).") var fsync = false
     @Option(help: "cpu (default), or opencl[:N] to run the kernels on OpenCL device N.") var device = "cpu"
+    @Option(name: .customLong("max-mapped"), help: "The most input bytes mapped at once, e.g. 1G (default), 256M: a tensor whose inputs need more is paged in windows.") var maxMapped = "1GiB"
 
     func run() throws {
         var req = MergeRequest(configPath: config, outDir: outDir)
@@ -80,6 +81,10 @@ struct Merge: ParsableCommand {
             throw ValidationError("--out-shard-size \(shardSize): expected a size such as 5B, 500M or 2GiB, at most \(Int.max) bytes")
         }
         req.shardSize = size
+        guard let mapped = parseByteSize(maxMapped), mapped >= 1 << 20 else {
+            throw ValidationError("--max-mapped \(maxMapped): expected a size of at least 1M, such as 1G or 256M")
+        }
+        req.mapBudget = mapped
         guard (0...4096).contains(threads) else { throw ValidationError("--threads \(threads): expected 0 (all cores) to 4096") }
         req.threads = threads
         req.quiet = quiet
