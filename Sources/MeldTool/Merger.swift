@@ -235,12 +235,13 @@ public enum Merger {
         // MELD_TEST_STALL_AFTER=N: stop for good after N tensors (tests interrupt a merge there)
         let stallAfter = ProcessInfo.processInfo.environment["MELD_TEST_STALL_AFTER"].flatMap { Int($0) }
         var tKernel = 0.0, tRelease = 0.0, tMap = 0.0
-        // The inputs mapped at once stay within `mapBudget` (1 GiB by default). Merged tensors' input pages are dropped in batches of up to a quarter of it (and
-        // before a tensor that would take the mapped total past that): one madvise per run of
-        // adjacent tensors instead of one per tensor and file. A tensor whose inputs exceed what
-        // is left besides a batch and two windows is paged in windows of a sixteenth as the
-        // kernels stream over it. Paging costs a map and a drop per pass (TIES makes three: ~30 ms
-        // a GB here), so smaller tensors are mapped whole.
+        // The inputs mapped at once stay within `mapBudget` (1 GiB by default). Merged tensors'
+        // input pages are dropped in batches of up to a quarter of it (and before a tensor that
+        // would take the mapped total past that): one madvise per run of adjacent tensors instead
+        // of one per tensor and file. A tensor whose inputs exceed what is left besides a batch
+        // and two windows is paged in windows of a sixteenth as the kernels stream over it.
+        // Paging costs a map and a drop per pass (TIES makes three: ~30 ms a GB here), so smaller
+        // tensors are mapped whole.
         let mapBudget = max(req.mapBudget, 1 << 16)
         let releaseBudget = mapBudget / 4, windowBudget = mapBudget / 16
         let pageAbove = mapBudget - releaseBudget - 2 * windowBudget
