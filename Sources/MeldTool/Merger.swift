@@ -240,8 +240,8 @@ public enum Merger {
         // would take the mapped total past that): one madvise per run of adjacent tensors instead
         // of one per tensor and file. A tensor whose inputs exceed what is left besides a batch
         // and two windows is paged in windows of a sixteenth as the kernels stream over it.
-        // Paging costs a map and a drop per pass (TIES makes three: ~30 ms a GB here), so smaller
-        // tensors are mapped whole.
+        // Smaller tensors are mapped whole: one map and one drop, however many passes a method
+        // makes (paged, each pass faults its pages back).
         let mapBudget = max(req.mapBudget, 1 << 16)
         let releaseBudget = mapBudget / 4, windowBudget = mapBudget / 16
         let pageAbove = mapBudget - releaseBudget - 2 * windowBudget
@@ -264,7 +264,6 @@ public enum Merger {
             if let pager {
                 paged += 1
                 pager.attach(ctx)
-                pager.populate(from: 0)
             } else {
                 for f in uniqueInputs { f.prefetch(name) }
             }
