@@ -111,8 +111,8 @@ public final class Context {
     /// read all it will of elements first ..< first + count of its inputs. For inputs paged in
     /// and out by the caller (mmap'ed checkpoints); results do not change. nil turns it off.
     public func setWindow(elements: Int, done: ((Int, Int) -> Void)?) {
-        window = done.map { WindowBox($0) }
-        if let w = window {
+        windowBox = done.map { WindowBox($0) }
+        if let w = windowBox {
             meld_context_set_window(raw, elements, { user, first, count in
                 Unmanaged<WindowBox>.fromOpaque(user!).takeUnretainedValue().done(first, count)
             }, Unmanaged.passUnretained(w).toOpaque())
@@ -121,7 +121,7 @@ public final class Context {
         }
     }
     final class WindowBox { let done: (Int, Int) -> Void; init(_ d: @escaping (Int, Int) -> Void) { done = d } }
-    var window: WindowBox?   // kept alive while C holds its pointer
+    var windowBox: WindowBox?   // kept alive while C holds its pointer
 
     /// Runs a C call on this context: a failure throws with the message that call left (the
     /// context's message is cleared first, so an earlier failure's does not carry over).
