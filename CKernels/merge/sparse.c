@@ -477,13 +477,40 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
 
 /* ---- packed sparse task vectors ------------------------------------------------------------- */
 /* popcount of bits [a, b) of mask, by 64-bit words where aligned */
+/* Set bits of nw 64-bit words. The library is built for baseline x86-64, where a popcount is a
+ * dozen-instruction bit trick: with the POPCNT instruction (chosen at run time) the tile offsets
+ * of a K = 4 apply took a quarter of the apply's time less. */
+#define POPCOUNT_WORDS(NAME, ATTR)                                  \
+    ATTR static size_t NAME(const uint8_t *p, size_t nw) {          \
+        size_t c = 0;                                               \
+        for (size_t q = 0; q < nw; q++) {                           \
+            uint64_t w;                                             \
+            memcpy(&w, p + 8 * q, 8);                               \
+            c += (size_t)__builtin_popcountll(w);                   \
+        }                                                           \
+        return c;                                                   \
+    }
+#if defined(__x86_64__) || defined(__i386__)
+POPCOUNT_WORDS(popcount_words_hw, __attribute__((target("popcnt"))))
+#endif
+POPCOUNT_WORDS(popcount_words_sw, )
+
+static size_t popcount_words(const uint8_t *p, size_t nw) {
+#if defined(__x86_64__) || defined(__i386__)
+    static int hw = -1;
+    if (hw < 0) hw = __builtin_cpu_supports("popcnt") ? 1 : 0; /* same value from any thread */
+    if (hw) return popcount_words_hw(p, nw);
+#endif
+    return popcount_words_sw(p, nw);
+}
+
 static size_t popcount_range(const uint8_t *mask, size_t a, size_t b) {
     size_t c = 0, i = a;
     for (; i < b && (i & 63); i++) c += (mask[i >> 3] >> (i & 7)) & 1;
-    for (; i + 64 <= b; i += 64) {
-        uint64_t w;
-        memcpy(&w, mask + (i >> 3), 8);
-        c += (size_t)__builtin_popcountll(w);
+    if (i + 64 <= b) {
+        const size_t nw = (b - i) / 64;
+        c += popcount_words(mask + (i >> 3), nw);
+        i += 64 * nw;
     }
     for (; i < b; i++) c += (mask[i >> 3] >> (i & 7)) & 1;
     return c;
