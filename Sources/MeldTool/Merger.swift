@@ -304,20 +304,53 @@ public enum Merger {
     /// Inputs in the configured compute dtype: mergekit casts to `dtype` first, so a narrower
     /// dtype rounds the inputs (a temporary copy of the tensor, made once per input even where
     /// the input plays two roles, on the merge's threads); a wider one is exact and needs no copy.
+    /// A paged tensor's copies go to scratch files that the pager drops window by window like
+    /// the inputs (see ScratchFile), so they do not grow memory with the tensor either.
     final class Inputs {
         let ctx: Context
+        let pager: InputPager?, scratchDir: String
         var keep: [UnsafeMutableRawPointer] = []
+        var scratch: [ScratchFile] = []
         var made: [UnsafeRawPointer: TensorView] = [:]
-        init(ctx: Context) { self.ctx = ctx }
+        init(ctx: Context, pager: InputPager?, scratchDir: String) { (self.ctx, self.pager, self.scratchDir) = (ctx, pager, scratchDir) }
         func view(_ v: TensorView, dtype: STDType?) throws -> TensorView {
             guard let d = dtype?.meld, d != v.dtype, d.size < v.dtype.size || (d.size == v.dtype.size && d != v.dtype) else { return v }
             if let src = v.data, let c = made[src] { return c }
-            let p = UnsafeMutableRawPointer.allocate(byteCount: max(v.count * d.size, 1), alignment: 64)
-            keep.append(p)
-            try ctx.convert(v, into: MutableTensorView(data: p, count: v.count, dtype: d))
-            let c = TensorView(data: UnsafeRawPointer(p), count: v.count, dtype: d)
+            let c: TensorView
+            if let pager, let src = v.data {
+                c = try pagedCopy(src, count: v.count, from: v.dtype, to: d, pager: pager)
+            } else {
+                let p = UnsafeMutableRawPointer.allocate(byteCount: max(v.count * d.size, 1), alignment: 64)
+                keep.append(p)
+                try ctx.convert(v, into: MutableTensorView(data: p, count: v.count, dtype: d))
+                c = TensorView(data: UnsafeRawPointer(p), count: v.count, dtype: d)
+            }
             if let src = v.data { made[src] = c }
             return c
+        }
+
+        /// The rounded copy of a paged input, converted a chunk at a time into a scratch file (the
+        /// input's pages dropped as it goes), then mapped and paged with the inputs.
+        func pagedCopy(_ src: UnsafeRawPointer, count: Int, from s: DType, to d: DType, pager: InputPager) throws -> TensorView {
+            let f = try ScratchFile(directory: scratchDir)
+            scratch.append(f)
+            let chunk = 1 << 20
+            let buf = UnsafeMutableRawPointer.allocate(byteCount: chunk * d.size, alignment: 64)
+            defer { buf.deallocate() }
+            // the chunks' views start at each chunk: the pager hears of them here, in tensor indices
+            ctx.setWindow(elements: 0, done: nil)
+            defer { pager.attach(ctx) }
+            var first = 0
+            while first < count {
+                let c = min(chunk, count - first)
+                try ctx.convert(TensorView(data: src + first * s.size, count: c, dtype: s), into: MutableTensorView(data: buf, count: c, dtype: d))
+                try f.write(buf, bytes: c * d.size, at: first * d.size)
+                pager.done(first, c)
+                first += c
+            }
+            let view = TensorView(data: try f.map(bytes: count * d.size), count: count, dtype: d)
+            pager.add(view)
+            return view
         }
         deinit { keep.forEach { $0.deallocate() } }
     }
@@ -375,7 +408,7 @@ public enum Merger {
 
     static func mergeTensor(_ name: String, info: TensorInfo, plan: Plan, cfg: MergeConfig, seed: UInt64, ctx: Context,
                             sink: TensorSink) throws {
-        let inputs = Inputs(ctx: ctx)   // converted copies, which the views below point into
+        let inputs = Inputs(ctx: ctx, pager: sink.pager, scratchDir: sink.writer.directory)   // converted copies, which the views below point into
         defer { withExtendedLifetime(inputs) {} }
         func v(_ f: ModelFolder) throws -> TensorView { try inputs.view(try f.view(name), dtype: cfg.dtype) }
         func p(_ key: String, _ e: ModelEntry? = nil) -> Double? { plan.param(key, entry: e, tensor: name) }

@@ -255,14 +255,26 @@ final class ToolTests: XCTestCase {
             return (Int(m?.1 ?? "") ?? -1, Int(m?.2 ?? "") ?? -1)
         }
         // most of the 134 MB (paging one pass of SLERP but not the other saved 63 MB)
+        var pagedPeak: [String: Int] = [:]
         for (method, drop) in [("ties", 90), ("slerp", 90)] {
             let whole = try merge(method, "1G"), paged = try merge(method, "4M")
+            pagedPeak[method] = paged.peakMB
             XCTAssertEqual(whole.paged, 0, method)
             XCTAssertEqual(paged.paged, 2, method)
             XCTAssertLessThan(paged.peakMB, whole.peakMB - drop, "\(method): peak RSS \(paged.peakMB) MB paged, \(whole.peakMB) MB whole")
             XCTAssertEqual(FileManager.default.contents(atPath: d + "/\(method)-1G/model.safetensors"),
                            FileManager.default.contents(atPath: d + "/\(method)-4M/model.safetensors"), method)
         }
+        // a narrower compute dtype: the 64 MB of rounded copies are paged too (from scratch files),
+        // so they add little to the peak of the same merge in f32 (they added 41 MB when whole)
+        write(try String(contentsOfFile: d + "/ties.yml", encoding: .utf8) + "dtype: bfloat16\n", d + "/ties_bf16.yml")
+        let whole16 = try merge("ties_bf16", "1G"), paged16 = try merge("ties_bf16", "4M"), paged32 = pagedPeak["ties"] ?? 0
+        XCTAssertEqual(paged16.paged, 2)
+        XCTAssertLessThan(paged16.peakMB, paged32 + 24, "peak RSS \(paged16.peakMB) MB paged in bf16, \(paged32) MB in f32")
+        XCTAssertLessThan(paged16.peakMB, whole16.peakMB - 150, "peak RSS \(paged16.peakMB) MB paged, \(whole16.peakMB) MB whole")
+        XCTAssertEqual(FileManager.default.contents(atPath: d + "/ties_bf16-1G/model.safetensors"),
+                       FileManager.default.contents(atPath: d + "/ties_bf16-4M/model.safetensors"))
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: d + "/ties_bf16-4M").contains { $0.hasPrefix(".meld-scratch") })
         for bad in ["0", "512K", "lots"] {
             let (status, err) = try runMeld(["merge", d + "/ties.yml", d + "/bad", "--max-mapped", bad])
             XCTAssertNotEqual(status, 0)
