@@ -75,7 +75,14 @@ typedef struct della_job {
     double d, eps;
     uint32_t k0, k1;
     uint8_t *mask;
+    const meld_ukernels *uk;
+    const uint32_t *thr; /* p24 of p(rank) for the ranks of a whole row (della_mask) */
 } della_job;
+
+/* The keep threshold of rank q + 1 of m: p = (d - eps) + 2 eps q / (m - 1), in 24 bits. */
+static uint32_t della_p24(const della_job *j, size_t q, size_t m) {
+    return p24_of(m > 1 ? (j->d - j->eps) + 2.0 * j->eps * (double)q / (double)(m - 1) : j->d);
+}
 
 /* Row r's keep bits: ranks by a stable radix sort, then Philox against p(rank). key: 3 rows of
  * scratch, idx: 2, bits: row / 8 + 2 bytes. */
@@ -83,18 +90,36 @@ static void della_row(const della_job *j, size_t r, size_t row, uint32_t *key, u
     const size_t n = j->n;
     const size_t a = r * row, m = a + row < n ? row : n - a;
     uint32_t *k2 = key + row, *i2 = idx + row;
+    /* The next row (this thread's next, see della_mask) into the cache while this one sorts:
+     * the rows start on new pages, where the hardware prefetcher stops, and the row's loads
+     * below waited on memory for half of DELLA's time. */
+    if (a + m < n) {
+        const size_t m2 = a + m + row < n ? row : n - a - m;
+        const char *px = (const char *)j->x.data + (a + m) * meld_dtype_size(j->x.dtype);
+        for (size_t o = 0; o < m2 * meld_dtype_size(j->x.dtype); o += 64) __builtin_prefetch(px + o, 0, 3);
+        if (j->base.data) {
+            const char *pb = (const char *)j->base.data + (a + m) * meld_dtype_size(j->base.dtype);
+            for (size_t o = 0; o < m2 * meld_dtype_size(j->base.dtype); o += 64) __builtin_prefetch(pb + o, 0, 3);
+        }
+    }
     for (size_t i = 0; i < m; i++) {
         float v = meld_load_scalar(j->x.data, j->x.dtype, a + i);
         if (j->base.data) v = v - meld_load_scalar(j->base.data, j->base.dtype, a + i);
         key[i] = meld_f32_bits(v) & 0x7fffffffu;
         idx[i] = (uint32_t)i;
     }
-    /* stable LSD radix sort by magnitude: 11 + 10 + 10 bits */
+    /* stable LSD radix sort by magnitude: 11 + 10 + 10 bits, the three digits' counts in one
+     * pass */
+    uint32_t cnts[2048 + 1024 + 1024] = {0};
+    for (size_t i = 0; i < m; i++) {
+        cnts[key[i] & 2047]++;
+        cnts[2048 + ((key[i] >> 11) & 1023)]++;
+        cnts[3072 + ((key[i] >> 21) & 1023)]++;
+    }
     for (int pass = 0; pass < 3; pass++) {
-        int shift = pass == 0 ? 0 : pass == 1 ? 11 : 21;
-        uint32_t bins = pass == 0 ? 2048 : 1024, cnt[2048] = {0};
-        for (size_t i = 0; i < m; i++) cnt[(key[i] >> shift) & (bins - 1)]++;
-        uint32_t sum = 0;
+        const int shift = pass == 0 ? 0 : pass == 1 ? 11 : 21;
+        const uint32_t bins = pass == 0 ? 2048 : 1024;
+        uint32_t *cnt = cnts + (pass == 0 ? 0 : pass == 1 ? 2048 : 3072), sum = 0;
         for (uint32_t b = 0; b < bins; b++) { uint32_t c = cnt[b]; cnt[b] = sum; sum += c; }
         for (size_t i = 0; i < m; i++) {
             uint32_t d = cnt[(key[i] >> shift) & (bins - 1)]++;
@@ -104,14 +129,10 @@ static void della_row(const della_job *j, size_t r, size_t row, uint32_t *key, u
         memcpy(key, k2, m * sizeof *key);
         memcpy(idx, i2, m * sizeof *idx);
     }
-    /* the row's uniforms in index order: one Philox block gives four neighbours */
+    /* the row's uniforms in index order, from the vectorized Philox (one scalar block per four
+     * elements took a third of DELLA's time) */
     uint32_t *u = key + 2 * row;
-    for (size_t g = a & ~(size_t)3; g < a + m; g += 4) {
-        uint32_t c[4] = {(uint32_t)(g >> 2), (uint32_t)(g >> 34), 0, 0}, o[4];
-        philox(c, j->k0, j->k1, o);
-        for (size_t w = 0; w < 4; w++)
-            if (g + w >= a && g + w < a + m) u[g + w - a] = o[w] >> 8;
-    }
+    j->uk->philox_u24(m, a, j->k0, j->k1, u);
     /* the row's bits gather in bits[] (byte b: mask byte a / 8 + b); only a byte shared with
      * the next or previous row needs an atomic update. An atomic update per kept element, on
      * cache lines that the neighbouring rows' thread writes too, took ~40% of DELLA's time
@@ -119,9 +140,8 @@ static void della_row(const della_job *j, size_t r, size_t row, uint32_t *key, u
     const size_t b0 = a >> 3, nb = ((a + m - 1) >> 3) - b0 + 1;
     memset(bits, 0, nb);
     for (size_t q = 0; q < m; q++) { /* q = rank - 1 */
-        double p = m > 1 ? (j->d - j->eps) + 2.0 * j->eps * (double)q / (double)(m - 1) : j->d;
         size_t i = a + idx[q];
-        bits[(i >> 3) - b0] |= (uint8_t)((u[idx[q]] < p24_of(p)) << (i & 7));
+        bits[(i >> 3) - b0] |= (uint8_t)((u[idx[q]] < (m == row ? j->thr[q] : della_p24(j, q, m))) << (i & 7));
     }
     for (size_t b = 0; b < nb; b++) {
         if ((b == 0 && (a & 7)) || (b == nb - 1 && ((a + m) & 7))) {
@@ -133,8 +153,16 @@ static void della_row(const della_job *j, size_t r, size_t row, uint32_t *key, u
     }
 }
 
-static meld_status della_mask(meld_context *ctx, const della_job *j) {
+static meld_status della_mask(meld_context *ctx, const della_job *jin) {
+    della_job jj = *jin;
+    const della_job *j = &jj;
     const size_t n = j->n, row = j->row ? j->row : n, rows = n ? (n + row - 1) / row : 0;
+    /* the thresholds of a whole row's ranks, once (a double division an element otherwise) */
+    uint32_t *thr = malloc((row ? row : 1) * sizeof *thr);
+    if (!thr) return MELD_ERR_OUT_OF_MEMORY;
+    for (size_t q = 0; q < row; q++) thr[q] = della_p24(j, q, row);
+    jj.thr = thr;
+    jj.uk = ctx->uk;
     /* meld_context_set_window: rows a window at a time, each reported once read */
     const size_t per = !ctx->window_done ? rows : ctx->window / row > 1 ? ctx->window / row : 1;
     memset(j->mask, 0, (n + 7) / 8);
@@ -149,7 +177,8 @@ static meld_status della_mask(meld_context *ctx, const della_job *j) {
         }
         for (size_t r0 = 0; r0 < rows; r0 += per) {
             const size_t r1 = r0 + per < rows ? r0 + per : rows;
-#pragma omp for schedule(static, 1) /* dynamic needs __kmpc_dispatch_deinit, absent from libomp 14 */
+            /* contiguous rows per thread, so that the next row (prefetched) is the thread's own */
+#pragma omp for schedule(static) /* dynamic needs __kmpc_dispatch_deinit, absent from libomp 14 */
             for (size_t r = r0; r < r1; r++)
                 if (key && idx && bits) della_row(j, r, row, key, idx, bits);
 #pragma omp master
@@ -160,6 +189,7 @@ static meld_status della_mask(meld_context *ctx, const della_job *j) {
         free(idx);
         free(bits);
     }
+    free(thr);
     return st;
 }
 

@@ -163,3 +163,44 @@ void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
     }
 #undef PHILOX_KEYS
 }
+
+void UK(meld_philox_u24)(size_t n, size_t i0, uint32_t key0, uint32_t key1, uint32_t *out) {
+    enum { G = 4 * MELD_W, U = PHILOX_GROUPS }; /* elements per group, groups per step */
+    const uint32_t key[2] = {key0, key1};
+#ifdef MELD_SIMD_PHILOX
+    vi rk0[10], rk1[10];
+    for (uint32_t r = 0, k0 = key0, k1 = key1; r < 10; r++, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+        rk0[r] = vi_set1(k0);
+        rk1[r] = vi_set1(k1);
+    }
+#define PHILOX_KEYS rk0, rk1
+#else
+#define PHILOX_KEYS key0, key1
+#endif
+    /* the first group starts at the block holding element i0 */
+    const size_t e0 = i0 & ~(size_t)3;
+    uint32_t tmp[U][4][MELD_W];
+    for (size_t j = 0; e0 + j < i0 + n;) {
+        const size_t u_n = e0 + j + U * G <= i0 + n ? U : 1; /* whole steps, then groups */
+        vi c[U][4];
+        uint32_t hi[U];
+        int fresh = 1;
+        for (size_t u = 0; u < u_n; u++) {
+            const uint64_t c0 = (e0 + j + u * G) >> 2;
+            fresh &= philox_counters(c0, c[u]);
+            hi[u] = (uint32_t)(c0 >> 32);
+        }
+        if (u_n == U && fresh) philox_rounds_x(c, U, PHILOX_KEYS, hi, key);
+        else if (u_n == U) philox_rounds_x(c, U, PHILOX_KEYS, NULL, key);
+        else philox_rounds_x(c, 1, PHILOX_KEYS, NULL, key);
+        for (size_t u = 0; u < u_n; u++)
+            for (int w = 0; w < 4; w++) vi_store(tmp[u][w], vi_srl(c[u][w], 8));
+        /* element e0 + j + u G + 4 l + w is word w of lane l */
+        for (size_t q = 0; q < u_n * G; q++) {
+            const size_t e = e0 + j + q;
+            if (e >= i0 && e < i0 + n) out[e - i0] = tmp[q / G][q % 4][(q % G) / 4];
+        }
+        j += u_n * G;
+    }
+#undef PHILOX_KEYS
+}

@@ -15,6 +15,7 @@ const meld_ukernels MELD_REG_NAME = {
     .collect = UK(meld_xf32_collect),
     .hist = UK(meld_xf32_hist),
     .philox_bits = UK(meld_philox_bits),
+    .philox_u24 = UK(meld_philox_u24),
     .gram = UK(meld_f64_gram),
     .l1 = UK(meld_f64_l1),
     .apply = UK(meld_xf32_sparse_apply),

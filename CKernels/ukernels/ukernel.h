@@ -105,6 +105,10 @@ typedef struct meld_uk_philox_args {
     uint8_t *out;
 } meld_uk_philox_args;
 
+/* Philox4x32-10 uniforms: out[j] = u of element i0 + j as for philox_bits (word e % 4 of block
+ * e / 4, shifted right by 8), for j in [0, n). */
+typedef void (*meld_philox_u24_ukernel)(size_t n, size_t i0, uint32_t key0, uint32_t key1, uint32_t *out);
+
 /* Reductions: 16 logical lanes (element i of the call goes to lane i % 16), f64 products of the
  * f32 values (exact) added in element order per lane; the lanes are then summed 0..15 into
  * out. Every ISA performs the identical sequence. */
@@ -161,6 +165,7 @@ typedef struct meld_ukernels {
     void (*collect)(size_t n, size_t i0, const meld_uk_collect_args *a);
     void (*hist)(size_t n, const meld_uk_hist_args *a);
     void (*philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a);
+    meld_philox_u24_ukernel philox_u24;
     void (*gram)(size_t n, const meld_uk_gram_args *a);
     void (*l1)(size_t n, size_t i0, const meld_uk_l1_args *a);
     void (*apply)(size_t n, const meld_uk_apply_args *a);
