@@ -506,7 +506,6 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
 }
 
 /* ---- packed sparse task vectors ------------------------------------------------------------- */
-/* popcount of bits [a, b) of mask, by 64-bit words where aligned */
 /* Set bits of nw 64-bit words. The library is built for baseline x86-64, where a popcount is a
  * dozen-instruction bit trick: with the POPCNT instruction (chosen at run time) the tile offsets
  * of a K = 4 apply took a quarter of the apply's time less. */
@@ -527,13 +526,15 @@ POPCOUNT_WORDS(popcount_words_sw, )
 
 static size_t popcount_words(const uint8_t *p, size_t nw) {
 #if defined(__x86_64__) || defined(__i386__)
-    static int hw = -1;
-    if (hw < 0) hw = __builtin_cpu_supports("popcnt") ? 1 : 0; /* same value from any thread */
-    if (hw) return popcount_words_hw(p, nw);
+    static int hw = -1; /* every thread stores the same value */
+    int h = __atomic_load_n(&hw, __ATOMIC_RELAXED);
+    if (h < 0) __atomic_store_n(&hw, h = __builtin_cpu_supports("popcnt") ? 1 : 0, __ATOMIC_RELAXED);
+    if (h) return popcount_words_hw(p, nw);
 #endif
     return popcount_words_sw(p, nw);
 }
 
+/* popcount of bits [a, b) of mask, by 64-bit words where aligned */
 static size_t popcount_range(const uint8_t *mask, size_t a, size_t b) {
     size_t c = 0, i = a;
     for (; i < b && (i & 63); i++) c += (mask[i >> 3] >> (i & 7)) & 1;

@@ -106,7 +106,8 @@ typedef struct meld_uk_philox_args {
 } meld_uk_philox_args;
 
 /* Philox4x32-10 uniforms: out[j] = u of element i0 + j as for philox_bits (word e % 4 of block
- * e / 4, shifted right by 8), for j in [0, n). */
+ * e / 4, shifted right by 8), for j in [0, n). Any n and i0 (DELLA's rows start anywhere): the
+ * alignment rule above does not apply. */
 typedef void (*meld_philox_u24_ukernel)(size_t n, size_t i0, uint32_t key0, uint32_t key1, uint32_t *out);
 
 /* Reductions: 16 logical lanes (element i of the call goes to lane i % 16), f64 products of the
