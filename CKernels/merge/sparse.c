@@ -167,6 +167,7 @@ static meld_status della_mask(meld_context *ctx, const della_job *jin) {
     const size_t per = !ctx->window_done ? rows : ctx->window / row > 1 ? ctx->window / row : 1;
     memset(j->mask, 0, (n + 7) / 8);
     meld_status st = MELD_OK;
+    size_t next = 0; /* the next row to claim */
 #pragma omp parallel num_threads(ctx->threads)
     {
         uint32_t *key = malloc(row * sizeof(uint32_t) * 3), *idx = malloc(row * sizeof(uint32_t) * 2);
@@ -177,13 +178,20 @@ static meld_status della_mask(meld_context *ctx, const della_job *jin) {
         }
         for (size_t r0 = 0; r0 < rows; r0 += per) {
             const size_t r1 = r0 + per < rows ? r0 + per : rows;
-            /* contiguous rows per thread, so that the next row (prefetched) is the thread's own */
-#pragma omp for schedule(static) /* dynamic needs __kmpc_dispatch_deinit, absent from libomp 14 */
-            for (size_t r = r0; r < r1; r++)
-                if (key && idx && bits) della_row(j, r, row, key, idx, bits);
+            /* Runs of rows claimed in turn, about 8 a thread (as the stream driver's tiles): a
+             * thread that loses its core for a while (the tool's writer thread, a busy host)
+             * holds up only its run, where a static split held the window until its share was
+             * done. Runs of adjacent rows, so that the row prefetched is mostly the thread's own
+             * next one. */
+            const size_t run = (r1 - r0) / (8 * (size_t)omp_get_num_threads()) > 1 ? (r1 - r0) / (8 * (size_t)omp_get_num_threads()) : 1;
+#pragma omp single
+            next = r0; /* (the single ends in a barrier) */
+            for (size_t r; (r = __atomic_fetch_add(&next, run, __ATOMIC_RELAXED)) < r1;)
+                for (size_t e = r + run < r1 ? r + run : r1; r < e; r++)
+                    if (key && idx && bits) della_row(j, r, row, key, idx, bits);
+#pragma omp barrier
 #pragma omp master
             if (ctx->window_done) ctx->window_done(ctx->window_user, r0 * row, (r1 * row < n ? r1 * row : n) - r0 * row);
-#pragma omp barrier
         }
         free(key);
         free(idx);
