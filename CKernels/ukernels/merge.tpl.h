@@ -73,7 +73,7 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
 #ifdef MELD_SIMD_TABLE16
     if (rk >= 0 && cons == MELD_CONSENSUS_SUM && K <= 4) {
         /* The specialized weighted sum vote in integer ops (float compares and adds share two
-         * pipes on the cores this targets; bf16 TIES K = 3: 37 -> 29 cycles per 32 elements):
+         * pipes on the cores this targets; bf16 TIES K = 3 in cache: 0.337 -> 0.296 ns an element):
          * - the elected sign is s's sign bit. That differs from s >= 0 only for s = -0, which
          *   needs every u_k = -0 or +0 (x + -x rounds to +0), and zeros agree with no sign; and
          *   for a NaN s, where the lane takes s whatever agrees (s / div is s).
