@@ -7,8 +7,8 @@
 #include "moe_internal.h"
 #include "../device/opencl.h"
 
-/* Blocking: a task is MC rows x NC columns of one expert; inside it, KC-deep slices of one NR
- * panel (KC x NR weights, ~32 KiB in f32) are reused across the task's rows. */
+/* Blocking: a task is MC rows x NC columns of one expert; inside it, KC-deep slices, each MR-row
+ * tile of activations reused across the task's NR-column weight panels (run_task). */
 #define GM_KC 256
 #define GM_MC_BLOCKS 8  /* MC = 8 * MR */
 #define GM_NC_PANELS 8  /* NC = 8 * NR */
@@ -127,8 +127,12 @@ static size_t unit_rows(const gm_call *g, size_t e, size_t m0) {
     return left < g->MC ? left : g->MC;
 }
 
-/* One task: rows m0 .. m0+MC of expert e times columns n0 .. n0+nc, in KC-deep slices of one
- * NR panel reused across the task's row tiles. */
+/* One task: rows m0 .. m0+MC of expert e times columns n0 .. n0+nc, in KC-deep slices. Within a
+ * slice, one MR-row tile of activations (~12 KiB, in L1) is reused across the task's NR panels,
+ * whose KC x NC weights (~256 KiB) stay in L2 after the first row tile brings them in. The other
+ * order (one 32 KiB weight panel held in L1 across the row tiles, activations streamed from L2)
+ * shared L1 with the activation stream: 384 x 2048 x 2048 on one core, 82-88% -> 89-90% of
+ * peak FMA with the unrolled microkernel loop. */
 static void run_task(const gm_call *g, gm_task t) {
     const meld_moe_weights *w = g->w;
     const size_t MR = g->MR, N = w->N, K = w->K, NR = w->nr, es = meld_dtype_size(w->dtype);
@@ -138,27 +142,27 @@ static void run_task(const gm_call *g, gm_task t) {
     float *c[16];
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
         const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
-        for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
-            const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
-            const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
-            /* the panel this task reads next: the next one of this k block, else the first of
-             * the next block (prefetched by the first row tile's call) */
-            const char *b_next = n0 + NR < n1      ? b + kc * NR * es
-                                 : k0 + GM_KC < K ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es
-                                                  : NULL;
-            for (size_t m = t.m0; m < m1; m += MR) {
-                const size_t mr = m1 - m < MR ? m1 - m : MR;
-                const void *bn = m == t.m0 ? b_next : NULL;
-                for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
-                if (g->mode == COPY_PACKED) { /* the tile's panel: MR rows of the copy, at k0 */
-                    g->uk->gemm_packed(kc, g->copy + (t.row0 + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
-                    continue;
-                }
+        for (size_t m = t.m0; m < m1; m += MR) {
+            const size_t mr = m1 - m < MR ? m1 - m : MR;
+            if (g->mode != COPY_PACKED)
                 for (size_t r = 0; r < MR; r++) {
                     const size_t rr = m + (r < mr ? r : mr - 1);
                     a[r] = g->mode == COPY_ROWS ? g->copy + (t.row0 + rr - t.m0) * g->ldp + k0 : g->arow[g->start[t.e] + rr] + k0;
                 }
-                g->gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
+            for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
+                const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
+                const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
+                /* the first row tile prefetches the panel the task reads next: the next one of
+                 * this k block, else the first of the next block */
+                const void *bn = m != t.m0          ? NULL
+                                 : n0 + NR < n1     ? b + kc * NR * es
+                                 : k0 + GM_KC < K   ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es
+                                                    : NULL;
+                for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
+                if (g->mode == COPY_PACKED) /* the tile's panel: MR rows of the copy, at k0 */
+                    g->uk->gemm_packed(kc, g->copy + (t.row0 + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                else
+                    g->gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
             }
         }
     }

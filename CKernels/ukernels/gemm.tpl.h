@@ -15,18 +15,26 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
     const char *next = b_next;
 #pragma clang loop unroll(full)
     for (int r = 0; r < R; r++) c0[r] = c1[r] = vf_zero();
-    for (size_t k = 0; k < kc; k++) {
-        if (next) {
+#define GEMM_STEP(k) do { \
+        vf b0 = load_dt(b, bdt, (k) * MELD_NR), b1 = load_dt(b, bdt, (k) * MELD_NR + MELD_W); \
+        for (int r = 0; r < R; r++) { \
+            vf av = vf_set1(PACKED ? ap[(k) * MELD_MR + (size_t)r] : a[r][k]); \
+            c0[r] = vf_fma(av, b0, c0[r]); \
+            c1[r] = vf_fma(av, b1, c1[r]); \
+        } } while (0)
+    /* two loops, not a test per step: the prefetching one runs for the first row tile only */
+    if (next)
+        for (size_t k = 0; k < kc; k++) {
             __builtin_prefetch(next + k * MELD_NR * es, 0, 3);
             if (MELD_NR * es > 64) __builtin_prefetch(next + k * MELD_NR * es + 64, 0, 3);
+            GEMM_STEP(k);
         }
-        vf b0 = load_dt(b, bdt, k * MELD_NR), b1 = load_dt(b, bdt, k * MELD_NR + MELD_W);
-        for (int r = 0; r < R; r++) {
-            vf av = vf_set1(PACKED ? ap[k * MELD_MR + (size_t)r] : a[r][k]);
-            c0[r] = vf_fma(av, b0, c0[r]);
-            c1[r] = vf_fma(av, b1, c1[r]);
-        }
+    else {
+        size_t k = 0;
+        for (; k + 2 <= kc; k += 2) { GEMM_STEP(k); GEMM_STEP(k + 1); }
+        if (k < kc) GEMM_STEP(k);
     }
+#undef GEMM_STEP
     /* Stores unrolled over the compile-time R: the accumulators stay in registers (a loop to
      * the runtime mr indexes them, which sent all 2R through the stack before and after the k
      * loop). A partial tile goes through a buffer. */
