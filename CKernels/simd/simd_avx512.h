@@ -110,8 +110,8 @@ static inline vi vi_blend_odd(vi even, vi odd) { return _mm512_mask_blend_epi32(
 /* bit l of m moved to bit 4l (BMI2 PDEP: fast here, microcoded on Zen 2, so AVX2 shifts instead) */
 #define MELD_FAST_PDEP 1
 static inline uint64_t meld_spread4(uint32_t m) { return _pdep_u64(m, 0x1111111111111111ull); }
-/* The TIES vote by integer ops and a 16-entry table (merge.tpl.h, tv_vec): float compares and
- * adds share two pipes here, integer compares and permutes do not. */
+/* The TIES vote with fewer float adds and compares (merge.tpl.h, tv_vec): a 16-entry table of
+ * divisors and integer logic in their place. */
 #define MELD_SIMD_TABLE16 1
 static inline vi vf_bits(vf a) { return _mm512_castps_si512(a); }
 static inline vi vi_mask_or(vm m, vi src, vi b) { return _mm512_mask_or_epi32(src, (__mmask16)m, src, b); }
