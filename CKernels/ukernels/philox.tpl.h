@@ -1,15 +1,35 @@
 /* Philox4x32-10 keep bits (template), vectorized across counter blocks. Contract: ukernel.h. */
 
+/* The key and, for the vector rounds, its ten round keys broadcast once per call. */
+typedef struct philox_keys {
+    uint32_t key[2];
+#ifdef MELD_SIMD_PHILOX
+    vi rk0[10], rk1[10];
+#endif
+} philox_keys;
+static inline philox_keys philox_keys_of(uint32_t key0, uint32_t key1) {
+    philox_keys k = {.key = {key0, key1}};
+#ifdef MELD_SIMD_PHILOX
+    for (uint32_t r = 0, k0 = key0, k1 = key1; r < 10; r++, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
+        k.rk0[r] = vi_set1(k0);
+        k.rk1[r] = vi_set1(k1);
+    }
+#endif
+    return k;
+}
+
 #ifdef MELD_SIMD_PHILOX
 /* Rounds on U groups of W blocks (group u, lane l: block u*W + l; c[u][w]: word w). Even and odd
  * lanes run as separate halves in 64-bit lanes, where one 32x32->64 multiply gives both product
  * halves and the junk above bit 32 never reaches a low half (the multiply ignores it): 6
  * instructions per half-round. The U groups are interleaved round by round: a round is a chain
  * of multiply, shift and xor, and one group alone leaves the core waiting on that latency (the
- * scheduler cannot reach far enough into the next call to hide it). rk0/rk1: the round keys. */
-static inline __attribute__((always_inline)) void philox_rounds_x(vi c[][4], const int U, const vi rk0[10], const vi rk1[10],
-                                                                   const uint32_t *fresh_hi, const uint32_t key[2]) {
+ * scheduler cannot reach far enough into the next call to hide it). */
+static inline __attribute__((always_inline)) void philox_rounds_x(vi c[][4], const int U, const philox_keys *ks,
+                                                                   const uint32_t *fresh_hi) {
     const vi m0 = vi_set1(0xD2511F53u), m1 = vi_set1(0xCD9E8D57u);
+    const vi *rk0 = ks->rk0, *rk1 = ks->rk1;
+    const uint32_t *key = ks->key;
     vi h[2 * 4][4]; /* U <= 4 */
     int r = 0;
     if (fresh_hi) {
@@ -53,10 +73,10 @@ static inline __attribute__((always_inline)) void philox_rounds_x(vi c[][4], con
 }
 #define PHILOX_GROUPS 3
 #else
-static inline void philox_rounds_x(vi c[][4], const int U, uint32_t k0, uint32_t k1, const uint32_t *fresh_hi,
-                                   const uint32_t key[2]) {
+static inline void philox_rounds_x(vi c[][4], const int U, const philox_keys *ks, const uint32_t *fresh_hi) {
     const vi m0 = vi_set1(0xD2511F53u), m1 = vi_set1(0xCD9E8D57u);
-    (void)U; (void)fresh_hi; (void)key;
+    uint32_t k0 = ks->key[0], k1 = ks->key[1];
+    (void)U; (void)fresh_hi;
     for (int r = 0; r < 10; r++) {
         vi hi0, lo0, hi1, lo1;
         vi_mulhilo(m0, c[0][0], &hi0, &lo0); /* both halves from the same 64-bit products */
@@ -117,17 +137,7 @@ void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
     unsigned nbits = 0;
     uint8_t *out = a->out;
     const vi p = vi_set1(a->p24);
-    const uint32_t key[2] = {a->key0, a->key1};
-#ifdef MELD_SIMD_PHILOX
-    vi rk0[10], rk1[10];
-    for (uint32_t r = 0, k0 = a->key0, k1 = a->key1; r < 10; r++, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
-        rk0[r] = vi_set1(k0);
-        rk1[r] = vi_set1(k1);
-    }
-#define PHILOX_KEYS rk0, rk1
-#else
-#define PHILOX_KEYS a->key0, a->key1
-#endif
+    const philox_keys ks = philox_keys_of(a->key0, a->key1);
     size_t j = 0;
     if (G % 8 == 0) /* whole bytes per group */
         for (; j + U * G <= n; j += U * G) {
@@ -139,8 +149,8 @@ void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
                 fresh &= philox_counters(c0, c[u]);
                 hi[u] = (uint32_t)(c0 >> 32);
             }
-            if (fresh) philox_rounds_x(c, U, PHILOX_KEYS, hi, key);
-            else philox_rounds_x(c, U, PHILOX_KEYS, NULL, key);
+            if (fresh) philox_rounds_x(c, U, &ks, hi);
+            else philox_rounds_x(c, U, &ks, NULL);
             for (int u = 0; u < U; u++) {
                 uint64_t bits = philox_keep(c[u], p);
                 memcpy(out, &bits, G / 8);
@@ -150,7 +160,7 @@ void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
     for (; j < n; j += G) {
         vi c[1][4];
         philox_counters((i0 + j) >> 2, c[0]);
-        philox_rounds_x(c, 1, PHILOX_KEYS, NULL, key);
+        philox_rounds_x(c, 1, &ks, NULL);
         uint64_t bits = philox_keep(c[0], p);
         /* G bits produced; fewer are needed when n is not a multiple of G */
         unsigned produced = (unsigned)(n - j < G ? n - j : G);
@@ -161,22 +171,11 @@ void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
         nbits += produced;
         while (nbits >= 8) { *out++ = (uint8_t)acc; acc >>= 8; nbits -= 8; }
     }
-#undef PHILOX_KEYS
 }
 
 void UK(meld_philox_u24)(size_t n, size_t i0, uint32_t key0, uint32_t key1, uint32_t *out) {
     enum { G = 4 * MELD_W, U = PHILOX_GROUPS }; /* elements per group, groups per step */
-    const uint32_t key[2] = {key0, key1};
-#ifdef MELD_SIMD_PHILOX
-    vi rk0[10], rk1[10];
-    for (uint32_t r = 0, k0 = key0, k1 = key1; r < 10; r++, k0 += 0x9E3779B9u, k1 += 0xBB67AE85u) {
-        rk0[r] = vi_set1(k0);
-        rk1[r] = vi_set1(k1);
-    }
-#define PHILOX_KEYS rk0, rk1
-#else
-#define PHILOX_KEYS key0, key1
-#endif
+    const philox_keys ks = philox_keys_of(key0, key1);
     /* the first group starts at the block holding element i0 */
     const size_t e0 = i0 & ~(size_t)3;
     uint32_t tmp[U][4][MELD_W];
@@ -190,9 +189,9 @@ void UK(meld_philox_u24)(size_t n, size_t i0, uint32_t key0, uint32_t key1, uint
             fresh &= philox_counters(c0, c[u]);
             hi[u] = (uint32_t)(c0 >> 32);
         }
-        if (u_n == U && fresh) philox_rounds_x(c, U, PHILOX_KEYS, hi, key);
-        else if (u_n == U) philox_rounds_x(c, U, PHILOX_KEYS, NULL, key);
-        else philox_rounds_x(c, 1, PHILOX_KEYS, NULL, key);
+        if (u_n == U && fresh) philox_rounds_x(c, U, &ks, hi);
+        else if (u_n == U) philox_rounds_x(c, U, &ks, NULL);
+        else philox_rounds_x(c, 1, &ks, NULL);
         for (size_t u = 0; u < u_n; u++)
             for (int w = 0; w < 4; w++) vi_store(tmp[u][w], vi_srl(c[u][w], 8));
         /* element e0 + j + u G + 4 l + w is word w of lane l */
@@ -202,5 +201,4 @@ void UK(meld_philox_u24)(size_t n, size_t i0, uint32_t key0, uint32_t key1, uint
         }
         j += u_n * G;
     }
-#undef PHILOX_KEYS
 }
