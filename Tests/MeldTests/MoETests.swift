@@ -93,8 +93,10 @@ final class MoETests: XCTestCase {
         var rng = Rng(52)
         // ldx 1024: rows on the 4 KiB grid (the bf16 dot kernel's prefill copies those to a padded stride)
         // (6, 33, 64, 400): with "skew", busy experts beside ones of a few rows, in several copy phases
+        // (8, 600, 40, 8): decode tasks of several panels, the last one partial (their width
+        // depends on the thread count)
         for (E, N, K, M, ldx) in [(4, 37, 23, 29, 26), (8, 64, 64, 1, 67), (3, 33, 300, 70, 303), (3, 33, 300, 70, 1024), (5, 16, 8, 0, 11),
-                                  (6, 33, 64, 400, 64)] {
+                                  (6, 33, 64, 400, 64), (8, 600, 40, 8, 41)] {
             let wf = (0..<(E * N * K)).map { _ in rng.normal() * 0.1 }
             let ldy = N + 5
             let x = (0..<(max(M, 1) * ldx)).map { _ in rng.normal() }
