@@ -211,22 +211,19 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
                  .arow = arow, .crow = crow};
     /* the AVX512-BF16 dot kernel has its own 8-row block */
     const size_t MR = w->pairs ? 8 : uk->gemm_mr, NR = w->nr, MC = GM_MC_BLOCKS * MR, N = w->N, K = w->K;
-    size_t rows_max = 0, ntasks = 0, nunits = 0;
+    size_t rows_max = 0, active = 0, ntasks = 0, nunits = 0;
     for (size_t e = 0; e < w->E; e++) {
         size_t r = start[e + 1] - start[e];
         rows_max = r > rows_max ? r : rows_max;
+        active += r > 0;
     }
     /* Few rows per expert (decode): each task streams its weights, one contiguous run of nc
      * columns per k block; the widest tiles that still give every thread several tasks. Wide
      * runs stream better: qwen3 T=8 "one" (8 experts of 8 rows) at ~78 GB/s triad, 2 NR-wide
      * tiles 71% of triad, 4 NR 77%, 8 NR 82%. */
     size_t nc = GM_NC_PANELS * NR;
-    if (rows_max <= MR)
-        for (; nc > NR; nc /= 2) {
-            size_t tasks = 0;
-            for (size_t e = 0; e < w->E; e++) tasks += start[e + 1] > start[e] ? (N + nc - 1) / nc : 0;
-            if (tasks >= 8 * (size_t)ctx->threads) break;
-        }
+    if (rows_max <= MR) /* one row block an active expert: its tasks are its column tiles */
+        while (nc > NR && active * ((N + nc - 1) / nc) < 8 * (size_t)ctx->threads) nc /= 2;
     for (size_t e = 0; e < w->E; e++) {
         size_t r = start[e + 1] - start[e];
         if (r) ntasks += ((r + MC - 1) / MC) * ((N + nc - 1) / nc);
