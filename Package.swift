@@ -39,7 +39,14 @@ let package = Package(
         .executableTarget(
             name: "meld",
             dependencies: ["MeldTool", "Meld", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "Sources/meld"
+            path: "Sources/meld",
+            // Release: the Swift runtime and Foundation linked in. Loading and relocating their 20
+            // shared libraries took ~9 ms of every run here (`meld --version`: 14 ms -> 5.5 ms), a
+            // tenth of a 150M-parameter bf16 merge. Foundation's own dependencies are named: the
+            // modules compiled against the shared runtime do not list them.
+            linkerSettings: [.unsafeFlags(["-static-stdlib", "-lCoreFoundation", "-l_FoundationICU", "-l_FoundationCShims",
+                                           "-l_FoundationCollections", "-lswiftSynchronization"],
+                                          .when(platforms: [.linux], configuration: .release))]
         ),
         .testTarget(name: "MeldTests", dependencies: ["Meld", "CMeld", "MeldTool"], path: "Tests/MeldTests"),
     ],
