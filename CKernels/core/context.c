@@ -167,6 +167,13 @@ meld_status meld_context_set_window(meld_context *ctx, size_t window, meld_windo
     return MELD_OK;
 }
 
+meld_status meld_context_set_side_work(meld_context *ctx, meld_side_fn fn, void *user) {
+    if (!ctx) return MELD_ERR_NULL_POINTER;
+    ctx->side = fn;
+    ctx->side_user = user;
+    return MELD_OK;
+}
+
 void meld_set_error(meld_context *ctx, const char *fmt, ...) {
     if (!ctx) return;
     va_list ap;

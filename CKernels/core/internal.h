@@ -25,6 +25,9 @@ struct meld_context {
     size_t window;                /* meld_context_set_window: elements per window, 0 = off */
     meld_window_fn window_done;
     void *window_user;
+    meld_side_fn side;            /* meld_context_set_side_work */
+    void *side_user;
+    int side_busy;                /* a thread is inside side (atomic) */
 };
 
 /* Scratch of at least bytes, owned by ctx and valid until the next call; NULL if out of memory. */

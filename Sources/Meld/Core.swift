@@ -123,6 +123,25 @@ public final class Context {
     final class WindowBox { let done: (Int, Int) -> Void; init(_ d: @escaping (Int, Int) -> Void) { done = d } }
     var windowBox: WindowBox?   // kept alive while C holds its pointer
 
+    /// Side work (meld_context_set_side_work): during streaming passes on two or more threads,
+    /// `piece()` is called between tiles on any of the context's threads, one call at a time,
+    /// while enough tiles remain to keep the others busy. It should do one short piece of work
+    /// (well under a millisecond), say whether it did some, and keep its errors for later (it
+    /// cannot throw). For work that would otherwise need a thread of its own, such as writing
+    /// output; results do not change. nil turns it off.
+    public func setSideWork(_ piece: (() -> Bool)?) {
+        sideBox = piece.map { SideBox($0) }
+        if let b = sideBox {
+            meld_context_set_side_work(raw, { user in
+                Unmanaged<SideBox>.fromOpaque(user!).takeUnretainedValue().piece() ? 1 : 0
+            }, Unmanaged.passUnretained(b).toOpaque())
+        } else {
+            meld_context_set_side_work(raw, nil, nil)
+        }
+    }
+    final class SideBox { let piece: () -> Bool; init(_ p: @escaping () -> Bool) { piece = p } }
+    var sideBox: SideBox?   // kept alive while C holds its pointer
+
     /// Runs a C call on this context: a failure throws with the message that call left (the
     /// context's message is cleared first, so an earlier failure's does not carry over).
     @inline(__always) func run(_ call: @autoclosure () -> meld_status) throws {

@@ -224,7 +224,11 @@ public enum Merger {
         let ctx = try Context(threads: req.threads, isa: req.isa)
         if let dev = req.openCLDevice { try ctx.useOpenCL(device: dev) }
         let planned = plan.names.map { ShardedWriter.Planned(name: $0, dtype: plan.outDtype[$0]!, shape: plan.reference.info($0)!.shape) }
-        let writer = try ShardedWriter(directory: dir, plan: planned, shardSize: req.shardSize, sync: req.sync)
+        // on the CPU with 2+ threads, the kernels' threads write the output between tiles
+        let side = req.openCLDevice == nil && ctx.threads >= 2
+        let writer = try ShardedWriter(directory: dir, plan: planned, shardSize: req.shardSize, sync: req.sync, writes: side ? .side : .thread)
+        if writer.writeMode == .side { ctx.setSideWork { [unowned writer] in writer.sideWork() } }
+        defer { ctx.setSideWork(nil) }
         let inputFolders = plan.entries.map(\.folder) + (plan.base.map { [$0] } ?? [])
         var uniqueInputs: [ModelFolder] = []
         for f in inputFolders where !uniqueInputs.contains(where: { $0 === f }) { uniqueInputs.append(f) }
@@ -288,7 +292,7 @@ public enum Merger {
         try writer.close()
         progress.finish()
         if timing {
-            let bg = writer.writesInBackground
+            let bg = writer.writeMode != .inline
             let line = String(format: "timing: setup %.3f s, inputs mapped %.3f s, kernels %.3f s, writes %.3f s",
                               tc.timeIntervalSince(start) - tKernel - tRelease, tMap, tKernel - tMap - (bg ? 0 : writer.writeSeconds),
                               writer.writeSeconds)

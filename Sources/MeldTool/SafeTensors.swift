@@ -318,15 +318,22 @@ final class OutputRing {
     }
 }
 
+/// How a ShardedWriter's published pieces reach the file, beside the caller that fills the ring:
+/// - `thread`: a thread of the writer's own writes them.
+/// - `side`: whoever calls `sideWork()`, a piece a call: the kernels' threads between tiles
+///   (Context.setSideWork). The page-cache copy then shares the cores with the kernels instead of
+///   taking one from them mid-pass: with 2 cores, the writer thread often took the core of a
+///   thread holding tiles while the other thread waited at the end of the pass.
+/// - `inline`: the caller, as soon as they are published.
+/// In the first two, a caller that must wait for room writes pieces itself meanwhile.
+public enum WriteMode: String, Sendable { case thread, side, inline }
+
 /// Sends ring bytes to a file with pwrite, one piece (up to the next 2 MiB block boundary) at a
-/// time. When `background`, a thread of its own writes the published pieces, so the page-cache
-/// copy of one chunk overlaps the kernels of the next; a caller that must wait for room writes
-/// pieces itself meanwhile (memory-bound merges produce faster than one thread writes). State
-/// guarded by `cond`.
+/// time, as `mode` says. State guarded by `cond`.
 final class RingFlusher: @unchecked Sendable {
     let cond = NSCondition()
     let ring: OutputRing
-    let background: Bool
+    let mode: WriteMode
     var fd: Int32 = -1, path = "", syncRanges = false
     /// file offsets: handed to a writer up to `claimed`, allowed out up to `target`; the starts of
     /// the pieces being written (at most one by the thread and one by the caller)
@@ -337,10 +344,10 @@ final class RingFlusher: @unchecked Sendable {
     var seconds = 0.0
     let exited = DispatchSemaphore(value: 0)
 
-    init(ring: OutputRing, background: Bool) {
+    init(ring: OutputRing, mode: WriteMode) {
         self.ring = ring
-        self.background = background
-        if background {
+        self.mode = mode
+        if mode == .thread {
             running = true
             Thread { self.loop() }.start()
         }
@@ -386,7 +393,7 @@ final class RingFlusher: @unchecked Sendable {
     func publish(_ end: Int) throws {
         cond.lock()
         if end > target { target = end; cond.broadcast() }
-        if !background { while writeNextPiece() {} }
+        if mode == .inline { while writeNextPiece() {} }
         let f = failure
         cond.unlock()
         if let f { throw ToolError(f) }
@@ -404,6 +411,14 @@ final class RingFlusher: @unchecked Sendable {
     }
 
     func finish(_ end: Int) throws { try publish(end); try wait(until: end) }
+
+    /// One published piece written, unless there is none or one is being written; whether it
+    /// wrote. A failure is kept for the caller's next publish or wait.
+    func sideWork() -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        return inFlight.isEmpty && writeNextPiece()
+    }
 
     /// Another file, or bytes written past the ring: only when everything published is out.
     func restart(fd: Int32, path: String, syncRanges: Bool, at offset: Int) {
@@ -451,19 +466,21 @@ public final class ShardedWriter {
     var bounced = false
     /// the shard being written (-1 before the first), and the end of the bytes placed in the ring
     var current = -1, filled = 0
-    /// time spent in pwrite (for MELD_TIMING); in the background, beside the kernels
+    /// time spent in pwrite (for MELD_TIMING); beside the kernels unless inline
     public var writeSeconds: Double { flusher.cond.lock(); defer { flusher.cond.unlock() }; return flusher.seconds }
-    public var writesInBackground: Bool { flusher.background }
+    public var writeMode: WriteMode { flusher.mode }
 
-    /// `background`: pwrite on a thread of its own (MELD_WRITER=inline turns it off, for timing).
-    public init(directory: String, plan: [Planned], shardSize: Int, sync: Bool = false,
-                background: Bool = ProcessInfo.processInfo.environment["MELD_WRITER"] != "inline") throws {
+    /// One piece of the output written, if one is waiting (for `.side`); whether it wrote.
+    public func sideWork() -> Bool { flusher.sideWork() }
+
+    /// `writes`: see WriteMode; MELD_WRITER=thread|side|inline overrides it (for timing).
+    public init(directory: String, plan: [Planned], shardSize: Int, sync: Bool = false, writes: WriteMode = .thread) throws {
         self.directory = directory
         self.sync = sync
         // a partial block and one reservation, twice over: the kernels fill one chunk while the
         // previous one is written out
         ring = try OutputRing(size: 2 * (Self.maxReservation + Self.block), block: Self.block, maxReservation: Self.maxReservation)
-        flusher = RingFlusher(ring: ring, background: background)
+        flusher = RingFlusher(ring: ring, mode: ProcessInfo.processInfo.environment["MELD_WRITER"].flatMap(WriteMode.init) ?? writes)
         var groups: [[Planned]] = [[]]
         var acc = 0
         for p in plan {

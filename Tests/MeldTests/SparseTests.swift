@@ -1,4 +1,5 @@
 import XCTest
+import Foundation
 @testable import Meld
 import CMeld
 
@@ -280,6 +281,50 @@ final class SparseTests: XCTestCase {
                 calls = []
                 _ = try merge(ctx)
                 XCTAssertTrue(calls.isEmpty, "\(what): windows off, yet \(calls.count) reports")
+            }
+        }
+    }
+
+    /// Side work (meld_context_set_side_work): the same bits with it on; on 2 and 3 threads it
+    /// is called during the passes, never by two threads at once; on 1 thread, and once turned
+    /// off, never.
+    func testSideWorkKeepsBitsAndRunsOneAtATime() throws {
+        var rng = Rng(47)
+        let n = 1_500_007
+        let base = rng.floats(n)
+        let xs = (0..<3).map { k in base.map { $0 + rng.normal() * 0.01 * Float(k + 1) } }
+        let w: [Float] = [1, 0.6, 0.8]
+        let methods: [(String, (Context) throws -> [Float])] = [
+            ("ties", { try $0.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: [.magnitude(0.2), .magnitude(0.5), .magnitude(0.35)],
+                                               options: MergeOptions(consensus: .sum, divisor: .weightSum)) }),
+            ("dare", { try $0.mergeTaskVectors(base: base, xs, weights: w, sparsifiers: (0..<3).map { .dare(0.4, seed: 5, stream: UInt64($0)) },
+                                               options: MergeOptions(consensus: .sum, divisor: .weightSum)) }),
+            ("task arithmetic", { try $0.taskArithmetic(base: base, xs, weights: w) }),
+        ]
+        final class Tally: @unchecked Sendable {
+            let lock = NSLock()
+            var calls = 0, inside = 0, most = 0
+        }
+        for threads in [1, 2, 3] {
+            let ctx = try Context(threads: threads)
+            for (name, merge) in methods {
+                let what = "\(name), \(threads) threads"
+                let plain = try merge(ctx)
+                let t = Tally()
+                ctx.setSideWork {
+                    t.lock.lock(); t.calls += 1; t.inside += 1; t.most = max(t.most, t.inside); let k = t.calls; t.lock.unlock()
+                    usleep(20)   // a piece of work, long enough for another thread to come by
+                    t.lock.lock(); t.inside -= 1; t.lock.unlock()
+                    return k % 4 != 0   // now and then nothing left to do
+                }
+                let withSide = try merge(ctx)
+                ctx.setSideWork(nil)
+                XCTAssertEqual(bits(plain), bits(withSide), "\(what): side work changed the result")
+                XCTAssertEqual(t.most, threads > 1 ? 1 : 0, "\(what): at most one thread at a time in the side work")
+                if threads > 1 { XCTAssertGreaterThan(t.calls, 0, "\(what): no side work called") } else { XCTAssertEqual(t.calls, 0, what) }
+                let calls = t.calls
+                _ = try merge(ctx)
+                XCTAssertEqual(t.calls, calls, "\(what): side work off, yet called")
             }
         }
     }

@@ -13,7 +13,7 @@ extern "C" {
 #endif
 
 #define MELD_VERSION_MAJOR 0
-#define MELD_VERSION_MINOR 7
+#define MELD_VERSION_MINOR 8
 #define MELD_VERSION_PATCH 0
 /* MAJOR*10000 + MINOR*100 + PATCH */
 #define MELD_VERSION (MELD_VERSION_MAJOR * 10000 + MELD_VERSION_MINOR * 100 + MELD_VERSION_PATCH)
@@ -110,6 +110,16 @@ MELD_API void meld_context_clear_error(meld_context *ctx);
  * not change. window 0 (the default) or done NULL: off. */
 typedef void (*meld_window_fn)(void *user, size_t first, size_t count);
 MELD_API meld_status meld_context_set_window(meld_context *ctx, size_t window, meld_window_fn done, void *user);
+
+/* Side work: the caller's own work done on the context's threads between tiles of the
+ * streaming passes, in place of a thread of its own that would take a core from them (meld
+ * merge writes the merged output this way). During such a pass on two or more threads, a thread
+ * about to claim more tiles first calls fn(user) when enough tiles remain to keep the other
+ * threads busy meanwhile; at most one thread at a time is inside fn. fn should do one short
+ * piece of work (well under a millisecond), return nonzero if it did some, never call meld and
+ * never fail: keep its errors for later. Results do not change. fn NULL (the default): off. */
+typedef int (*meld_side_fn)(void *user);
+MELD_API meld_status meld_context_set_side_work(meld_context *ctx, meld_side_fn fn, void *user);
 
 #ifdef __cplusplus
 }
