@@ -48,8 +48,11 @@ YML
             # deleting the last output and flushing its pages is not the merge's work
             rm -rf out; sync
             # ties+fsync: the same merge, waiting for the disk before the rename (--fsync)
-            /usr/bin/time -f "%e %M" -o time.txt $MELD merge ${m%+fsync}-$dt.yml out --threads 2 --quiet $([ $m = ties+fsync ] && echo --fsync)
-            read secs rss < time.txt
+            # wall time to the millisecond (time's %e has hundredths), peak RSS from time
+            t0=$(date +%s%N)
+            /usr/bin/time -f "%M" -o time.txt $MELD merge ${m%+fsync}-$dt.yml out --threads 2 --quiet $([ $m = ties+fsync ] && echo --fsync)
+            secs=$(awk -v a=$t0 -v b=$(date +%s%N) 'BEGIN{printf "%.4f", (b - a) / 1e9}')
+            read rss < time.txt
             if awk "BEGIN{exit !($secs < $best)}"; then best=$secs; bestrss=$rss; fi
         done
         bytes=$(( $(du -cb $dt/*/model.safetensors | tail -1 | cut -f1) + $(du -b out/model.safetensors | cut -f1) ))
@@ -62,6 +65,6 @@ echo "STREAM triad (2 threads): $TRIAD GB/s (higher of one before and one after 
 while read m dt best bestrss bytes; do
     ref=$([ $m = task_arithmetic ] && echo 7.6 || echo 62.8)
     awk -v m=$m -v dt=$dt -v s=$best -v rss=$bestrss -v b=$bytes -v t=$TRIAD -v ref=$ref 'BEGIN{
-        gbs=b/s/1e9; printf "%-16s %-5s %6.2f s  peak RSS %5.0f MiB  %5.2f GB moved  %5.2f GB/s  %4.1f%% of triad  %5.1fx mergekit(f32 %.1f s)\n", m, dt, s, rss/1024, b/1e9, gbs, 100*gbs/t, ref/s, ref;
+        gbs=b/s/1e9; printf "%-16s %-5s %6.3f s  peak RSS %5.0f MiB  %5.2f GB moved  %5.2f GB/s  %4.1f%% of triad  %5.1fx mergekit(f32 %.1f s)\n", m, dt, s, rss/1024, b/1e9, gbs, 100*gbs/t, ref/s, ref;
         printf "{\"bench\":\"merge_e2e\",\"method\":\"%s\",\"dtype\":\"%s\",\"seconds\":%.3f,\"peak_rss_mib\":%.0f,\"gbs\":%.3f,\"triad_gbs\":%.2f,\"speedup_vs_mergekit\":%.1f}\n", m, dt, s, rss/1024, gbs, t, ref/s }'
 done < results.txt
