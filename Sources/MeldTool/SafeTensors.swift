@@ -575,6 +575,11 @@ public final class ShardedWriter {
         return p
     }
 
+    /// Bytes from where the next bytes go in the ring to its end: a reservation of more is filled
+    /// in a bounce buffer and copied on commit. (A tensor that starts a new shard starts at the
+    /// ring's start instead.)
+    public var bytesToRingEnd: Int { ring.size - filled % ring.size }
+
     /// Where bytes [offset, offset + bytes) of a planned tensor go, in the ring: at most
     /// `maxReservation`, and the next bytes of the file. Fill them, then `commit`.
     public func reserve(_ name: String, offset: Int, bytes: Int) throws -> UnsafeMutableRawPointer {
