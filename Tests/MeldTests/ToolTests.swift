@@ -513,6 +513,46 @@ final class ToolTests: XCTestCase {
         }
     }
 
+    /// The merge's output chunks: whole ranges from range-aligned starts, a chunk that would
+    /// cross the ring's end cut short before it and the next one range, every byte in place,
+    /// in f32 and bf16 (tensors of 7M elements go round the 20 MiB ring).
+    func testOutputChunksAroundTheRing() throws {
+        let align = MergePlan.rangeAlignment
+        for (dtype, st) in [(DType.f32, STDType.F32), (.bf16, .BF16)] {
+            let counts = [3, 7_000_003, 5_000_001]
+            let names = counts.indices.map { "t\($0)" }
+            let d = tempDir("chunks-\(st.rawValue)")
+            let w = try ShardedWriter(directory: d, plan: zip(names, counts).map { .init(name: $0, dtype: st, shape: [$1]) }, shardSize: .max)
+            var cut = 0
+            for (t, n) in counts.enumerated() {
+                let sink = Merger.TensorSink(writer: w, name: names[t], dtype: dtype, count: n, chunks: true, pager: nil)
+                var next = 0
+                try sink.chunked { first, out in
+                    XCTAssertEqual(first, next, "chunks in order")
+                    XCTAssertEqual(first % align, 0, "a chunk starts on a range")
+                    XCTAssertTrue(out.count % align == 0 || first + out.count == n, "a chunk is whole ranges, but the tensor's last")
+                    if out.count < min(Merger.TensorSink.chunk, n - first) { cut += 1 }
+                    for i in 0..<out.count {   // element i of tensor t: t + i % 199, exact in bf16 too
+                        let v = Float(t + (first + i) % 199)
+                        if dtype == .f32 { out.data!.storeBytes(of: v, toByteOffset: 4 * i, as: Float.self) }
+                        else { out.data!.storeBytes(of: UInt16(v.bitPattern >> 16), toByteOffset: 2 * i, as: UInt16.self) }
+                    }
+                    next = first + out.count
+                }
+                XCTAssertEqual(next, n)
+            }
+            try w.close()
+            XCTAssertGreaterThan(cut, 0, "\(st.rawValue): no chunk cut short at the ring's end")
+            let f = try ModelFolder(path: d)
+            for (t, n) in counts.enumerated() {
+                let v = try floats(f, names[t])
+                var bad = 0
+                for i in 0..<n where v[i] != Float(t + i % 199) { bad += 1 }
+                XCTAssertEqual(bad, 0, "\(st.rawValue) tensor \(names[t])")
+            }
+        }
+    }
+
     /// Truncated and corrupt safetensors: clear errors naming the file, never a crash.
     func testCorruptFiles() throws {
         let d = tempDir("corrupt")
