@@ -174,6 +174,15 @@ meld_status meld_context_set_side_work(meld_context *ctx, meld_side_fn fn, void 
     return MELD_OK;
 }
 
+meld_status meld_context_parallel_for(meld_context *ctx, size_t count, meld_item_fn fn, void *user) {
+    if (!ctx || (!fn && count)) return MELD_ERR_NULL_POINTER;
+    const int nt = (size_t)ctx->threads < count ? ctx->threads : (int)count;
+    size_t next = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    for (size_t i; (i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED)) < count;) fn(user, i);
+    return MELD_OK;
+}
+
 void meld_set_error(meld_context *ctx, const char *fmt, ...) {
     if (!ctx) return;
     va_list ap;

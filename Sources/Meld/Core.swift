@@ -142,6 +142,22 @@ public final class Context {
     final class SideBox { let piece: () -> Bool; init(_ p: @escaping () -> Bool) { piece = p } }
     var sideBox: SideBox?   // kept alive while C holds its pointer
 
+    /// `body(i)` for every i in 0 ..< count, once each, on this context's threads
+    /// (meld_context_parallel_for): for work beside the kernels that should share their threads
+    /// instead of starting threads of its own. `body` must not call into this context.
+    public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
+        guard count > 0 else { return }
+        withoutActuallyEscaping(body) { b in
+            let box = ItemBox(b)
+            withExtendedLifetime(box) {
+                _ = meld_context_parallel_for(raw, count, { user, i in
+                    Unmanaged<ItemBox>.fromOpaque(user!).takeUnretainedValue().body(Int(i))
+                }, Unmanaged.passUnretained(box).toOpaque())
+            }
+        }
+    }
+    final class ItemBox { let body: (Int) -> Void; init(_ b: @escaping (Int) -> Void) { body = b } }
+
     /// Runs a C call on this context: a failure throws with the message that call left (the
     /// context's message is cleared first, so an earlier failure's does not carry over).
     @inline(__always) func run(_ call: @autoclosure () -> meld_status) throws {

@@ -269,7 +269,7 @@ public enum Merger {
                 paged += 1
                 pager.attach(ctx)
             } else {
-                for f in uniqueInputs { f.prefetch(name) }
+                populate(uniqueInputs.compactMap { $0.pages(name) }, on: ctx)
             }
             tMap += Date().timeIntervalSince(t0)
             defer { if pager != nil { ctx.setWindow(elements: 0, done: nil) } }

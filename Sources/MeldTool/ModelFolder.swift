@@ -60,6 +60,6 @@ public final class ModelFolder {
     public func release(_ names: [String]) {
         for f in files { f.release(names.filter { tensorFile[$0] === f }) }
     }
-    public func prefetch(_ name: String) { tensorFile[name]?.prefetch(name) }
+    public func pages(_ name: String) -> UnsafeMutableRawBufferPointer? { tensorFile[name]?.pages(name) }
     public var numLayers: Int? { config["num_hidden_layers"] as? Int }
 }

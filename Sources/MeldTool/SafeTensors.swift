@@ -157,13 +157,12 @@ public final class SafeTensorsFile {
         return TensorView(data: UnsafeRawPointer(base! + dataStart + t.begin), count: t.count, dtype: d)
     }
 
-    /// Maps the tensor's pages in one call (MADV_POPULATE_READ, Linux 5.14+; a no-op where
-    /// unsupported): far cheaper than one page fault per 4 KiB inside the kernels.
-    public func prefetch(_ name: String) {
-        guard let t = tensors[name], let base, t.end > t.begin else { return }
+    /// The tensor's mapped bytes, from the page that holds its first byte.
+    public func pages(_ name: String) -> UnsafeMutableRawBufferPointer? {
+        guard let t = tensors[name], let base, t.end > t.begin else { return nil }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let a = (dataStart + t.begin) / page * page, b = dataStart + t.end
-        _ = madvise(base + a, b - a, 22 /* MADV_POPULATE_READ */)
+        return UnsafeMutableRawBufferPointer(start: base + a, count: b - a)
     }
 
     /// Drops the tensors' pages from this process (they stay in the page cache), in one call per
@@ -181,6 +180,20 @@ public final class SafeTensorsFile {
             madvise(base + a, b - a, MADV_DONTNEED)
         }
     }
+}
+
+/// Maps pages of a file mapping in one call (MADV_POPULATE_READ, Linux 5.14+; a no-op where
+/// unsupported): far cheaper than a page fault per 4 KiB (or per 64 KiB, faulting around) inside
+/// the kernels.
+func populate(_ p: UnsafeMutableRawBufferPointer) { _ = madvise(p.baseAddress, p.count, 22 /* MADV_POPULATE_READ */) }
+
+/// Maps the pages of `ranges` in pieces of up to 8 MiB on the context's threads. Page-cache
+/// folios smaller than 2 MiB (what a file read from its start holds first) are mapped 4 KiB at a
+/// time: ~17 ms for one 131 MB input tensor here, on the calling thread while the other waited.
+func populate(_ ranges: [UnsafeMutableRawBufferPointer], on ctx: Context) {
+    let piece = 8 << 20
+    let pieces = ranges.flatMap { r in stride(from: 0, to: r.count, by: piece).map { UnsafeMutableRawBufferPointer(rebasing: r[$0 ..< min($0 + piece, r.count)]) } }
+    if pieces.count <= 1 { pieces.forEach(populate) } else { ctx.parallelFor(pieces.count) { populate(pieces[$0]) } }
 }
 
 /// Pages one large tensor's mmap'ed inputs out as the kernels stream over them

@@ -1,4 +1,5 @@
 import XCTest
+import Foundation
 @testable import Meld
 import CMeld
 
@@ -11,6 +12,24 @@ final class ErrorTests: XCTestCase {
         XCTAssertEqual(String(cString: meld_status_string(meld_status(rawValue: 999))), "unknown status")
         XCTAssertEqual(meld_dtype_size(MELD_BF16), 2)
         XCTAssertEqual(meld_dtype_size(meld_dtype(rawValue: 42)), 0)
+    }
+
+    /// The caller's parallel work (meld_context_parallel_for): every item once, on 1, 2 and 3
+    /// threads, none for count 0; a missing function or context is an error.
+    func testParallelForRunsEveryItemOnce() throws {
+        for threads in [1, 2, 3] {
+            let ctx = try Context(threads: threads)
+            for count in [0, 1, 2, 7, 1000] {
+                let lock = NSLock()
+                var seen = [Int](repeating: 0, count: count)
+                ctx.parallelFor(count) { i in lock.lock(); seen[i] += 1; lock.unlock() }
+                XCTAssertEqual(seen, [Int](repeating: 1, count: count), "\(threads) threads, \(count) items")
+            }
+            XCTAssertEqual(meld_context_parallel_for(ctx.raw, 3, nil, nil), MELD_ERR_NULL_POINTER)
+            XCTAssertEqual(meld_context_parallel_for(ctx.raw, 0, nil, nil), MELD_OK)
+        }
+        XCTAssertEqual(meld_context_parallel_for(nil, 1, { _, _ in }, nil), MELD_ERR_NULL_POINTER)
+        XCTAssertEqual(meld_context_set_side_work(nil, nil, nil), MELD_ERR_NULL_POINTER)
     }
 
     func testCApiStatuses() throws {

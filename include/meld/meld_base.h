@@ -121,6 +121,13 @@ MELD_API meld_status meld_context_set_window(meld_context *ctx, size_t window, m
 typedef int (*meld_side_fn)(void *user);
 MELD_API meld_status meld_context_set_side_work(meld_context *ctx, meld_side_fn fn, void *user);
 
+/* The caller's own parallel work on the context's threads: fn(user, i) for every i in
+ * [0, count), once each, items claimed in turn by the threads of one parallel region. For work
+ * beside the kernels that should share their threads rather than start threads of its own
+ * (meld merge pages in each tensor's inputs this way). fn must not call meld. */
+typedef void (*meld_item_fn)(void *user, size_t i);
+MELD_API meld_status meld_context_parallel_for(meld_context *ctx, size_t count, meld_item_fn fn, void *user);
+
 #ifdef __cplusplus
 }
 #endif
