@@ -176,6 +176,7 @@ meld_status meld_context_set_side_work(meld_context *ctx, meld_side_fn fn, void 
 
 meld_status meld_context_parallel_for(meld_context *ctx, size_t count, meld_item_fn fn, void *user) {
     if (!ctx || (!fn && count)) return MELD_ERR_NULL_POINTER;
+    if (!count) return MELD_OK; /* num_threads must be positive */
     const int nt = (size_t)ctx->threads < count ? ctx->threads : (int)count;
     size_t next = 0;
 #pragma omp parallel num_threads(nt) if (nt > 1)

@@ -296,7 +296,7 @@ public enum Merger {
             let line = String(format: "timing: setup %.3f s, inputs mapped %.3f s, kernels %.3f s, writes %.3f s",
                               tc.timeIntervalSince(start) - tKernel - tRelease, tMap, tKernel - tMap - (bg ? 0 : writer.writeSeconds),
                               writer.writeSeconds)
-                + (bg ? " (beside the kernels)" : "")
+                + (writer.writeMode == .side ? " (by the kernels' threads between tiles)" : bg ? " (beside the kernels)" : "")
                 + String(format: ", release %.3f s, close %.3f s, paged %d tensors, peak RSS %.0f MB\n", tRelease,
                          Date().timeIntervalSince(tc), paged, Double(peakRSSBytes()) / 1e6)
             FileHandle.standardError.write(line.data(using: .utf8)!)

@@ -11,9 +11,6 @@ func meld_sync_file_range(_ fd: Int32, _ offset: Int64, _ nbytes: Int64, _ flags
 /// writing zeros.
 @_silgen_name("fallocate")
 func meld_fallocate(_ fd: Int32, _ mode: Int32, _ offset: Int64, _ len: Int64) -> Int32
-/// Linux memfd_create(2) (hidden the same way).
-@_silgen_name("memfd_create")
-func meld_memfd_create(_ name: UnsafePointer<CChar>, _ flags: UInt32) -> Int32
 
 /// safetensors element types. Meld merges the float ones; the rest are named in errors.
 public enum STDType: String, CaseIterable, Sendable {
