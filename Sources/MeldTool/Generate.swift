@@ -115,13 +115,14 @@ public struct CheckpointGenerator: Sendable {
                 try writer.write(tname, offset: 0, from: out, bytes: n * dtype.size)
             }
             try writer.close()
-            let cfg: [String: Any] = [
-                "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": intermediate,
-                "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kvHeads, "vocab_size": vocab,
-                "hidden_act": "silu", "rms_norm_eps": 1e-6, "tie_word_embeddings": false,
-                "torch_dtype": dtype == .F32 ? "float32" : dtype == .BF16 ? "bfloat16" : "float16",
-            ]
-            try JSONSerialization.data(withJSONObject: cfg, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path + "/config.json"))
+            let cfg = JSON.object([
+                .init("architectures", .array([.string("LlamaForCausalLM")])), .init("model_type", .string("llama")),
+                .init("hidden_size", .int(hidden)), .init("intermediate_size", .int(intermediate)), .init("num_hidden_layers", .int(layers)),
+                .init("num_attention_heads", .int(heads)), .init("num_key_value_heads", .int(kvHeads)), .init("vocab_size", .int(vocab)),
+                .init("hidden_act", .string("silu")), .init("rms_norm_eps", .number("1e-06")), .init("tie_word_embeddings", .bool(false)),
+                .init("torch_dtype", .string(dtype == .F32 ? "float32" : dtype == .BF16 ? "bfloat16" : "float16")),
+            ])
+            try writeFile(path + "/config.json", cfg.serialized(indent: 2, sortKeys: true) + "\n")
         }
         return names.map { dir + "/" + $0 }
     }

@@ -491,15 +491,15 @@ public enum Merger {
 
     static func writeConfig(plan: Plan, dir: String) throws {
         var cfg = plan.reference.config
-        guard !cfg.isEmpty else { return }
+        guard cfg.members?.isEmpty == false else { return }
         let dts = Set(plan.outDtype.values)
         if let d = dts.first, dts.count == 1 {
-            let s = d == .F32 ? "float32" : d == .F16 ? "float16" : "bfloat16"
-            cfg["torch_dtype"] = s
-            if cfg["dtype"] != nil { cfg["dtype"] = s }
+            let s = JSON.string(d == .F32 ? "float32" : d == .F16 ? "float16" : "bfloat16")
+            cfg = cfg.setting("torch_dtype", s)
+            if cfg["dtype"] != nil { cfg = cfg.setting("dtype", s) }
         }
-        let data = try JSONSerialization.data(withJSONObject: cfg, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: URL(fileURLWithPath: dir + "/config.json"))
+        // as transformers writes it: json.dumps(indent=2, sort_keys=True) and a newline
+        try writeFile(dir + "/config.json", cfg.serialized(indent: 2, sortKeys: true) + "\n")
     }
 }
 

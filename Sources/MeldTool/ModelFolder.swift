@@ -5,7 +5,8 @@ import Meld
 /// model.safetensors.index.json (checked for consistency both ways).
 public final class ModelFolder {
     public let path: String
-    public let config: [String: Any]
+    /// config.json (an empty object when the folder has none)
+    public let config: JSON
     public let files: [SafeTensorsFile]
     public let tensorFile: [String: SafeTensorsFile]
 
@@ -18,19 +19,23 @@ public final class ModelFolder {
         guard isDir.boolValue else { throw ToolError("model \(path) is a file, not a model folder") }
         let cfgPath = path + "/config.json"
         if let d = FileManager.default.contents(atPath: cfgPath) {
-            guard let c = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any] else { throw ToolError("\(cfgPath) is not a JSON object") }
+            let c: JSON
+            do { c = try JSON.parse(d) } catch { throw ToolError("\(cfgPath) is not valid JSON: \(error)") }
+            guard c.members != nil else { throw ToolError("\(cfgPath) is not a JSON object") }
             config = c
         } else {
-            config = [:]
+            config = .object([])
         }
         let index = path + "/model.safetensors.index.json"
         var map: [String: SafeTensorsFile] = [:]
         if let d = FileManager.default.contents(atPath: index) {
-            guard let obj = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any],
-                  let wm = obj["weight_map"] as? [String: Any] else { throw ToolError("\(index): no weight_map object") }
+            let obj: JSON
+            do { obj = try JSON.parse(d) } catch { throw ToolError("\(index) is not valid JSON: \(error)") }
+            guard let wm = obj["weight_map"]?.members else { throw ToolError("\(index): no weight_map object") }
             var opened: [String: SafeTensorsFile] = [:]
-            for (tensor, fileAny) in wm {
-                guard let file = fileAny as? String, !file.contains("/") else { throw ToolError("\(index): weight_map[\(tensor)] is not a file name") }
+            for (tensor, fileValue) in wm.lazy.map({ ($0.key, $0.value) }) {
+                guard map[tensor] == nil else { throw ToolError("\(index): weight_map lists \(tensor) twice") }
+                guard let file = fileValue.string, !file.contains("/") else { throw ToolError("\(index): weight_map[\(tensor)] is not a file name") }
                 if opened[file] == nil { opened[file] = try SafeTensorsFile(path: path + "/" + file) }
                 guard opened[file]!.tensors[tensor] != nil else { throw ToolError("\(index): \(tensor) is mapped to \(file), which does not contain it") }
                 map[tensor] = opened[file]!
@@ -61,5 +66,5 @@ public final class ModelFolder {
         for f in files { f.release(names.filter { tensorFile[$0] === f }) }
     }
     public func pages(_ name: String) -> UnsafeMutableRawBufferPointer? { tensorFile[name]?.pages(name) }
-    public var numLayers: Int? { config["num_hidden_layers"] as? Int }
+    public var numLayers: Int? { config["num_hidden_layers"]?.int }
 }

@@ -77,8 +77,7 @@ public final class SafeTensorsFile {
             guard n <= UInt64(Self.maxHeader), Int(n) <= size - 8 else {
                 throw ToolError("\(path): header length \(n) exceeds the file (\(size) bytes): truncated or not a safetensors file")
             }
-            let header = Data(bytes: map + 8, count: Int(n))
-            (tensors, metadata) = try Self.parseHeader(header, dataSize: size - 8 - Int(n), path: path)
+            (tensors, metadata) = try Self.parseHeader(UnsafeRawBufferPointer(start: map + 8, count: Int(n)), dataSize: size - 8 - Int(n), path: path)
             dataStart = 8 + Int(n)
         } catch {
             munmap(reservation, size + align)
@@ -94,35 +93,37 @@ public final class SafeTensorsFile {
 
     deinit { munmap(reservation, reserved) }
 
-    static func parseHeader(_ data: Data, dataSize: Int, path: String) throws -> ([String: TensorInfo], [String: String]) {
-        guard let obj = try? JSONSerialization.jsonObject(with: data, options: []), let dict = obj as? [String: Any] else {
-            throw ToolError("\(path): header is not a JSON object")
-        }
+    static func parseHeader(_ header: UnsafeRawBufferPointer, dataSize: Int, path: String) throws -> ([String: TensorInfo], [String: String]) {
+        let root: JSON
+        do { root = try JSON.parse(header) } catch { throw ToolError("\(path): header is not valid JSON: \(error)") }
+        guard let members = root.members else { throw ToolError("\(path): header is not a JSON object") }
         var out: [String: TensorInfo] = [:], meta: [String: String] = [:]
-        for (name, value) in dict {
+        out.reserveCapacity(members.count)
+        for (name, value) in members.lazy.map({ ($0.key, $0.value) }) {
             if name == "__metadata__" {
-                guard let m = value as? [String: Any] else { throw ToolError("\(path): __metadata__ is not an object") }
-                for (k, v) in m {
-                    guard let s = v as? String else { throw ToolError("\(path): __metadata__.\(k) is not a string") }
-                    meta[k] = s
+                guard let m = value.members else { throw ToolError("\(path): __metadata__ is not an object") }
+                for e in m {
+                    guard let s = e.value.string else { throw ToolError("\(path): __metadata__.\(e.key) is not a string") }
+                    meta[e.key] = s
                 }
                 continue
             }
-            guard let e = value as? [String: Any] else { throw ToolError("\(path): tensor \(name): entry is not an object") }
-            guard let ds = e["dtype"] as? String, let dt = STDType(rawValue: ds) else {
-                throw ToolError("\(path): tensor \(name): unknown dtype \(String(describing: e["dtype"] ?? "none"))")
+            guard value.members != nil else { throw ToolError("\(path): tensor \(name): entry is not an object") }
+            guard out[name] == nil else { throw ToolError("\(path): tensor \(name) appears twice in the header") }
+            guard let ds = value["dtype"]?.string, let dt = STDType(rawValue: ds) else {
+                throw ToolError("\(path): tensor \(name): unknown dtype \(value["dtype"].map { $0.serialized() } ?? "none")")
             }
-            guard let shapeAny = e["shape"] as? [Any], shapeAny.count <= 16 else { throw ToolError("\(path): tensor \(name): shape is not a list of at most 16 integers") }
+            guard let dims = value["shape"]?.elements, dims.count <= 16 else { throw ToolError("\(path): tensor \(name): shape is not a list of at most 16 integers") }
             var shape: [Int] = []
             var count = 1
-            for s in shapeAny {
-                guard let v = exactInt(s), v >= 0 else { throw ToolError("\(path): tensor \(name): shape entry \(s) is not a non-negative integer") }
+            for s in dims {
+                guard let v = s.int, v >= 0 else { throw ToolError("\(path): tensor \(name): shape entry \(s.serialized()) is not a non-negative integer") }
                 shape.append(v)
                 let (c, o) = count.multipliedReportingOverflow(by: v)
                 guard !o, c <= Int(Int32.max) * 64 else { throw ToolError("\(path): tensor \(name): shape \(shape) is too large") }
                 count = c
             }
-            guard let offs = e["data_offsets"] as? [Any], offs.count == 2, let b = exactInt(offs[0]), let en = exactInt(offs[1]) else {
+            guard let offs = value["data_offsets"]?.elements, offs.count == 2, let b = offs[0].int, let en = offs[1].int else {
                 throw ToolError("\(path): tensor \(name): data_offsets is not a pair of integers")
             }
             guard b >= 0, b <= en, en <= dataSize else {
@@ -138,13 +139,6 @@ public final class SafeTensorsFile {
             throw ToolError("\(path): tensors \(a.name) and \(b.name) overlap")
         }
         return (out, meta)
-    }
-
-    static func exactInt(_ v: Any) -> Int? {
-        if let i = v as? Int { return i }
-        if let d = v as? Double, d == d.rounded(), abs(d) < 9e15 { return Int(d) }
-        if let n = v as? NSNumber { let d = n.doubleValue; if d == d.rounded(), abs(d) < 9e15 { return Int(d) } }
-        return nil
     }
 
     /// A zero-copy view of a float tensor.
@@ -268,6 +262,17 @@ final class ScratchFile {
     deinit {
         if let base { munmap(UnsafeMutableRawPointer(mutating: base), mappedBytes) }
         Glibc.close(fd)
+    }
+}
+
+/// A small file written whole (config.json, an index), or an error that names it.
+func writeFile(_ path: String, _ text: String) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    guard fd >= 0 else { throw ToolError("cannot create \(path): \(String(cString: strerror(errno)))") }
+    defer { Glibc.close(fd) }
+    let bytes = Array(text.utf8)
+    if let e = bytes.withUnsafeBytes({ pwriteAll(fd, $0.baseAddress!, $0.count, at: 0, startWriteback: false) }) {
+        throw ToolError("cannot write \(path): \(e)")
     }
 }
 
@@ -503,15 +508,16 @@ public final class ShardedWriter {
         let n = groups.count
         for (i, g) in groups.enumerated() {
             let file = n == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", i + 1, n)
-            var header: [String: Any] = ["__metadata__": ["format": "pt"]]
+            var header: [JSON.Member] = [.init("__metadata__", .object([.init("format", .string("pt"))]))]
             var off = 0
             for p in g {
                 let bytes = p.shape.reduce(1, *) * p.dtype.size
-                header[p.name] = ["dtype": p.dtype.rawValue, "shape": p.shape, "data_offsets": [off, off + bytes]]
+                header.append(.init(p.name, .object([.init("dtype", .string(p.dtype.rawValue)), .init("shape", .array(p.shape.map(JSON.int))),
+                                                     .init("data_offsets", .array([.int(off), .int(off + bytes)]))])))
                 location[p.name] = (i, off, bytes)
                 off += bytes
             }
-            var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+            var json = Array(JSON.object(header).serialized(sortKeys: true).utf8)
             while (8 + json.count) % 8 != 0 { json.append(0x20) }
             let path = directory + "/" + file
             let fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
@@ -527,7 +533,7 @@ public final class ShardedWriter {
             }
             var len = UInt64(json.count).littleEndian
             var head = Data(bytes: &len, count: 8)
-            head.append(json)
+            head.append(contentsOf: json)
             shards.append(Shard(file: file, names: g.map(\.name), fd: fd, size: size, dataStart: 8 + json.count, header: head))
         }
     }
@@ -647,11 +653,9 @@ public final class ShardedWriter {
         }
         if let f = unsynced { throw ToolError("cannot sync \(directory)/\(f)") }
         if opened.count > 1 {
-            var map: [String: String] = [:]
-            for s in opened { for n in s.names { map[n] = s.file } }
-            let index: [String: Any] = ["metadata": ["total_size": totalBytes], "weight_map": map]
-            let data = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
-            try data.write(to: URL(fileURLWithPath: directory + "/model.safetensors.index.json"))
+            let map = opened.flatMap { s in s.names.map { JSON.Member($0, .string(s.file)) } }
+            let index = JSON.object([.init("metadata", .object([.init("total_size", .int(totalBytes))])), .init("weight_map", .object(map))])
+            try writeFile(directory + "/model.safetensors.index.json", index.serialized(indent: 2, sortKeys: true) + "\n")
         }
     }
 

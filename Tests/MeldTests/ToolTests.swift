@@ -566,7 +566,13 @@ final class ToolTests: XCTestCase {
         var bad = good
         bad[8] = UInt8(ascii: "[")
         try bad.write(to: URL(fileURLWithPath: path))
-        expectError(ties(), in: d, contains: "not a JSON object")
+        expectError(ties(), in: d, contains: "header is not valid JSON: expected ',' or ']' in an array at byte")
+        // valid JSON, but not an object: the header's bytes become [0, 0, ...] of the same length
+        let hlen = Int(good.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+        bad = good
+        bad.replaceSubrange(8 ..< 8 + hlen, with: Array(("[" + String(repeating: "0,", count: (hlen - 3) / 2) + "0" + String(repeating: " ", count: (hlen - 3) % 2) + "]").utf8))
+        try bad.write(to: URL(fileURLWithPath: path))
+        expectError(ties(), in: d, contains: "header is not a JSON object")
     }
 
     /// Fuzz the header parser with random and mutated headers: errors, never crashes.
