@@ -419,6 +419,13 @@ final class ToolTests: XCTestCase {
         // merged shards can be merged again (the reader accepts the index)
         write(ties().replacingOccurrences(of: "models/expert1", with: "many"), d + "/c2.yml")
         XCTAssertNoThrow(try runMerge("c2.yml", "again", in: d))
+        // an index that lists a tensor twice is refused, naming it
+        let indexPath = d + "/many/model.safetensors.index.json"
+        var index = try String(contentsOfFile: indexPath, encoding: .utf8)
+        let first = try XCTUnwrap(try JSON.parse(Array(index.utf8))["weight_map"]?.members?.first)
+        index = index.replacingOccurrences(of: "\"weight_map\": {", with: "\"weight_map\": {\"\(first.key)\": \"\(first.value.string!)\", ")
+        try index.write(toFile: indexPath, atomically: false, encoding: .utf8)
+        XCTAssertThrowsError(try ModelFolder(path: d + "/many")) { XCTAssertTrue("\($0)".contains("weight_map lists \(first.key) twice"), "\($0)") }
     }
 
     /// The writer's ring: tensors of odd sizes across shards, written through reservations
@@ -573,6 +580,15 @@ final class ToolTests: XCTestCase {
         bad.replaceSubrange(8 ..< 8 + hlen, with: Array(("[" + String(repeating: "0,", count: (hlen - 3) / 2) + "0" + String(repeating: " ", count: (hlen - 3) % 2) + "]").utf8))
         try bad.write(to: URL(fileURLWithPath: path))
         expectError(ties(), in: d, contains: "header is not a JSON object")
+        // a tensor named twice: the header's first entry repeated in place of its padding
+        let header = String(decoding: good[8 ..< 8 + hlen], as: UTF8.self)
+        let root = try JSON.parse(Array(header.utf8))
+        let entry = try XCTUnwrap(root.members?.first { $0.key != "__metadata__" })
+        let twice = JSON.object(root.members! + [entry]).serialized()
+        var h = Data(count: 8)
+        h.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(twice.utf8.count).littleEndian, as: UInt64.self) }
+        try (h + Data(twice.utf8) + good.suffix(from: 8 + hlen)).write(to: URL(fileURLWithPath: path))
+        expectError(ties(), in: d, contains: "tensor \(entry.key) appears twice in the header")
     }
 
     /// Fuzz the header parser with random and mutated headers: errors, never crashes.
