@@ -271,7 +271,7 @@ func writeFile(_ path: String, _ text: String) throws {
     guard fd >= 0 else { throw ToolError("cannot create \(path): \(String(cString: strerror(errno)))") }
     defer { Glibc.close(fd) }
     let bytes = Array(text.utf8)
-    if let e = bytes.withUnsafeBytes({ pwriteAll(fd, $0.baseAddress!, $0.count, at: 0, startWriteback: false) }) {
+    if let e = bytes.withUnsafeBytes({ $0.isEmpty ? nil : pwriteAll(fd, $0.baseAddress!, $0.count, at: 0, startWriteback: false) }) {
         throw ToolError("cannot write \(path): \(e)")
     }
 }
