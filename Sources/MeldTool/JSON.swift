@@ -56,10 +56,7 @@ public indirect enum JSON: Equatable, Sendable {
         return v
     }
 
-    public static func parse<C: ContiguousBytes>(_ data: C) throws(ParseError) -> JSON {
-        let r: Result<JSON, ParseError> = data.withUnsafeBytes { b in Result { () throws(ParseError) -> JSON in try parse(b) } }
-        return try r.get()
-    }
+    public static func parse<C: ContiguousBytes>(_ data: C) throws -> JSON { try data.withUnsafeBytes { try parse($0) } }
 
     struct Parser {
         let b: UnsafeRawBufferPointer

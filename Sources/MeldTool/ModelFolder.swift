@@ -33,7 +33,8 @@ public final class ModelFolder {
             do { obj = try JSON.parse(d) } catch { throw ToolError("\(index) is not valid JSON: \(error)") }
             guard let wm = obj["weight_map"]?.members else { throw ToolError("\(index): no weight_map object") }
             var opened: [String: SafeTensorsFile] = [:]
-            for (tensor, fileValue) in wm.lazy.map({ ($0.key, $0.value) }) {
+            for m in wm {
+                let (tensor, fileValue) = (m.key, m.value)
                 guard map[tensor] == nil else { throw ToolError("\(index): weight_map lists \(tensor) twice") }
                 guard let file = fileValue.string, !file.contains("/") else { throw ToolError("\(index): weight_map[\(tensor)] is not a file name") }
                 if opened[file] == nil { opened[file] = try SafeTensorsFile(path: path + "/" + file) }

@@ -99,7 +99,8 @@ public final class SafeTensorsFile {
         guard let members = root.members else { throw ToolError("\(path): header is not a JSON object") }
         var out: [String: TensorInfo] = [:], meta: [String: String] = [:]
         out.reserveCapacity(members.count)
-        for (name, value) in members.lazy.map({ ($0.key, $0.value) }) {
+        for m in members {
+            let (name, value) = (m.key, m.value)
             if name == "__metadata__" {
                 guard let m = value.members else { throw ToolError("\(path): __metadata__ is not an object") }
                 for e in m {
