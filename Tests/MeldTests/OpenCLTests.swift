@@ -179,8 +179,7 @@ final class OpenCLTests: XCTestCase {
         XCTAssertThrowsError(try DeviceBuffer(gpu, bytes: 1 << 60)) { XCTAssertEqual(($0 as? MeldError)?.status, MeldError.outOfMemory) }
         XCTAssertThrowsError(try DeviceBuffer(c, bytes: 16)) { XCTAssertEqual(($0 as? MeldError)?.status, MeldError.noDevice) }
         // a program that does not compile: the build log comes back in the message
-        let dir = NSTemporaryDirectory() + "meld-cl-broken-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = tempDir("cl-broken")
         try "__kernel void meld_convert(__global float *x) { this is not OpenCL C; }".write(toFile: dir + "/meld.cl", atomically: true, encoding: .utf8)
         setenv("MELD_CL_SOURCE_DIR", dir, 1)
         defer { unsetenv("MELD_CL_SOURCE_DIR") }

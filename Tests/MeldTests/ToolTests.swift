@@ -6,11 +6,16 @@ import Foundation
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 let conformanceRoot = repoRoot + "/../shared/conformance/mergekit"
 
-func tempDir(_ tag: String) -> String {
-    let d = NSTemporaryDirectory() + "meld-test-\(tag)-\(getpid())"
-    try? FileManager.default.removeItem(atPath: d)
-    try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-    return d
+extension XCTestCase {
+    /// A fresh scratch folder, removed when the test ends (merged models are hundreds of MB, and a
+    /// /tmp that fills across runs fails later tests for the wrong reason).
+    func tempDir(_ tag: String) -> String {
+        let d = NSTemporaryDirectory() + "meld-test-\(tag)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: d)
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        return d
+    }
 }
 
 /// Float values of a tensor (any float dtype).
