@@ -372,8 +372,9 @@ meld_status meld_cl_convert(meld_context *ctx, meld_view src, meld_span dst) {
 typedef struct cl_rule {
     uint32_t kind, thr, thr2, key0;
     uint64_t cut, cut2;
-    uint32_t key1, p24, mask_word, dtype;
-    float scale, w, pad0, pad1;
+    uint32_t key1, thi, mask_word, dtype; /* thi, tlo: the keep threshold p32 = thi 2^16 + tlo */
+    float scale, w;
+    uint32_t tlo, pad0;
 } cl_rule;
 
 #define CL_MAXK 8
@@ -391,7 +392,7 @@ meld_status meld_cl_tv_run(meld_context *ctx, const tv_request *r) {
     for (size_t k = 0; k < r->k; k++) {
         const tv_rule *t = &r->rule[k];
         rules[k] = (cl_rule){.kind = t->kind, .thr = t->thr, .thr2 = t->thr2, .key0 = t->key0, .cut = t->cut, .cut2 = t->cut2,
-                             .key1 = t->key1, .p24 = t->p24, .dtype = r->x[k].dtype, .scale = t->scale, .w = r->w[k]};
+                             .key1 = t->key1, .thi = (uint32_t)(t->p32 >> 16), .tlo = (uint32_t)t->p32 & 0xffffu, .dtype = r->x[k].dtype, .scale = t->scale, .w = r->w[k]};
         if (t->kind == TV_MASK) {
             if (meld_cl_is_buffer(ctx, t->mask)) { free(masks); meld_set_error(ctx, "masks must be host memory"); return MELD_ERR_UNSUPPORTED; }
             rules[k].mask_word = (uint32_t)(m * words);

@@ -14,20 +14,9 @@ static inline uint64_t splitmix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-static void philox(const uint32_t in[4], uint32_t k0, uint32_t k1, uint32_t out[4]) {
-    uint32_t c0 = in[0], c1 = in[1], c2 = in[2], c3 = in[3];
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1; c3 = (uint32_t)p0; c0 = n0; c2 = n2;
-        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
-
 meld_status meld_philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
     if (!counter || !key || !out) return MELD_ERR_NULL_POINTER;
-    philox(counter, key[0], key[1], out);
+    meld_philox_block(counter, key[0], key[1], out);
     return MELD_OK;
 }
 
@@ -50,6 +39,13 @@ static inline uint32_t p24_of(double p) {
     const double x = p * 16777216.0;
     const uint32_t t = (uint32_t)x;
     return t + ((double)t < x);
+}
+
+/* DARE's keep threshold: ceil(p 2^32) in [0, 2^32] (32-bit uniforms) */
+static uint64_t p32_of(double p) {
+    if (!(p > 0.0)) return 0;
+    if (p >= 1.0) return 1ull << 32;
+    return (uint64_t)ceil(ldexp(p, 32));
 }
 
 /* ---- validation ---------------------------------------------------------------------------- */
@@ -315,7 +311,7 @@ static meld_status build_rules(meld_context *ctx, meld_view base, size_t k, cons
         case MELD_SPARSIFY_RANDOM:
             r->kind = TV_BERNOULLI;
             rng_key(s->seed, s->stream, &r->key0, &r->key1);
-            r->p24 = p24_of(d);
+            r->p32 = p32_of(d);
             if (s->rescale == MELD_RESCALE_DENSITY) r->scale = (float)(1.0 / s->density);
             break;
         case MELD_SPARSIFY_DELLA: {
@@ -479,7 +475,7 @@ meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x, c
                 const size_t i0 = t * MELD_TILE, len = n - i0 < MELD_TILE ? n - i0 : MELD_TILE;
                 const size_t padded = (len + MELD_UK_ALIGN - 1) & ~(size_t)(MELD_UK_ALIGN - 1);
                 uint8_t bits[MELD_TILE / 8];
-                meld_uk_philox_args pa = {r->key0, r->key1, r->p24, bits};
+                meld_uk_philox_args pa = {r->key0, r->key1, r->p32, bits};
                 ctx->uk->philox_bits(padded, i0, &pa);
                 meld_bits_copy(mask + i0 / 8, bits, len);
             }

@@ -25,7 +25,7 @@ int meld_tile_rule(const meld_tile *t, const tv_rule *src, const meld_ukernels *
         return out->bits == scratch;
     }
     if (src->kind == TV_BERNOULLI) {
-        meld_uk_philox_args pa = {src->key0, src->key1, src->p24, scratch};
+        meld_uk_philox_args pa = {src->key0, src->key1, src->p32, scratch};
         uk->philox_bits(t->n, t->i0, &pa); /* padded tail entries are zero deltas either way */
         out->kind = MELD_RULE_BITS;
         out->bits = scratch;

@@ -11,7 +11,7 @@ typedef enum tv_rule_kind {
     TV_TOP = MELD_RULE_TOP,
     TV_WINDOW = MELD_RULE_WINDOW,
     TV_MASK = 10,      /* caller bitmap over the whole tensor, LSB first */
-    TV_BERNOULLI = 11, /* Philox keep bits with key (key0, key1) and p24 */
+    TV_BERNOULLI = 11, /* Philox keep bits with key (key0, key1) and p32 */
 } tv_rule_kind;
 
 typedef struct tv_rule {
@@ -19,7 +19,8 @@ typedef struct tv_rule {
     uint32_t thr, thr2;
     uint64_t cut, cut2;
     const uint8_t *mask;
-    uint32_t key0, key1, p24;
+    uint32_t key0, key1;
+    uint64_t p32;
     float scale;
 } tv_rule;
 

@@ -51,8 +51,9 @@ inline void store_dt(__global uchar *p, int dt, ulong i, float v) {
 typedef struct {
     uint kind, thr, thr2, key0;
     ulong cut, cut2;
-    uint key1, p24, mask_word, dtype; /* mask_word: offset of this expert's bitmap in the mask buffer */
-    float scale, w, pad0, pad1;
+    uint key1, thi, mask_word, dtype; /* mask_word: offset of this expert's bitmap in the mask buffer */
+    float scale, w;
+    uint tlo, pad0;                   /* thi, tlo: the keep threshold p32 = thi 2^16 + tlo */
 } cl_rule;
 
 #define TV_PARAMS ulong n, __global const uchar *base, int bdt, int has_base, \
@@ -118,37 +119,59 @@ INL void store_v(__global uchar *p, int dt, ulong i0, ulong n, vf v) {
     for (int j = 0; j < VW; j++)
         if (i0 + j < n) store_dt(p, dt, i0 + j, t[j]);
 }
-/* Philox4x32-10 (CPU: ukernels/philox.tpl.h). Element i takes word i % 4 of block i / 4, and keeps
- * iff (word >> 8) < p24. This returns the keep bits of elements i00 .. i00+63 (i00 a multiple of
- * 64: sixteen blocks, counters i00/4 + 0..15 with no carry into the high word). The even and
- * odd blocks run as two halves of eight 64-bit lanes, each holding its 32-bit word in the low
- * half: one widening multiply gives both product halves (as the CPU's AVX-512 rounds), and the
- * junk left in the high halves never reaches a low half. */
-#define M32 0xffffffffUL
+/* Philox4x32-10 (CPU: ukernels/philox.tpl.h, layout: include/meld/meld_sparse.h). Element i
+ * has u = the 16-bit half i % 2 (0 = low) of word (i / 2) % 4 of block i / 8, and v the same of
+ * the block with counter word 2 = 1; it is kept iff u < thi, or u == thi and v < tlo. This
+ * returns the keep bits of elements i00 .. i00+63 (i00 a multiple of 64: eight blocks, counters
+ * i00/8 + 0..7 with no carry into the high word), one block in each of eight 64-bit lanes holding
+ * its 32-bit words in the low halves: one widening multiply gives both product halves (as the
+ * CPU's AVX-512 rounds), and the junk left in the high halves never reaches a low half. */
 #define PHILOX_HALF(x0, x1, x2, x3) { \
-        ulong8 p0 = (x0 & M32) * 0xD2511F53UL, p1 = (x2 & M32) * 0xCD9E8D57UL; \
+        ulong8 p0 = (x0 & 0xffffffffUL) * 0xD2511F53UL, p1 = (x2 & 0xffffffffUL) * 0xCD9E8D57UL; \
         ulong8 n0 = (p1 >> 32) ^ x1 ^ (ulong)k0, n2 = (p0 >> 32) ^ x3 ^ (ulong)k1; \
         x0 = n0; x1 = p1; x2 = n2; x3 = p0; }
-#define KEEP_WORD(x, at) select((ulong8)0, (ulong8)1 << (at), ((x & M32) >> 8) < (ulong8)p24)
-INL ulong philox_keep64(uint k0, uint k1, ulong i00, uint p24) {
-    const ulong8 j = (ulong8)(0, 1, 2, 3, 4, 5, 6, 7);
-    ulong8 e0 = (ulong8)((uint)(i00 >> 2)) + 2 * j, e1 = (ulong8)((uint)(i00 >> 34)), e2 = 0, e3 = 0;
-    ulong8 o0 = e0 + 1, o1 = e1, o2 = 0, o3 = 0;
-    for (int r = 0; r < 10; r++) {
-        PHILOX_HALF(e0, e1, e2, e3)
-        PHILOX_HALF(o0, o1, o2, o3)
-        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
-    }
-    /* block 2j's word w is element 8j + w, block 2j+1's is element 8j + 4 + w */
-    ulong8 at = 8 * j;
-    ulong8 m = KEEP_WORD(e0, at) | KEEP_WORD(e1, at + 1) | KEEP_WORD(e2, at + 2) | KEEP_WORD(e3, at + 3) |
-               KEEP_WORD(o0, at + 4) | KEEP_WORD(o1, at + 5) | KEEP_WORD(o2, at + 6) | KEEP_WORD(o3, at + 7);
+#define HALF_IF(cmp, u, at) select((ulong8)0, (ulong8)1 << (at), ((u) & 0xffffUL) cmp (ulong8)thi)
+#define HALVES_IF(cmp, x, at) (HALF_IF(cmp, x, at) | HALF_IF(cmp, (x) >> 16, (at) + 1))
+INL ulong or8(ulong8 m) {
     ulong4 m4 = m.lo | m.hi;
     ulong2 m2 = m4.lo | m4.hi;
     return m2.x | m2.y;
 }
+/* v of the tied elements (bits of tie): scalar, as ties are 2^-16 of elements */
+INL ulong philox_ties(uint k0, uint k1, ulong blk0, ulong tie, uint tlo) {
+    ulong keep = 0;
+    for (; tie; tie &= tie - 1) {
+        const uint b = 63 - clz(tie & (~tie + 1));
+        const ulong blk = blk0 + b / 8;
+        uint c0 = (uint)blk, c1 = (uint)(blk >> 32), c2 = 1, c3 = 0, r0 = k0, r1 = k1;
+        for (int r = 0; r < 10; r++) {
+            ulong p0 = (ulong)c0 * 0xD2511F53UL, p1 = (ulong)c2 * 0xCD9E8D57UL;
+            uint n0 = (uint)(p1 >> 32) ^ c1 ^ r0, n2 = (uint)(p0 >> 32) ^ c3 ^ r1;
+            c1 = (uint)p1; c3 = (uint)p0; c0 = n0; c2 = n2;
+            r0 += 0x9E3779B9u; r1 += 0xBB67AE85u;
+        }
+        const uint w = (b % 8) / 2, word = w == 0 ? c0 : w == 1 ? c1 : w == 2 ? c2 : c3;
+        keep |= (ulong)(((word >> (16 * (b & 1))) & 0xffffu) < tlo) << b;
+    }
+    return keep;
+}
+INL ulong philox_keep64(uint k0, uint k1, ulong i00, uint thi, uint tlo) {
+    const uint key0 = k0, key1 = k1;
+    const ulong8 j = (ulong8)(0, 1, 2, 3, 4, 5, 6, 7);
+    ulong8 x0 = (ulong8)((uint)(i00 >> 3)) + j, x1 = (ulong8)((uint)(i00 >> 35)), x2 = 0, x3 = 0;
+    for (int r = 0; r < 10; r++) {
+        PHILOX_HALF(x0, x1, x2, x3)
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    /* block j's word w holds elements 8j + 2w (low half) and 8j + 2w + 1 */
+    const ulong8 at = 8 * j;
+    const ulong keep = or8(HALVES_IF(<, x0, at) | HALVES_IF(<, x1, at + 2) | HALVES_IF(<, x2, at + 4) | HALVES_IF(<, x3, at + 6));
+    const ulong tie = or8(HALVES_IF(==, x0, at) | HALVES_IF(==, x1, at + 2) | HALVES_IF(==, x2, at + 4) | HALVES_IF(==, x3, at + 6));
+    return tie ? keep | philox_ties(key0, key1, i00 >> 3, tie, tlo) : keep;
+}
 #undef PHILOX_HALF
-#undef KEEP_WORD
+#undef HALF_IF
+#undef HALVES_IF
 INL vi lane_bits(uint bits) { return as_int16(((vu)bits >> as_uint16(LANES)) & 1u) != 0; }
 /* lanes whose element index is below cut */
 INL vi below(ulong cut, ulong i0) {
@@ -233,13 +256,13 @@ INL void tv_chunk(TV_PARAMS, const uint K, ulong i0, const uint *rnd) {
     store_v(out, odt, i0, n, mixed);
 }
 
-/* TV_SPAN = 4 VW elements per work-item, so that Philox fills all sixteen lanes (one block each).
+/* TV_SPAN = 4 VW elements per work-item: the 64 keep bits of one Philox call (eight blocks).
  * The four chunks are spelled out too: a loop here also sends kb to per-work-item memory. */
 #define TV_SPAN (4 * VW)
 INL void tv_body(TV_PARAMS, const uint K) {
     ulong i00 = get_global_id(0) * TV_SPAN;
     if (i00 >= n) return;
-#define KEEPBITS(k) ulong kb##k = k < K && rule[k].kind == R_BERNOULLI ? philox_keep64(rule[k].key0, rule[k].key1, i00, rule[k].p24) : 0;
+#define KEEPBITS(k) ulong kb##k = k < K && rule[k].kind == R_BERNOULLI ? philox_keep64(rule[k].key0, rule[k].key1, i00, rule[k].thi, rule[k].tlo) : 0;
     EACH(KEEPBITS)
 #define CHUNK(q) if (i00 + q * VW < n) { \
         uint rnd[MAXK] = {kb0 >> q * VW, kb1 >> q * VW, kb2 >> q * VW, kb3 >> q * VW, kb4 >> q * VW, kb5 >> q * VW, kb6 >> q * VW, kb7 >> q * VW}; \

@@ -157,6 +157,20 @@ static inline vi vi_hi32_down(vi a) { return _mm256_srli_epi64(a, 32); }
 static inline vi vi_lo32_up(vi a) { return _mm256_slli_epi64(a, 32); }
 static inline vi vi_xor3(vi a, vi b, vi c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
 static inline vi vi_blend_odd(vi even, vi odd) { return _mm256_blend_epi32(even, odd, 0xAA); }
+/* movemask of 16-bit results has each one twice: keep the even bits, packed */
+static inline uint32_t meld_avx2_pack_pairs(uint32_t m) {
+    m &= 0x55555555u;
+    m = (m | m >> 1) & 0x33333333u;
+    m = (m | m >> 2) & 0x0f0f0f0fu;
+    m = (m | m >> 4) & 0x00ff00ffu;
+    return (m | m >> 8) & 0xffffu;
+}
+/* bit 2l + h: 16-bit half h of lane l of a < that of t, unsigned (not max(a, t) == a); *eq the
+ * same for == */
+static inline uint32_t vi_ltu16_bits(vi a, vi t, uint32_t *eq) {
+    *eq = meld_avx2_pack_pairs((uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(a, t)));
+    return meld_avx2_pack_pairs(~(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(a, t), a)));
+}
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 6
 static inline void vf_stream(float *p, vf v) {

@@ -107,9 +107,14 @@ static inline vi vi_hi32_down(vi a) { return _mm512_srli_epi64(a, 32); }
 static inline vi vi_lo32_up(vi a) { return _mm512_slli_epi64(a, 32); }
 static inline vi vi_xor3(vi a, vi b, vi c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
 static inline vi vi_blend_odd(vi even, vi odd) { return _mm512_mask_blend_epi32(0xAAAA, even, odd); }
-/* bit l of m moved to bit 4l (BMI2 PDEP: fast here, microcoded on Zen 2, so AVX2 shifts instead) */
+/* BMI2 PDEP: fast here, microcoded on Zen 2, so AVX2 spreads bits with shifts instead */
 #define MELD_FAST_PDEP 1
-static inline uint64_t meld_spread4(uint32_t m) { return _pdep_u64(m, 0x1111111111111111ull); }
+static inline uint64_t meld_pdep64(uint64_t m, uint64_t mask) { return _pdep_u64(m, mask); }
+/* bit 2l + h: 16-bit half h of lane l of a < that of t, unsigned; *eq the same for == */
+static inline uint32_t vi_ltu16_bits(vi a, vi t, uint32_t *eq) {
+    *eq = (uint32_t)_mm512_cmpeq_epu16_mask(a, t);
+    return (uint32_t)_mm512_cmplt_epu16_mask(a, t);
+}
 /* The TIES vote with fewer float adds and compares (merge.tpl.h, tv_vec): a 16-entry table of
  * divisors and integer logic in their place. */
 #define MELD_SIMD_TABLE16 1

@@ -46,6 +46,11 @@ static inline vm vi_gt(vi a, vi b) { return (int32_t)a > (int32_t)b; }
 static inline vm vi_eq(vi a, vi b) { return a == b; }
 static inline vm vi_lt(vi a, vi b) { return (int32_t)a < (int32_t)b; }
 static inline vm vi_ltu(vi a, vi b) { return a < b; }
+/* bit h: 16-bit half h of a < that of t, unsigned; *eq the same for == */
+static inline uint32_t vi_ltu16_bits(vi a, vi t, uint32_t *eq) {
+    *eq = ((a & 0xffffu) == (t & 0xffffu)) | (uint32_t)((a >> 16) == (t >> 16)) << 1;
+    return ((a & 0xffffu) < (t & 0xffffu)) | (uint32_t)((a >> 16) < (t >> 16)) << 1;
+}
 static inline vi vi_add(vi a, vi b) { return a + b; }
 static inline vi vi_xor(vi a, vi b) { return a ^ b; }
 static inline vi vi_srl(vi a, int s) { return a >> s; }

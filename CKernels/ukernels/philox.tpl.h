@@ -91,16 +91,16 @@ static inline void philox_rounds_x(vi c[][4], const int U, const philox_keys *ks
 #define PHILOX_GROUPS 1
 #endif
 
-/* Spread the low 16 bits of m so that bit l lands at bit 4l (BMI2 PDEP where the ISA has it fast). */
-static inline uint64_t spread4(uint32_t m) {
+/* Spread 2-bit groups of the low 16 bits of m to bytes: group g (bits 2g, 2g + 1) lands at bits
+ * 8g, 8g + 1 (BMI2 PDEP where the ISA has it fast). */
+static inline uint64_t spread2x8(uint32_t m) {
 #ifdef MELD_FAST_PDEP
-    return meld_spread4(m);
+    return meld_pdep64(m, 0x0303030303030303ull);
 #else
     uint64_t x = m & 0xffffu;
     x = (x | (x << 24)) & 0x000000FF000000FFull;
     x = (x | (x << 12)) & 0x000F000F000F000Full;
     x = (x | (x << 6)) & 0x0303030303030303ull;
-    x = (x | (x << 3)) & 0x1111111111111111ull;
     return x;
 #endif
 }
@@ -124,52 +124,73 @@ static inline int philox_counters(uint64_t c0, vi c[4]) {
     }
 }
 
-/* the 4W keep bits of one group: bit 4l + w from word w of lane l */
-static inline uint64_t philox_keep(const vi c[4], vi p) {
-    uint64_t bits = 0;
-    for (int w = 0; w < 4; w++) bits |= spread4(vm_to_bits(vi_lt(vi_srl(c[w], 8), p))) << w;
-    return bits;
+/* Ties u == p32's high half: draw v from the block with counter word 2 = 1 for each tied
+ * element (bit 2l + h of eq: lane l, half h) of word w; returns the keep bits of those. Rare
+ * (2^-16 of elements), so scalar and out of line. */
+static __attribute__((noinline, cold)) uint32_t philox_ties(uint32_t eq, int w, uint64_t blk0, const philox_keys *ks,
+                                                            uint32_t tlo) {
+    uint32_t keep = 0;
+    for (; eq; eq &= eq - 1) {
+        const int b = __builtin_ctz(eq);
+        const uint64_t blk = blk0 + (uint64_t)(b / 2);
+        const uint32_t ctr[4] = {(uint32_t)blk, (uint32_t)(blk >> 32), 1, 0};
+        uint32_t o[4];
+        meld_philox_block(ctr, ks->key[0], ks->key[1], o);
+        keep |= (uint32_t)(((o[w] >> (16 * (b & 1))) & 0xffffu) < tlo) << b;
+    }
+    return keep;
+}
+
+/* The 8W keep bits of one group (blocks blk0 .. blk0 + W - 1), as W bytes at out: element
+ * 8l + 2w + h (lane l, word w, half h) has u = that 16-bit half; kept iff u < thi, or u == thi
+ * and v < tlo (ukernel.h). Byte l of out is lane l's block; 8 lanes fill a 64-bit word. */
+static inline void philox_keep(const vi c[4], vi thi, uint32_t tlo, uint64_t blk0, const philox_keys *ks, uint8_t *out) {
+    enum { WORDS = (MELD_W + 7) / 8 };
+    uint64_t bits[WORDS] = {0};
+    for (int w = 0; w < 4; w++) {
+        uint32_t eq;
+        uint32_t m = vi_ltu16_bits(c[w], thi, &eq); /* bit 2l + h */
+        if (__builtin_expect(eq != 0, 0)) m |= philox_ties(eq, w, blk0, ks, tlo);
+        for (int b = 0; b < WORDS; b++) bits[b] |= spread2x8(m >> (16 * b)) << (2 * w);
+    }
+    memcpy(out, bits, MELD_W);
 }
 
 void UK(meld_philox_bits)(size_t n, size_t i0, const meld_uk_philox_args *a) {
-    enum { G = 4 * MELD_W, U = PHILOX_GROUPS }; /* elements per group, groups per step */
-    uint64_t acc = 0;
-    unsigned nbits = 0;
+    enum { G = 8 * MELD_W, U = PHILOX_GROUPS }; /* elements per group, groups per step */
     uint8_t *out = a->out;
-    const vi p = vi_set1(a->p24);
+    if (a->p32 == 0 || a->p32 >= 1ull << 32) { /* nothing or everything: no draw decides */
+        memset(out, a->p32 ? 0xff : 0, n / 8);
+        return;
+    }
+    const uint32_t thi = (uint32_t)(a->p32 >> 16), tlo = (uint32_t)a->p32 & 0xffffu;
+    const vi vthi = vi_set1(thi * 0x10001u); /* in both halves of every lane */
     const philox_keys ks = philox_keys_of(a->key0, a->key1);
     size_t j = 0;
-    if (G % 8 == 0) /* whole bytes per group */
-        for (; j + U * G <= n; j += U * G) {
-            vi c[U][4];
-            uint32_t hi[U];
-            int fresh = 1;
-            for (int u = 0; u < U; u++) {
-                const uint64_t c0 = (i0 + j + (size_t)u * G) >> 2;
-                fresh &= philox_counters(c0, c[u]);
-                hi[u] = (uint32_t)(c0 >> 32);
-            }
-            if (fresh) philox_rounds_x(c, U, &ks, hi);
-            else philox_rounds_x(c, U, &ks, NULL);
-            for (int u = 0; u < U; u++) {
-                uint64_t bits = philox_keep(c[u], p);
-                memcpy(out, &bits, G / 8);
-                out += G / 8;
-            }
+    for (; j + U * G <= n; j += U * G) {
+        vi c[U][4];
+        uint32_t hi[U];
+        uint64_t blk[U];
+        int fresh = 1;
+        for (int u = 0; u < U; u++) {
+            blk[u] = (i0 + j + (size_t)u * G) >> 3;
+            fresh &= philox_counters(blk[u], c[u]);
+            hi[u] = (uint32_t)(blk[u] >> 32);
         }
-    for (; j < n; j += G) {
+        if (fresh) philox_rounds_x(c, U, &ks, hi);
+        else philox_rounds_x(c, U, &ks, NULL);
+        for (int u = 0; u < U; u++, out += G / 8) philox_keep(c[u], vthi, tlo, blk[u], &ks, out);
+    }
+    for (; j < n; j += G) { /* single groups; the last may be cut short (n is a multiple of 8) */
         vi c[1][4];
-        philox_counters((i0 + j) >> 2, c[0]);
+        const uint64_t blk = (i0 + j) >> 3;
+        philox_counters(blk, c[0]);
         philox_rounds_x(c, 1, &ks, NULL);
-        uint64_t bits = philox_keep(c[0], p);
-        /* G bits produced; fewer are needed when n is not a multiple of G */
-        unsigned produced = (unsigned)(n - j < G ? n - j : G);
-        if (produced < 64) bits &= (1ull << produced) - 1;
-        /* produced is a multiple of 16 when MELD_W > 1 and 4 when MELD_W == 1, so after each
-         * flush at most 4 bits wait and the next add fits in 64 bits */
-        acc |= bits << nbits;
-        nbits += produced;
-        while (nbits >= 8) { *out++ = (uint8_t)acc; acc >>= 8; nbits -= 8; }
+        uint8_t bytes[G / 8];
+        philox_keep(c[0], vthi, tlo, blk, &ks, bytes);
+        const size_t produced = n - j < G ? n - j : G;
+        memcpy(out, bytes, produced / 8);
+        out += produced / 8;
     }
 }
 

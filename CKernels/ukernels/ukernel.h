@@ -96,18 +96,32 @@ typedef struct meld_uk_hist_args {
     uint32_t *hist;
 } meld_uk_hist_args;
 
-/* Philox4x32-10 keep bits: for j in [0, n): element e = i0 + j, block c = e / 4, word e % 4 of
- * Philox(key, counter = (lo32(c), hi32(c), 0, 0)); u = word >> 8 (24 bits); bit j of out
- * (LSB first) = u < p24. out holds n/8 bytes. */
+/* Philox4x32-10 keep bits (DARE), layout of include/meld/meld_sparse.h: for j in [0, n),
+ * element e = i0 + j, block c = e / 8; u = the 16-bit half e % 2 (0 = low) of word (e / 2) % 4
+ * of Philox(key, (lo32(c), hi32(c), 0, 0)), v the same of Philox(key, (lo32(c), hi32(c), 1, 0));
+ * bit j of out (LSB first) = u 2^16 + v < p32, p32 in [0, 2^32]. v is only needed when u is
+ * p32's high half (2^-16 of elements), so a keep bit costs half a Philox word. n and i0 are
+ * multiples of 8; out holds n/8 bytes. */
 typedef struct meld_uk_philox_args {
     uint32_t key0, key1;
-    uint32_t p24;
+    uint64_t p32;
     uint8_t *out;
 } meld_uk_philox_args;
 
-/* Philox4x32-10 uniforms: out[j] = u of element i0 + j as for philox_bits (word e % 4 of block
- * e / 4, shifted right by 8), for j in [0, n). Any n and i0 (DELLA's rows start anywhere): the
- * alignment rule above does not apply. */
+/* One Philox4x32-10 block (Random123): the reference every vector path matches. */
+static inline void meld_philox_block(const uint32_t in[4], uint32_t k0, uint32_t k1, uint32_t out[4]) {
+    uint32_t c0 = in[0], c1 = in[1], c2 = in[2], c3 = in[3];
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (uint32_t)p1; c3 = (uint32_t)p0; c0 = n0; c2 = n2;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+/* Philox4x32-10 24-bit uniforms (DELLA): out[j] = word e % 4 of Philox(key, counter = e / 4)
+ * shifted right by 8, e = i0 + j, for j in [0, n). Any n and i0 (DELLA's rows start anywhere). */
 typedef void (*meld_philox_u24_ukernel)(size_t n, size_t i0, uint32_t key0, uint32_t key1, uint32_t *out);
 
 /* Reductions: 16 logical lanes (element i of the call goes to lane i % 16), f64 products of the

@@ -58,8 +58,13 @@ final class OpenCLTests: XCTestCase {
             XCTAssertEqual(bits(try cpu.disjointMerge(base: base, deltas, weights: w, sign: sc) as [Float]),
                            bits(try gpu.disjointMerge(base: base, deltas, weights: w, sign: sg) as [Float]))
             // DARE (same Philox streams), breadcrumbs, masks and DELLA through the generalized merge
+            // densities whose threshold's high half is element 5's first draw in stream 0, just
+            // above and at its uniform: its second draw decides (the rare tie path)
+            let u5 = Double(uniform32(5, key: philoxKey(seed: 9, stream: 0)))
             let sps: [[Sparsifier]] = [
                 (0..<3).map { .dare(0.3, seed: 9, stream: UInt64($0), rescale: .density) },
+                (0..<3).map { .dare((u5 + 0.5) / 4_294_967_296, seed: 9, stream: UInt64($0), rescale: .density) },
+                (0..<3).map { .dare((u5 - 0.5) / 4_294_967_296, seed: 9, stream: UInt64($0), rescale: .density) },
                 (0..<3).map { _ in .breadcrumbs(0.6, gamma: 0.05) },
                 (0..<3).map { .della(0.5, epsilon: 0.2, seed: 3, stream: UInt64($0), rowLength: 0, rescale: .l1) },
             ]
@@ -181,8 +186,9 @@ final class OpenCLTests: XCTestCase {
         // a program that does not compile: the build log comes back in the message
         let dir = tempDir("cl-broken")
         try "__kernel void meld_convert(__global float *x) { this is not OpenCL C; }".write(toFile: dir + "/meld.cl", atomically: true, encoding: .utf8)
+        let previous = getenv("MELD_CL_SOURCE_DIR").map { String(cString: $0) }
         setenv("MELD_CL_SOURCE_DIR", dir, 1)
-        defer { unsetenv("MELD_CL_SOURCE_DIR") }
+        defer { if let previous { setenv("MELD_CL_SOURCE_DIR", previous, 1) } else { unsetenv("MELD_CL_SOURCE_DIR") } }
         XCTAssertThrowsError(try c.useOpenCL()) {
             XCTAssertEqual(($0 as? MeldError)?.status, MeldError.buildFailed)
             XCTAssertTrue("\($0)".contains("build failed"), "\($0)")

@@ -41,11 +41,11 @@ final class SparseTests: XCTestCase {
                 let kept = (0..<n).filter { maskBit(m, $0) }.count
                 let sigma = (Double(n) * Double(d) * Double(1 - d)).squareRoot()
                 XCTAssertLessThanOrEqual(abs(Double(kept) - Double(n) * Double(d)), 4 * sigma + 1, "n=\(n) d=\(d)")
-                // the documented layout: word i % 4 of Philox(key, (i / 4, 0, 0, 0)), u = word >> 8
+                // the documented layout (uniform32 below)
                 if n == 4101 {
                     let key = philoxKey(seed: 42, stream: 7)
-                    let p24 = UInt32((d * 16_777_216).rounded(.up))
-                    for i in 0..<n { XCTAssertEqual(maskBit(m, i), uniform24(i, key: key) < p24, "element \(i), d=\(d)") }
+                    let p32 = UInt64((d * 4_294_967_296).rounded(.up))
+                    for i in 0..<n { XCTAssertEqual(maskBit(m, i), UInt64(uniform32(i, key: key)) < p32, "element \(i), d=\(d)") }
                     let other = try Context(threads: 1).sparsifyMask(base: nil, x, Sparsifier.dare(d, seed: 42, stream: 8)).mask
                     XCTAssertNotEqual(m, other, "different streams give different masks")
                 }
@@ -61,6 +61,26 @@ final class SparseTests: XCTestCase {
 
     /// dare_ties / dare_linear: the merged tensor equals an f64 reference built from the mask
     /// the library reports, with the L1 rescale recomputed in f64.
+    /// Keep bits that the second draw v decides: densities whose threshold's high half equals
+    /// element i's first draw u (2^-16 of elements meet one by chance), just above and just below
+    /// i's uniform u 2^16 + v. Every element still follows the documented layout, on every path.
+    func testDareTieBreaks() throws {
+        var rng = Rng(5)
+        let n = 4101, x = rng.floats(n), key = philoxKey(seed: 11, stream: 4)
+        let uniforms = (0..<n).map { uniform32($0, key: key) }
+        for i in [0, 1, 6, 9, 4100] {
+            for (d, kept) in [((Double(uniforms[i]) + 0.5) / 4_294_967_296, true), ((Double(uniforms[i]) - 0.5) / 4_294_967_296, false)] where d > 0 {
+                let p32 = UInt64((d * 4_294_967_296).rounded(.up))
+                let expected = uniforms.map { UInt64($0) < p32 }
+                for ctx in try allContexts() {
+                    let m = try ctx.sparsifyMask(base: nil, x, .dare(d, seed: 11, stream: 4)).mask
+                    XCTAssertEqual(maskBit(m, i), kept, "element \(i) \(ctx.isa.name)")
+                    XCTAssertEqual((0..<n).filter { maskBit(m, $0) != expected[$0] }, [], "wrong bits, element \(i) \(ctx.isa.name)/\(ctx.threads)")
+                }
+            }
+        }
+    }
+
     func testDareMergeMatchesReference() throws {
         var rng = Rng(32)
         let n = 20_011
@@ -382,7 +402,16 @@ func philoxKey(seed: UInt64, stream: UInt64) -> (UInt32, UInt32) {
     return (UInt32(truncatingIfNeeded: k), UInt32(k >> 32))
 }
 
-/// The documented 24-bit uniform of element i: word i % 4 of Philox(key, (i / 4, 0, 0, 0)), >> 8.
+/// DARE's documented 32-bit uniform of element i: u 2^16 + v, u the 16-bit half i % 2 (0 = low)
+/// of word (i / 2) % 4 of Philox(key, (i / 8, 0, 0, 0)), v the same of Philox(key, (i / 8, 0, 1, 0)).
+func uniform32(_ i: Int, key: (UInt32, UInt32)) -> UInt32 {
+    func half(_ c2: UInt32) -> UInt32 {
+        Context.philox(counter: (UInt32(i / 8), 0, c2, 0), key: key)[(i / 2) % 4] >> (16 * UInt32(i % 2)) & 0xffff
+    }
+    return half(0) << 16 | half(1)
+}
+
+/// DELLA's documented 24-bit uniform of element i: word i % 4 of Philox(key, (i / 4, 0, 0, 0)), >> 8.
 func uniform24(_ i: Int, key: (UInt32, UInt32)) -> UInt32 {
     Context.philox(counter: (UInt32(i / 4), 0, 0, 0), key: key)[i % 4] >> 8
 }

@@ -6,8 +6,13 @@
  *   - stream = meld_rng_stream(tensor name, expert index): FNV-1a-64 of the name's bytes, then
  *     splitmix64(h ^ (expert + 1) * 0x9E3779B97F4A7C15).
  *   - key (k0, k1) = low and high 32 bits of splitmix64(seed ^ splitmix64(stream)).
- *   - element i uses word (i mod 4) of Philox4x32-10(key, counter = (lo32(i/4), hi32(i/4), 0, 0));
- *     u = word >> 8 is a 24-bit uniform, and i is kept iff u < ceil(p * 2^24).
+ *   - DARE (RANDOM): with c = i/8, u = the 16-bit half (i mod 2) (0 = low) of word ((i/2) mod 4)
+ *     of Philox4x32-10(key, counter = (lo32(c), hi32(c), 0, 0)), v the same of counter
+ *     (lo32(c), hi32(c), 1, 0); element i is kept iff u * 2^16 + v < ceil(p * 2^32). v is only
+ *     drawn when u is the threshold's high half, so a keep bit costs half a Philox word, at a
+ *     resolution of 2^-32. (Before 0.9.0: one 24-bit uniform per word.)
+ *   - DELLA: element i uses word (i mod 4) of Philox4x32-10(key, (lo32(i/4), hi32(i/4),
+ *     0, 0)); u = word >> 8 is a 24-bit uniform, kept iff u < ceil(p(rank) * 2^24).
  * Reductions (L1 norms, dot products, Gram matrices) accumulate in f64 over 16 fixed lanes per
  * 4096-element tile, and tiles in index order: results do not depend on the thread count. */
 #ifndef MELD_SPARSE_H
