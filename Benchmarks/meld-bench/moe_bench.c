@@ -39,8 +39,9 @@ static void wake_openblas(float *scratch) {
                 scratch + 128 * 128, 128);
 }
 
-/* 16 independent FMA chains: the machine's fp32 FMA peak as compiled code can reach it */
-__attribute__((target("avx512f"))) static double fma_loop(long iters) {
+/* Independent FMA chains: the machine's fp32 FMA peak as compiled code can reach it, in the
+ * widest vectors the CPU has (an AVX-512 loop on an AVX2-only CPU is an illegal instruction). */
+__attribute__((target("avx512f"))) static double fma_loop_avx512(long iters) {
     __m512 a[16], b = _mm512_set1_ps(1.0000001f), c = _mm512_set1_ps(1e-7f);
     for (int i = 0; i < 16; i++) a[i] = _mm512_set1_ps((float)i);
     for (long it = 0; it < iters; it++)
@@ -50,10 +51,42 @@ __attribute__((target("avx512f"))) static double fma_loop(long iters) {
     return 2.0 * 16 * 16 * (double)iters + (s == 12345.f);
 }
 
-static double peak_avx512(long iters) {
+/* 12 chains: two FMA pipes of 4-5 cycles latency each need 8-10 in flight */
+__attribute__((target("avx2,fma"))) static double fma_loop_avx2(long iters) {
+    __m256 a[12], b = _mm256_set1_ps(1.0000001f), c = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], b, c);
+    float s = 0, l[8];
+    for (int i = 0; i < 12; i++) {
+        _mm256_storeu_ps(l, a[i]);
+        for (int j = 0; j < 8; j++) s += l[j];
+    }
+    return 2.0 * 12 * 8 * (double)iters + (s == 12345.f);
+}
+
+/* which loop: 2 AVX-512, 1 AVX2+FMA, 0 scalar fmaf */
+static int fma_width(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+}
+
+static double fma_loop_scalar(long iters) {
+    float a[8], s = 0;
+    for (int i = 0; i < 8; i++) a[i] = (float)i;
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 8; i++) a[i] = fmaf(a[i], 1.0000001f, 1e-7f);
+    for (int i = 0; i < 8; i++) s += a[i];
+    return 2.0 * 8 * (double)iters + (s == 12345.f);
+}
+
+static double peak_fma(long iters) {
+    const int wd = fma_width();
     double flops = 0;
 #pragma omp parallel reduction(+ : flops)
-    flops += fma_loop(iters);
+    flops += wd == 2 ? fma_loop_avx512(iters) : wd == 1 ? fma_loop_avx2(iters) : fma_loop_scalar(iters);
     return flops;
 }
 
@@ -61,7 +94,7 @@ static double peak_gflops(int threads) {
     omp_set_num_threads(threads);
     double best = 0;
     for (int r = 0; r < 3; r++) {
-        double t0 = now_s(), f = peak_avx512(20000000);
+        double t0 = now_s(), f = peak_fma(20000000);
         double g = f / (now_s() - t0) / 1e9;
         if (g > best) best = g;
     }
