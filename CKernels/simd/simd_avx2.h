@@ -1,5 +1,8 @@
-/* AVX2 + FMA + F16C, 8 lanes. Masks are kept as bitmasks (uint32, bit j = lane j) so the
- * templates see the same mask type on every ISA; compares go through movemask. */
+/* AVX2 + FMA + F16C, 8 lanes. Masks are vectors (a lane all ones or all zeros), as compares
+ * make them: a compare feeds a blend, an and or another compare directly. (They were bitmasks,
+ * like AVX-512's: every compare paid a movemask and every masked operation a table load, and
+ * the bf16 TIES pass ran at ~6 cycles an element on Zen 3.) Bits are made only where a
+ * template asks for them (vm_to_bits: compress, counts), and read back through a table. */
 #ifndef MELD_SIMD_AVX2_H
 #define MELD_SIMD_AVX2_H
 #include <immintrin.h>
@@ -8,7 +11,7 @@
 #define MELD_W 8
 typedef __m256 vf;
 typedef __m256i vi;
-typedef uint32_t vm;
+typedef __m256 vm;
 
 static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
 static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
@@ -49,14 +52,13 @@ static inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 #define MELD_BIT(m, l) (((m) >> (l)) & 1u)
 #define MELD_BELOW(m, l) ((uint32_t)__builtin_popcount((m) & ((1u << (l)) - 1u))) /* set bits below bit l */
 
-/* Lane masks (8 KB): one load where broadcast, and and compare took four instructions for every
- * masked operation; the AVX2 TIES fused pass ran 14-24% faster with it (merge bench with
- * MELD_ISA=avx2, f32 14.0 -> 10.7-11.2 ms). Row m, lane l: -(bit l of m). */
+/* Lane masks (8 KB), row m lane l: -(bit l of m); one load turns 8 bits into a vector mask
+ * (bitmaps of kept entries, the keep bits of DARE). */
 #define MELD_LANES_ROW(m) {-(int32_t)MELD_BIT(m, 0), -(int32_t)MELD_BIT(m, 1), -(int32_t)MELD_BIT(m, 2), -(int32_t)MELD_BIT(m, 3), \
     -(int32_t)MELD_BIT(m, 4), -(int32_t)MELD_BIT(m, 5), -(int32_t)MELD_BIT(m, 6), -(int32_t)MELD_BIT(m, 7)}
 static const int32_t meld_avx2_lane_masks[256][8] __attribute__((aligned(32))) = {MELD_T256(MELD_LANES_ROW)};
-static inline __m256 meld_avx2_lanes(vm m) { return _mm256_load_ps((const float *)meld_avx2_lane_masks[m & 0xffu]); }
-static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, meld_avx2_lanes(m)); }
+static inline __m256 meld_avx2_lanes(uint32_t bits) { return _mm256_load_ps((const float *)meld_avx2_lane_masks[bits & 0xffu]); }
+static inline vf vf_select(vm m, vf t, vf f) { return _mm256_blendv_ps(f, t, m); }
 /* masked arithmetic: lanes in m get the result, the others src */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_mul_ps(a, b), src); }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_add_ps(a, b), src); }
@@ -64,15 +66,15 @@ static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return vf_select(m, _mm
 static inline vf vf_mask_fma(vm m, vf a, vf b, vf c) { return vf_select(m, _mm256_fmadd_ps(a, b, c), c); }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return vf_select(m, _mm256_div_ps(a, b), src); }
 static inline vf vf_xor(vf a, vf b) { return _mm256_xor_ps(a, b); }
-static inline vm vf_gt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
-static inline vm vf_lt(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
-static inline vm vf_ge(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)); }
-static inline vm vf_neq(vf a, vf b) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_NEQ_UQ)); }
-static inline vm vf_isnan(vf a) { return (vm)_mm256_movemask_ps(_mm256_cmp_ps(a, a, _CMP_UNORD_Q)); }
+static inline vm vf_gt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+static inline vm vf_lt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+static inline vm vf_ge(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+static inline vm vf_neq(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_NEQ_UQ); }
+static inline vm vf_isnan(vf a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
 static inline vi vf_absbits(vf a) { return _mm256_and_si256(_mm256_castps_si256(a), _mm256_set1_epi32(0x7fffffff)); }
 static inline vi vi_set1(uint32_t x) { return _mm256_set1_epi32((int)x); }
 static inline vi vi_iota(void) { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
-static inline vm meld_avx2_imask(__m256i x) { return (vm)_mm256_movemask_ps(_mm256_castsi256_ps(x)); }
+static inline vm meld_avx2_imask(__m256i x) { return _mm256_castsi256_ps(x); }
 static inline vm vi_gt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(a, b)); }
 static inline vm vi_eq(vi a, vi b) { return meld_avx2_imask(_mm256_cmpeq_epi32(a, b)); }
 static inline vm vi_lt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(b, a)); }
@@ -84,15 +86,15 @@ static inline vm vi_ltu(vi a, vi b) {
 static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
 static inline vi vi_xor(vi a, vi b) { return _mm256_xor_si256(a, b); }
 static inline vi vi_srl(vi a, int s) { return _mm256_srli_epi32(a, s); }
-static inline vm vm_and(vm a, vm b) { return a & b; }
-static inline vm vm_or(vm a, vm b) { return a | b; }
-static inline vm vm_andnot(vm a, vm b) { return (~a) & b & 0xffu; }
-static inline vm vm_all(void) { return 0xffu; }
-static inline vm vm_none(void) { return 0u; }
-static inline vm vm_from_bits(uint32_t bits) { return bits & 0xffu; }
-static inline uint32_t vm_to_bits(vm m) { return m & 0xffu; }
-static inline int vm_any(vm m) { return (m & 0xffu) != 0; }
-static inline vm vm_not(vm m) { return (~m) & 0xffu; }
+static inline vm vm_and(vm a, vm b) { return _mm256_and_ps(a, b); }
+static inline vm vm_or(vm a, vm b) { return _mm256_or_ps(a, b); }
+static inline vm vm_andnot(vm a, vm b) { return _mm256_andnot_ps(a, b); } /* !a & b */
+static inline vm vm_all(void) { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)); }
+static inline vm vm_none(void) { return _mm256_setzero_ps(); }
+static inline vm vm_from_bits(uint32_t bits) { return meld_avx2_lanes(bits); }
+static inline uint32_t vm_to_bits(vm m) { return (uint32_t)_mm256_movemask_ps(m); }
+static inline int vm_any(vm m) { return !_mm256_testz_ps(m, m); }
+static inline vm vm_not(vm m) { return _mm256_xor_ps(m, vm_all()); }
 static inline vi vi_load(const uint32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 static inline void vi_store(uint32_t *p, vi v) { _mm256_storeu_si256((__m256i *)p, v); }
 static inline vm vm_from_i8_pos(const int8_t *p) {
@@ -100,7 +102,8 @@ static inline vm vm_from_i8_pos(const int8_t *p) {
     return meld_avx2_imask(_mm256_cmpgt_epi32(x, _mm256_setzero_si256()));
 }
 static inline void vm_store_sign_i8(int8_t *p, vm pos) {
-    for (int j = 0; j < 8; j++) p[j] = ((pos >> j) & 1u) ? 1 : -1;
+    const uint32_t b = vm_to_bits(pos);
+    for (int j = 0; j < 8; j++) p[j] = ((b >> j) & 1u) ? 1 : -1;
 }
 /* Compress indices: the lane of the j-th set bit of m at bits 3j..3j+2 (bit p set is the
  * j-th when j bits lie below it; lane 0, if set, adds nothing). */
@@ -116,9 +119,10 @@ static inline __m256i meld_avx2_lane_indices(uint32_t row) {
  * one 32-byte store (a lane at a time, the set-bit loop mispredicted its exit). p must have 8
  * writable entries. */
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
-    const __m256i sel = meld_avx2_lane_indices(meld_avx2_compress_lanes[m & 0xffu]);
+    const uint32_t b = vm_to_bits(m);
+    const __m256i sel = meld_avx2_lane_indices(meld_avx2_compress_lanes[b]);
     _mm256_storeu_si256((__m256i *)p, _mm256_permutevar8x32_epi32(v, sel));
-    return (size_t)__builtin_popcount(m & 0xffu);
+    return (size_t)__builtin_popcount(b);
 }
 static inline vi vi_and(vi a, vi b) { return _mm256_and_si256(a, b); }
 static inline vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
@@ -145,10 +149,10 @@ static inline uint64_t vi_total16(vi acc) {
     MELD_BELOW(m, 5) << 15 | MELD_BELOW(m, 6) << 18 | MELD_BELOW(m, 7) << 21)
 static const uint32_t meld_avx2_expand_lanes[256] = {MELD_T256(MELD_EXPAND_ROW)};
 /* Expand by a permute from the table (it was built lane by lane through memory), lanes
- * without a bit zeroed. */
-static inline vf vf_expand(vm m, vf packed) {
-    const __m256i sel = meld_avx2_lane_indices(meld_avx2_expand_lanes[m & 0xffu]);
-    return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, sel), meld_avx2_lanes(m));
+ * without a bit zeroed. bits: m as bits (vm_to_bits), which the caller has at hand. */
+static inline vf vf_expand(vm m, uint32_t bits, vf packed) {
+    const __m256i sel = meld_avx2_lane_indices(meld_avx2_expand_lanes[bits & 0xffu]);
+    return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, sel), m);
 }
 /* Philox in 64-bit lanes (philox.tpl.h); no fast PDEP (microcoded on Zen 2) */
 #define MELD_SIMD_PHILOX 1
@@ -170,6 +174,20 @@ static inline uint32_t meld_avx2_pack_pairs(uint32_t m) {
 static inline uint32_t vi_ltu16_bits(vi a, vi t, uint32_t *eq) {
     *eq = meld_avx2_pack_pairs((uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(a, t)));
     return meld_avx2_pack_pairs(~(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(a, t), a)));
+}
+/* The TIES vote with fewer float adds and compares (merge.tpl.h, tv_vec): a table of divisors
+ * by agreement pattern and integer logic in their place. 16 entries are two vectors. */
+#define MELD_SIMD_TABLE16 1
+typedef struct vtab16 { __m256 lo, hi; } vtab16;
+static inline vtab16 vtab16_load(const float *p) { return (vtab16){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+static inline vi vf_bits(vf a) { return _mm256_castps_si256(a); }
+static inline vi vi_mask_or(vm m, vi src, vi b) { return _mm256_or_si256(src, _mm256_and_si256(_mm256_castps_si256(m), b)); }
+/* entry idx < 8: one permute (it reads the low 3 bits) */
+static inline vf vf_lookup8(vtab16 t, vi idx) { return _mm256_permutevar8x32_ps(t.lo, idx); }
+/* entry idx < 16: both halves, chosen by bit 3 (moved to the sign bit) */
+static inline vf vf_lookup16(vtab16 t, vi idx) {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, idx), _mm256_permutevar8x32_ps(t.hi, idx),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 6
@@ -193,8 +211,8 @@ static inline uint32_t meld_even_bits16(uint32_t x) {
     return (x | (x >> 4)) & 0x00ffu;
 }
 static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) {
-    *e = meld_even_bits16(w);
-    *o = meld_even_bits16(w >> 1);
+    *e = vm_from_bits(meld_even_bits16(w));
+    *o = vm_from_bits(meld_even_bits16(w >> 1));
 }
 /* two vectors of consecutive elements (a: the first W) rounded to bf16: one pack, one lane permute */
 static inline __attribute__((always_inline)) void vf2_stream_bf16_seq(uint16_t *p, vf a, vf b) {

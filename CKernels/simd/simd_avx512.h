@@ -98,7 +98,7 @@ static inline uint64_t vi_total16(vi acc) {
     const __m512i lo = _mm512_and_si512(acc, _mm512_set1_epi32(0xffff));
     return (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(lo, _mm512_srli_epi32(acc, 16)));
 }
-static inline vf vf_expand(vm m, vf packed) { return _mm512_maskz_expand_ps((__mmask16)m, packed); }
+static inline vf vf_expand(vm m, uint32_t bits, vf packed) { (void)bits; return _mm512_maskz_expand_ps((__mmask16)m, packed); }
 /* Philox in 64-bit lanes (philox.tpl.h): the 32x32->64 product of the low halves, the high
  * half moved down, the low half moved up, a three-way xor, odd 32-bit lanes from `odd`. */
 #define MELD_SIMD_PHILOX 1
@@ -120,7 +120,10 @@ static inline uint32_t vi_ltu16_bits(vi a, vi t, uint32_t *eq) {
 #define MELD_SIMD_TABLE16 1
 static inline vi vf_bits(vf a) { return _mm512_castps_si512(a); }
 static inline vi vi_mask_or(vm m, vi src, vi b) { return _mm512_mask_or_epi32(src, (__mmask16)m, src, b); }
-static inline vf vf_lookup16(vf table, vi idx) { return _mm512_permutexvar_ps(idx, table); }
+typedef vf vtab16; /* 16 floats */
+static inline vtab16 vtab16_load(const float *p) { return vf_load(p); }
+static inline vf vf_lookup16(vtab16 table, vi idx) { return _mm512_permutexvar_ps(idx, table); }
+static inline vf vf_lookup8(vtab16 table, vi idx) { return _mm512_permutexvar_ps(idx, table); } /* idx < 8 */
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 12
 static inline void vf_stream(float *p, vf v) {

@@ -74,7 +74,7 @@ static inline vi vi_sub(vi a, vi b) { return a - b; }
 /* the sum of the lanes (per-lane counters) */
 static inline uint64_t vi_total(vi acc) { return acc; }
 /* Place the first popcount(m) packed values at the lanes set in m (others 0). */
-static inline vf vf_expand(vm m, vf packed) { return (m & 1u) ? packed : 0.0f; }
+static inline vf vf_expand(vm m, uint32_t bits, vf packed) { (void)bits; return (m & 1u) ? packed : 0.0f; }
 static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
     uint64_t p = (uint64_t)a * b;
     *hi = (uint32_t)(p >> 32);

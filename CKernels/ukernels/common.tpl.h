@@ -61,14 +61,14 @@ static inline vm load_bits(const uint8_t *p, size_t j) {
     return vm_from_bits(w >> (j & 7));
 }
 
-/* W keep bits at local index j, a multiple of W: one load where W fills whole bytes */
-static inline vm load_bits_w(const uint8_t *p, size_t j) {
+/* W keep bits at local index j, a multiple of W, as bits: one load where W fills whole bytes */
+static inline uint32_t load_bits_w_raw(const uint8_t *p, size_t j) {
     if (MELD_W >= 8) {
         uint32_t w = 0;
         memcpy(&w, p + (j >> 3), MELD_W >= 8 ? MELD_W / 8 : 1);
-        return vm_from_bits(w);
+        return w;
     }
-    return load_bits(p, j);
+    return (uint32_t)(p[j >> 3] >> (j & 7)) & ((1u << MELD_W) - 1u);
 }
 
 /* 2W keep bits for the lanes of a pair starting at local index j (a multiple of 2W) */

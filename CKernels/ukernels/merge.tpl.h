@@ -19,7 +19,7 @@ typedef struct tv_consts {
     int8_t *sign_out;
     vf lambda, fixed;
 #ifdef MELD_SIMD_TABLE16
-    vf divtab; /* the divisor of each agreement pattern (tv_vec) */
+    vtab16 divtab; /* the divisor of each agreement pattern (tv_vec) */
 #endif
 } tv_consts;
 
@@ -92,7 +92,7 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
         }
         *skip = 0;
         mixed = vf_select(vf_isnan(s), s, mixed);
-        if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, vf_lookup16(c->divtab, idx));
+        if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, K <= 3 ? vf_lookup8(c->divtab, idx) : vf_lookup16(c->divtab, idx));
         mixed = vf_mul(mixed, c->lambda);
         return hb ? vf_add(b, mixed) : mixed;
     }
@@ -182,7 +182,7 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
                 if (p >> k & 1u) d = d + (divm == MELD_DIVISOR_WEIGHT_SUM ? a->w[k] : 1.0f);
             tab[p] = d != 0.0f ? d : 1.0f;
         }
-        c.divtab = vf_load(tab);
+        c.divtab = vtab16_load(tab);
     }
 #endif
     c.fixed = vf_set1(cons == MELD_CONSENSUS_NONE && divm == MELD_DIVISOR_COUNT ? (float)K : a->fixed_div);

@@ -121,9 +121,11 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
             __builtin_prefetch(bits[k] + i / 8 + 128, 0, 3);
             __builtin_prefetch(cur[k] + 128 * es, 0, 3);
         }
-        vm m = load_bits_w(bits[k], i); /* no skip when empty: unpredictable at 10% density */
-        vf v = vf_expand(m, load_dt(cur[k], dt, 0));
-        cur[k] += (size_t)__builtin_popcount(vm_to_bits(m)) * es;
+        /* no skip when empty: unpredictable at 10% density */
+        const uint32_t mb = load_bits_w_raw(bits[k], i);
+        const vm m = vm_from_bits(mb);
+        vf v = vf_expand(m, mb, load_dt(cur[k], dt, 0));
+        cur[k] += (size_t)__builtin_popcount(mb) * es;
         /* lanes without a value stay untouched (identical on every vector width) */
         acc = vf_mask_fma(m, sc[k], v, acc);
     }

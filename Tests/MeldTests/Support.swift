@@ -35,6 +35,16 @@ let testSizes = [0, 1, 7, 15, 16, 17, 33, 255, 4096, 4096 + 17, 70_001]
 
 func bits(_ a: [Float]) -> [UInt32] { a.map(\.bitPattern) }
 
+/// Bit patterns equal, reported by the first differing index (not two whole arrays).
+func assertSameBits<T: BinaryInteger>(_ a: [T], _ b: [T], _ what: @autoclosure () -> String,
+                                      file: StaticString = #filePath, line: UInt = #line) {
+    guard a.count == b.count else { return XCTFail("\(what()): \(a.count) != \(b.count) entries", file: file, line: line) }
+    if let i = a.indices.first(where: { a[$0] != b[$0] }) {
+        let count = a.indices.filter { a[$0] != b[$0] }.count
+        XCTFail("\(what()): \(count) entries differ, the first at \(i): \(a[i]) != \(b[i])", file: file, line: line)
+    }
+}
+
 /// Independent bf16 reference: nearest of the two neighbours by exact f64 distance, ties to even.
 func bf16Reference(_ f: Float) -> UInt16 {
     if f.isNaN { return 0x7fc0 }
