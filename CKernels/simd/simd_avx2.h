@@ -84,6 +84,11 @@ static inline vm vi_ltu(vi a, vi b) {
     return meld_avx2_imask(_mm256_cmpgt_epi32(_mm256_xor_si256(b, t), _mm256_xor_si256(a, t)));
 }
 static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
+/* 16 vector registers: kernels that keep per-expert state for K experts block by expert */
+#define MELD_SIMD_FEW_REGS 1
+/* counts by compare: all ones where a > b (signed), subtracted from a counter (select.tpl.h) */
+#define MELD_SIMD_CMP_COUNT 1
+static inline vi vi_cmpgt_bits(vi a, vi b) { return _mm256_cmpgt_epi32(a, b); }
 static inline vi vi_xor(vi a, vi b) { return _mm256_xor_si256(a, b); }
 static inline vi vi_srl(vi a, int s) { return _mm256_srli_epi32(a, s); }
 static inline vm vm_and(vm a, vm b) { return _mm256_and_ps(a, b); }

@@ -27,9 +27,17 @@ MELD_VEC_INLINE void collect_cand(const collect_lane *c, vi bits, uint32_t *cand
 
 MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_t *count,
                                  size_t cap, const int checked) {
+#ifdef MELD_SIMD_CMP_COUNT
+    /* b > t as a compare (all ones) subtracted: t may be -1 (hi or lo 0), and b > -1 holds for
+     * every b, as (t - b) >> 31 counts it */
+    c->gt = vi_sub(c->gt, vi_cmpgt_bits(bits, c->hi));
+    c->geh = vi_sub(c->geh, vi_cmpgt_bits(bits, c->him1));
+    c->gel = vi_sub(c->gel, vi_cmpgt_bits(bits, c->lom1));
+#else
     c->gt = vi_add(c->gt, vi_srl(vi_sub(c->hi, bits), 31));
     c->geh = vi_add(c->geh, vi_srl(vi_sub(c->him1, bits), 31));
     c->gel = vi_add(c->gel, vi_srl(vi_sub(c->lom1, bits), 31));
+#endif
     collect_cand(c, bits, cand, count, cap, checked);
 }
 
@@ -118,6 +126,28 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
     /* at most n candidates an expert in this call: when they fit, no test per store */
     int fits = 1;
     for (size_t k = 0; k < K; k++) fits &= count[k] + n + MELD_UK_ALIGN <= cap;
+#ifdef MELD_SIMD_FEW_REGS
+    /* Few vector registers (AVX2's 16): K experts' counters and bounds (8 vectors each) do not
+     * fit, and counters spilled to the stack put a store-to-load round trip in every update.
+     * One expert at a time over blocks that stay in L1 (the base is read again from there);
+     * each expert's candidates still arrive in index order, so nothing else changes. */
+    if (K > 1) {
+        enum { BLK = 1024 }; /* a multiple of 2W: only the last block has a tail */
+        for (size_t s = 0; s < n; s += BLK) {
+            const size_t e = n - s < BLK ? n : s + BLK;
+            for (size_t k = 0; k < K; k++) {
+                /* copies in locals, so they live in registers (c[k] with a runtime k is memory,
+                 * and every candidate store may alias it) */
+                collect_lane ck = c[k];
+                size_t nk = count[k];
+                if (fits) collect_run(s, e, &ck, &xp[k], &xdt[k], bp, bdt, &cand[k], &nk, cap, 1, dt, hb, 0);
+                else collect_run(s, e, &ck, &xp[k], &xdt[k], bp, bdt, &cand[k], &nk, cap, 1, dt, hb, 1);
+                c[k] = ck;
+                count[k] = nk;
+            }
+        }
+    } else
+#endif
     if (fits) collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 0);
     else collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 1);
     /* the equal counts: b == hi is (b >= hi) - (b > hi); b == lo is (b >= lo) - (b >= hi) -
