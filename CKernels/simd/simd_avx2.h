@@ -194,6 +194,29 @@ static inline vf vf_lookup16(vtab16 t, vi idx) {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(t.lo, idx), _mm256_permutevar8x32_ps(t.hi, idx),
                             _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
 }
+/* The keep bytes of one Philox group in vector registers (philox.tpl.h, philox_keep): bit
+ * 2w + h of byte l is (half h of word w of lane l) < t. Each word's 16-bit compare is and-ed
+ * into its bit positions (2w in the low half, 2w + 1 in the high half), the halves folded and
+ * the lanes packed to bytes: ~25 vector instructions a group where movemasks and scalar bit
+ * spreading took ~120. Returns 0, writing nothing, when some half equals t (a tie: the caller's
+ * general path draws the second word). */
+#define MELD_SIMD_KEEP_BYTES 1
+static inline int vi_keep_bytes(const vi c[4], vi t, uint8_t *out) {
+    __m256i acc = _mm256_setzero_si256(), eq = _mm256_setzero_si256();
+    for (int w = 0; w < 4; w++) {
+        const __m256i ge = _mm256_cmpeq_epi16(_mm256_max_epu16(c[w], t), c[w]);
+        acc = _mm256_or_si256(acc, _mm256_andnot_si256(ge, _mm256_set1_epi32(0x00020001 << (2 * w))));
+        eq = _mm256_or_si256(eq, _mm256_cmpeq_epi16(c[w], t));
+    }
+    if (!_mm256_testz_si256(eq, eq)) return 0;
+    acc = _mm256_and_si256(_mm256_or_si256(acc, _mm256_srli_epi32(acc, 16)), _mm256_set1_epi32(0xff));
+    acc = _mm256_packus_epi32(acc, acc); /* per 128-bit half: lanes 0-3 (4-7) as 16-bit */
+    acc = _mm256_packus_epi16(acc, acc); /* and as bytes, in the low 4 of each half */
+    const uint64_t b = (uint32_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(acc)) |
+                       (uint64_t)(uint32_t)_mm_cvtsi128_si32(_mm256_extracti128_si256(acc, 1)) << 32;
+    memcpy(out, &b, 8);
+    return 1;
+}
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 6
 static inline void vf_stream(float *p, vf v) {

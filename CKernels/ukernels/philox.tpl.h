@@ -146,6 +146,9 @@ static __attribute__((noinline, cold)) uint32_t philox_ties(uint32_t eq, int w, 
  * and v < tlo (ukernel.h). Byte l of out is lane l's block; 8 lanes fill a 64-bit word. */
 static inline void philox_keep(const vi c[4], vi thi, uint32_t tlo, uint64_t blk0, const philox_keys *ks, uint8_t *out) {
     enum { WORDS = (MELD_W + 7) / 8 };
+#ifdef MELD_SIMD_KEEP_BYTES
+    if (vi_keep_bytes(c, thi, out)) return;
+#endif
     uint64_t bits[WORDS] = {0};
     for (int w = 0; w < 4; w++) {
         uint32_t eq;
