@@ -33,8 +33,6 @@ static inline vf vf_select(vm m, vf t, vf f) { return _mm512_mask_blend_ps((__mm
 /* masked arithmetic: lanes in m get the result, the others src (one instruction each) */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return _mm512_mask_mul_ps(src, (__mmask16)m, a, b); }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return _mm512_mask_add_ps(src, (__mmask16)m, a, b); }
-/* a*b + c in the lanes of m (one rounding), c elsewhere */
-static inline vf vf_mask_fma(vm m, vf a, vf b, vf c) { return _mm512_mask3_fmadd_ps(a, b, c, (__mmask16)m); }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return _mm512_mask_div_ps(src, (__mmask16)m, a, b); }
 static inline vf vf_xor(vf a, vf b) { return _mm512_xor_ps(a, b); }
 static inline vm vf_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
@@ -98,7 +96,11 @@ static inline uint64_t vi_total16(vi acc) {
     const __m512i lo = _mm512_and_si512(acc, _mm512_set1_epi32(0xffff));
     return (uint32_t)_mm512_reduce_add_epi32(_mm512_add_epi32(lo, _mm512_srli_epi32(acc, 16)));
 }
-static inline vf vf_expand(vm m, uint32_t bits, vf packed) { (void)bits; return _mm512_maskz_expand_ps((__mmask16)m, packed); }
+/* acc + s * (the next packed values, expanded to the lanes of bits) in those lanes (one
+ * rounding), acc elsewhere */
+static inline vf vf_expand_fma(uint32_t bits, vf packed, vf s, vf acc) {
+    return _mm512_mask3_fmadd_ps(s, _mm512_maskz_expand_ps((__mmask16)bits, packed), acc, (__mmask16)bits);
+}
 /* Philox in 64-bit lanes (philox.tpl.h): the 32x32->64 product of the low halves, the high
  * half moved down, the low half moved up, a three-way xor, odd 32-bit lanes from `odd`. */
 #define MELD_SIMD_PHILOX 1

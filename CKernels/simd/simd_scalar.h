@@ -29,8 +29,6 @@ static inline vf vf_select(vm m, vf t, vf f) { return (m & 1u) ? t : f; }
 /* masked arithmetic: lanes in m get the result, the others src */
 static inline vf vf_mask_mul(vm m, vf src, vf a, vf b) { return (m & 1u) ? a * b : src; }
 static inline vf vf_mask_add(vm m, vf src, vf a, vf b) { return (m & 1u) ? a + b : src; }
-/* a*b + c in the lanes of m (one rounding), c elsewhere */
-static inline vf vf_mask_fma(vm m, vf a, vf b, vf c) { return (m & 1u) ? fmaf(a, b, c) : c; }
 static inline vf vf_mask_div(vm m, vf src, vf a, vf b) { return (m & 1u) ? a / b : src; }
 static inline vf vf_xor(vf a, vf b) { return meld_bits_f32(meld_f32_bits(a) ^ meld_f32_bits(b)); }
 static inline vm vf_gt(vf a, vf b) { return a > b; }
@@ -74,7 +72,8 @@ static inline vi vi_sub(vi a, vi b) { return a - b; }
 /* the sum of the lanes (per-lane counters) */
 static inline uint64_t vi_total(vi acc) { return acc; }
 /* Place the first popcount(m) packed values at the lanes set in m (others 0). */
-static inline vf vf_expand(vm m, uint32_t bits, vf packed) { (void)bits; return (m & 1u) ? packed : 0.0f; }
+/* acc + s * packed where the bit is set (one rounding), acc elsewhere */
+static inline vf vf_expand_fma(uint32_t bits, vf packed, vf s, vf acc) { return (bits & 1u) ? fmaf(s, packed, acc) : acc; }
 static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {
     uint64_t p = (uint64_t)a * b;
     *hi = (uint32_t)(p >> 32);
