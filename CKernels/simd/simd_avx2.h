@@ -233,17 +233,15 @@ static inline __attribute__((always_inline)) void vf2_load_bf16(const uint16_t *
     *e = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
     *o = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xffff0000u)));
 }
-/* keep bits of a pair: w holds 2 * MELD_W bits in element order (shifts, not PEXT: PEXT is
- * microcoded on some AVX2 cores) */
-static inline uint32_t meld_even_bits16(uint32_t x) {
-    x &= 0x5555u;
-    x = (x | (x >> 1)) & 0x3333u;
-    x = (x | (x >> 2)) & 0x0f0fu;
-    return (x | (x >> 4)) & 0x00ffu;
-}
+/* keep masks of a pair: w holds 2 * MELD_W bits in element order; lane j of e tests bit 2j, of o
+ * bit 2j + 1, in vector registers (broadcast, and, compare: the scalar bit compaction and two
+ * table loads took ~19 instructions) */
 static inline void vm2_from_bits(uint32_t w, vm *e, vm *o) {
-    *e = vm_from_bits(meld_even_bits16(w));
-    *o = vm_from_bits(meld_even_bits16(w >> 1));
+    const __m256i b = _mm256_set1_epi32((int)w);
+    const __m256i be = _mm256_setr_epi32(1 << 0, 1 << 2, 1 << 4, 1 << 6, 1 << 8, 1 << 10, 1 << 12, 1 << 14);
+    const __m256i bo = _mm256_slli_epi32(be, 1);
+    *e = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, be), be));
+    *o = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(b, bo), bo));
 }
 /* two vectors of consecutive elements (a: the first W) rounded to bf16: one pack, one lane permute */
 static inline __attribute__((always_inline)) void vf2_stream_bf16_seq(uint16_t *p, vf a, vf b) {
