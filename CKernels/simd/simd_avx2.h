@@ -96,7 +96,6 @@ static inline vm vm_all(void) { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)
 static inline vm vm_none(void) { return _mm256_setzero_ps(); }
 static inline vm vm_from_bits(uint32_t bits) { return meld_avx2_lanes(bits); }
 static inline uint32_t vm_to_bits(vm m) { return (uint32_t)_mm256_movemask_ps(m); }
-static inline int vm_any(vm m) { return !_mm256_testz_ps(m, m); }
 static inline vm vm_not(vm m) { return _mm256_xor_ps(m, vm_all()); }
 static inline vi vi_load(const uint32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 static inline void vi_store(uint32_t *p, vi v) { _mm256_storeu_si256((__m256i *)p, v); }

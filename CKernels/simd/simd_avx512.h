@@ -57,7 +57,6 @@ static inline vm vm_all(void) { return 0xffffu; }
 static inline vm vm_none(void) { return 0u; }
 static inline vm vm_from_bits(uint32_t bits) { return bits & 0xffffu; }
 static inline uint32_t vm_to_bits(vm m) { return m & 0xffffu; }
-static inline int vm_any(vm m) { return (m & 0xffffu) != 0; }
 static inline vm vm_not(vm m) { return (~m) & 0xffffu; }
 static inline vi vi_load(const uint32_t *p) { return _mm512_loadu_si512((const void *)p); }
 static inline void vi_store(uint32_t *p, vi v) { _mm512_storeu_si512((void *)p, v); }

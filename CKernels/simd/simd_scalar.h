@@ -59,7 +59,6 @@ static inline vm vm_all(void) { return 1u; }
 static inline vm vm_none(void) { return 0u; }
 static inline vm vm_from_bits(uint32_t bits) { return bits & 1u; }
 static inline uint32_t vm_to_bits(vm m) { return m & 1u; }
-static inline int vm_any(vm m) { return (int)(m & 1u); }
 static inline vm vm_not(vm m) { return (~m) & 1u; }
 static inline vi vi_load(const uint32_t *p) { return *p; }
 static inline void vi_store(uint32_t *p, vi v) { *p = v; }
@@ -71,7 +70,6 @@ static inline vi vi_and(vi a, vi b) { return a & b; }
 static inline vi vi_sub(vi a, vi b) { return a - b; }
 /* the sum of the lanes (per-lane counters) */
 static inline uint64_t vi_total(vi acc) { return acc; }
-/* Place the first popcount(m) packed values at the lanes set in m (others 0). */
 /* acc + s * packed where the bit is set (one rounding), acc elsewhere */
 static inline vf vf_expand_fma(uint32_t bits, vf packed, vf s, vf acc) { return (bits & 1u) ? fmaf(s, packed, acc) : acc; }
 static inline void vi_mulhilo(vi a, vi b, vi *hi, vi *lo) {

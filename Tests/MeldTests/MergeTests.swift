@@ -113,16 +113,16 @@ final class MergeTests: XCTestCase {
         let wAll: [Float] = [1.0, -1.0, 0.5, 0.75], dAll: [Double] = [0.6, 0.7, 0.5, 0.8]
         for K in [1, 2, 4] {
             let xs = Array(all.prefix(K)), w = Array(wAll.prefix(K)), dens = Array(dAll.prefix(K))
+            let b16 = base.map { BFloat16($0) }, x16 = xs.map { $0.map { BFloat16($0) } }
             for ctx in try allContexts() {
+                let sels = try ctx.taskSelect(base: base, xs, densities: dens)
+                let trimmed = try (0..<K).map { k in try ctx.applySelection(zip(xs[k], base).map { $0 - $1 }, sels[k]) }
                 for opt in [TiesOptions.mergekit, .paper, TiesOptions(consensus: .sum, divisor: .none, lambda: 1.5)] {
                     let fused: [Float] = try ctx.ties(base: base, xs, weights: w, densities: dens, options: opt)
-                    let sels = try ctx.taskSelect(base: base, xs, densities: dens)
-                    let trimmed = try (0..<K).map { k in try ctx.applySelection(zip(xs[k], base).map { $0 - $1 }, sels[k]) }
                     let sign = try ctx.signElect(trimmed, weights: opt.voteUnweighted ? nil : w, method: opt.consensus)
                     let chained: [Float] = try ctx.disjointMerge(base: base, trimmed, weights: w, sign: sign,
                                                                  voteUnweighted: opt.voteUnweighted, divisor: opt.divisor, lambda: opt.lambda)
                     assertSameBits(bits(fused), bits(chained), "K=\(K) \(opt) \(ctx.isa.name)/\(ctx.threads)")
-                    let b16 = base.map { BFloat16($0) }, x16 = xs.map { $0.map { BFloat16($0) } }
                     let o16: [BFloat16] = try ctx.ties(base: b16, x16, weights: w, densities: dens, options: opt)
                     let o32: [Float] = try ctx.ties(base: b16, x16, weights: w, densities: dens, options: opt)
                     assertSameBits(o16.map(\.bitPattern), o32.map(bf16Reference), "bf16 K=\(K) \(opt) \(ctx.isa.name)/\(ctx.threads)")
