@@ -25,8 +25,9 @@ static inline __attribute__((always_inline)) __m256i meld_bf16_round_hi(vf v) {
     __m256i b = _mm256_castps_si256(v);
     __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)),
                                  _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1)));
-    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-    return _mm256_blendv_epi8(r, _mm256_or_si256(b, _mm256_set1_epi32(0x400000)), nan);
+    /* NaN by a float compare: one instruction where the integer test (abs, compare) took three */
+    const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_or_si256(b, _mm256_set1_epi32(0x400000))), nan));
 }
 static inline void vf_store_bf16(uint16_t *p, vf v) {
     __m256i r = _mm256_srli_epi32(meld_bf16_round_hi(v), 16);
@@ -84,6 +85,8 @@ static inline vm vi_ltu(vi a, vi b) {
 static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
 /* 16 vector registers: kernels that keep per-expert state for K experts block by expert */
 #define MELD_SIMD_FEW_REGS 1
+/* no unsigned compare: templates bias operands by 2^31 and compare signed */
+#define MELD_SIMD_SIGNED_CMP 1
 /* counts by compare: all ones where a > b (signed), subtracted from a counter (select.tpl.h) */
 #define MELD_SIMD_CMP_COUNT 1
 static inline vi vi_cmpgt_bits(vi a, vi b) { return _mm256_cmpgt_epi32(a, b); }
@@ -107,22 +110,20 @@ static inline void vm_store_sign_i8(int8_t *p, vm pos) {
     const uint32_t b = vm_to_bits(pos);
     for (int j = 0; j < 8; j++) p[j] = ((b >> j) & 1u) ? 1 : -1;
 }
-/* Compress indices: the lane of the j-th set bit of m at bits 3j..3j+2 (bit p set is the
- * j-th when j bits lie below it; lane 0, if set, adds nothing). */
-#define MELD_CP(m, p) (MELD_BIT(m, p) * ((p) << (3 * MELD_BELOW(m, p))))
-#define MELD_COMPRESS_ROW(m) (MELD_CP(m, 1) | MELD_CP(m, 2) | MELD_CP(m, 3) | MELD_CP(m, 4) | MELD_CP(m, 5) | MELD_CP(m, 6) | MELD_CP(m, 7))
-static const uint32_t meld_avx2_compress_lanes[256] = {MELD_T256(MELD_COMPRESS_ROW)};
-/* The 8 lane numbers of a table row (3 bits each) in the lanes of a permute index: lane l gets
- * bits 3l.. of the row; the permute reads only the low 3 bits. */
-static inline __m256i meld_avx2_lane_indices(uint32_t row) {
-    return _mm256_srlv_epi32(_mm256_set1_epi32((int)row), _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21));
-}
+/* Compress rows (2 KB): byte j of row m is the lane of the j-th set bit of m (0 past the
+ * last); one zero-extending load makes the permute index. */
+#define MELD_CLANE(m, p, j) (MELD_BIT(m, p) && MELD_BELOW(m, p) == (j) ? (p) : 0)
+#define MELD_CSLOT(m, j) (MELD_CLANE(m, 1, j) | MELD_CLANE(m, 2, j) | MELD_CLANE(m, 3, j) | MELD_CLANE(m, 4, j) | \
+    MELD_CLANE(m, 5, j) | MELD_CLANE(m, 6, j) | MELD_CLANE(m, 7, j))
+#define MELD_COMPRESS_ROW(m) {MELD_CSLOT(m, 0), MELD_CSLOT(m, 1), MELD_CSLOT(m, 2), MELD_CSLOT(m, 3), \
+    MELD_CSLOT(m, 4), MELD_CSLOT(m, 5), MELD_CSLOT(m, 6), MELD_CSLOT(m, 7)}
+static const uint8_t meld_avx2_compress_lanes[256][8] __attribute__((aligned(8))) = {MELD_T256(MELD_COMPRESS_ROW)};
 /* Compress by a permute from the table (no BMI2: PDEP/PEXT are microcoded on Zen 1 and 2), then
  * one 32-byte store (a lane at a time, the set-bit loop mispredicted its exit). p must have 8
  * writable entries. */
 static inline size_t vi_compress_store(uint32_t *p, vm m, vi v) {
     const uint32_t b = vm_to_bits(m);
-    const __m256i sel = meld_avx2_lane_indices(meld_avx2_compress_lanes[b]);
+    const __m256i sel = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)meld_avx2_compress_lanes[b]));
     _mm256_storeu_si256((__m256i *)p, _mm256_permutevar8x32_epi32(v, sel));
     return (size_t)__builtin_popcount(b);
 }

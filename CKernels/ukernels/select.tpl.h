@@ -7,7 +7,8 @@
  * test needs a mask (for the compress). A call covers at most one stream tile, far below 2^32
  * per lane. */
 typedef struct collect_lane {
-    vi hi, him1, lom1, lo1, width; /* width: lo < b < hi is b - (lo + 1) < width, unsigned */
+    vi hi, him1, lom1, lo1, width; /* width: lo < b < hi is b - (lo + 1) < width, unsigned
+                                    * (lo1 and width biased by 2^31 under MELD_SIMD_SIGNED_CMP) */
     vi gt, geh, gel;
 #ifdef MELD_SIMD_W16
     vi hi16, him16, lom16; /* the same tests on 16-bit words (collect_run) */
@@ -18,7 +19,13 @@ typedef struct collect_lane {
 /* The candidate test and store of one vector (lo < b < hi). */
 MELD_VEC_INLINE void collect_cand(const collect_lane *c, vi bits, uint32_t *cand, size_t *count, size_t cap,
                                   const int checked) {
+#ifdef MELD_SIMD_SIGNED_CMP
+    /* unsigned (b - lo1) < width as a signed compare, both sides biased by 2^31: the bias is
+     * folded into lo1 and width at setup (collect_body) */
+    vm in = vi_gt(c->width, vi_sub(bits, c->lo1));
+#else
     vm in = vi_ltu(vi_sub(bits, c->lo1), c->width);
+#endif
     /* no "any candidate?" branch: it is taken 30-60% of the time, unpredictably */
     size_t n = *count;
     if (!checked || n + MELD_UK_ALIGN <= cap) *count = n + vi_compress_store(cand + n, in, bits);
@@ -107,6 +114,10 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
         const uint32_t l = a->lo[k], h = a->hi[k];
         c[k] = (collect_lane){.hi = vi_set1(h), .him1 = vi_set1(h - 1u), .lom1 = vi_set1(l - 1u), .lo1 = vi_set1(l + 1u),
                               .width = vi_set1(h > l ? h - l - 1u : 0u), .gt = vi_set1(0), .geh = vi_set1(0), .gel = vi_set1(0)};
+#ifdef MELD_SIMD_SIGNED_CMP
+        c[k].lo1 = vi_set1((l + 1u) ^ 0x80000000u);
+        c[k].width = vi_set1((h > l ? h - l - 1u : 0u) ^ 0x80000000u);
+#endif
 #ifdef MELD_SIMD_W16
         /* b = w << 16 (low half zero): b > h is w > h >> 16; b >= t is w >= ceil(t / 2^16) =: tc,
          * counted as (tc - 1 - w) < 0 in 16 bits (tc <= 2^15, so no wrap but at tc = 0, where
