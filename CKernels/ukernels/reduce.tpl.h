@@ -17,7 +17,7 @@ static inline double lanes_sum(const double *acc) {
  * multiply-add rounds as the multiply-then-add of the scalar path. */
 #define GRAM_VPV (MELD_W / MELD_DW) /* f64 vectors per f32 vector */
 #define GRAM_ACC (16 / MELD_DW)     /* f64 vectors per 16 lanes */
-MELD_BODY_INLINE void gram_body(size_t n, const meld_uk_gram_args *a, const size_t K) {
+MELD_BODY_INLINE void gram_body(size_t n, const meld_uk_gram_args *a, const size_t K, const int dt) {
     const size_t P = K * (K + 1) / 2;
     vd acc[MELD_GRAM_MAX * (MELD_GRAM_MAX + 1) / 2][GRAM_ACC];
     for (size_t p = 0; p < P; p++) for (int j = 0; j < GRAM_ACC; j++) acc[p][j] = vd_zero();
@@ -30,10 +30,10 @@ MELD_BODY_INLINE void gram_body(size_t n, const meld_uk_gram_args *a, const size
         }
         for (int h = 0; h < 16 / MELD_W; h++) {
             const size_t at = i + (size_t)h * MELD_W;
-            vf b = bp ? load_dt(bp, a->base.dt, at) : vf_zero();
+            vf b = bp ? load_dt(bp, dt >= 0 ? dt : a->base.dt, at) : vf_zero();
             vd d[MELD_GRAM_MAX][GRAM_VPV];
             for (size_t k = 0; k < K; k++) {
-                vf x = load_dt(a->x[k].p, a->x[k].dt, at);
+                vf x = load_dt(a->x[k].p, dt >= 0 ? dt : a->x[k].dt, at);
                 if (bp) x = vf_sub(x, b);
                 vd_widen(x, d[k]);
             }
@@ -51,16 +51,24 @@ MELD_BODY_INLINE void gram_body(size_t n, const meld_uk_gram_args *a, const size
     }
 }
 
-/* constant K for the common sizes, so the accumulators stay in registers */
+/* constant K for the common sizes, so the accumulators stay in registers, and a constant dtype
+ * when all inputs share one (a runtime dtype left a compare and branch at every load) */
+#define GRAM_K(DT) switch (a->k) { case 1: gram_body(n, a, 1, DT); return; case 2: gram_body(n, a, 2, DT); return; \
+    case 3: gram_body(n, a, 3, DT); return; case 4: gram_body(n, a, 4, DT); return; default: break; }
 void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
-    switch (a->k) {
-    case 1: gram_body(n, a, 1); return;
-    case 2: gram_body(n, a, 2); return;
-    case 3: gram_body(n, a, 3); return;
-    case 4: gram_body(n, a, 4); return;
-    default: gram_body(n, a, a->k); return;
+    int dt = a->k ? a->x[0].dt : -1;
+    for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
+    if (a->base.p && a->base.dt != dt) dt = -1;
+    switch (dt) {
+    case MELD_F32: GRAM_K(MELD_F32) break;
+    case MELD_BF16: GRAM_K(MELD_BF16) break;
+    case MELD_F16: GRAM_K(MELD_F16) break;
+    default: break;
     }
+    GRAM_K(-1)
+    gram_body(n, a, a->k, -1);
 }
+#undef GRAM_K
 
 /* L1 norms of the deltas and of the kept deltas, per expert: f64 lane accumulators in registers
  * (element i in lane i % 16, as gram_body), |d| as d * sign so that a NaN stays NaN. */
