@@ -121,7 +121,7 @@ void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
  * 64 elements). */
 MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits, const char **cur, const vf *sc,
                              size_t i, const size_t K, const int vdt, const int *vdts, int pf) {
-    vf acc = bp ? load_dt(bp, bdt, i) : vf_zero();
+    vf acc = bp ? load_dt(bp, bdt, i) : vf_zero(); /* bp, bdt: compile time in the specialized bodies */
     for (size_t k = 0; k < K; k++) {
         const int dt = vdt >= 0 ? vdt : vdts[k];
         const size_t es = dt_bytes(dt);
@@ -138,7 +138,9 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
     return acc;
 }
 
-MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K, const int vdt) {
+/* vdt: the values' dtype, bd: the base's (MELD_APPLY_NO_BASE: none), -1: per input at run time */
+#define MELD_APPLY_NO_BASE (-2)
+MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const size_t K, const int vdt, const int bd) {
     const char *cur[MELD_MAX_MODELS];
     vf sc[MELD_MAX_MODELS];
     int vdts[MELD_MAX_MODELS];
@@ -147,8 +149,8 @@ MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const si
         cur[k] = a->values[k].p; sc[k] = vf_set1(a->scale[k]); vdts[k] = a->values[k].dt; bits[k] = a->bits[k];
     }
     /* in locals: stores through the untyped output may alias the argument struct */
-    const void *const bp = a->base.p;
-    const int bdt = a->base.dt;
+    const void *const bp = bd == MELD_APPLY_NO_BASE ? NULL : a->base.p;
+    const int bdt = bd >= 0 ? bd : a->base.dt;
     void *const out = a->out;
     const int out_dt = a->out_dt;
     /* 2 + 2K streams, more than the hardware prefetcher follows well: software prefetch ahead,
@@ -172,13 +174,17 @@ MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const si
     stream_fence();
 }
 
+/* Specialized on K, the values' dtype and the base (none, or the values' dtype): a base tested
+ * and its dtype switched at run time were branches at every vector. */
 void UK(meld_xf32_sparse_apply)(size_t n, const meld_uk_apply_args *a) {
     int dt = a->values[0].dt;
     for (size_t k = 1; k < a->k; k++) if (a->values[k].dt != dt) dt = -1;
-#define APPLY_KS(DT) switch (a->k) { case 1: apply_body(n, a, 1, DT); return; case 2: apply_body(n, a, 2, DT); return; \
-    case 3: apply_body(n, a, 3, DT); return; case 4: apply_body(n, a, 4, DT); return; default: break; }
-    if (dt == MELD_F32) APPLY_KS(MELD_F32)
-    else if (dt == MELD_BF16) APPLY_KS(MELD_BF16)
+#define APPLY_KS(DT, BD) switch (a->k) { case 1: apply_body(n, a, 1, DT, BD); return; case 2: apply_body(n, a, 2, DT, BD); return; \
+    case 3: apply_body(n, a, 3, DT, BD); return; case 4: apply_body(n, a, 4, DT, BD); return; default: break; }
+#define APPLY_BD(DT) if (!a->base.p) APPLY_KS(DT, MELD_APPLY_NO_BASE) else if (a->base.dt == DT) APPLY_KS(DT, DT)
+    if (dt == MELD_F32) { APPLY_BD(MELD_F32) }
+    else if (dt == MELD_BF16) { APPLY_BD(MELD_BF16) }
+#undef APPLY_BD
 #undef APPLY_KS
-    apply_body(n, a, a->k, -1);
+    apply_body(n, a, a->k, -1, -1);
 }
