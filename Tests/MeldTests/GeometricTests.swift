@@ -88,4 +88,51 @@ final class GeometricTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("no finite value"), "\($0)")
         }
     }
+
+    /// bf16 and f16 inputs (the reductions' kernels specialize on an input dtype all share, and
+    /// take a general path for mixed ones): against the f64 formulas on the rounded values, the
+    /// same bits on every ISA and thread count, and mixed dtypes holding the same values give
+    /// the same weights to the bit. Tolerances as the f32 tests (f32 outputs).
+    func testHalfPrecisionInputs() throws {
+        var rng = Rng(44)
+        for n in [4096 + 9, 70_001] {
+            let a = rng.floats(n), b = a.map { $0 * 0.8 + rng.normal() * 0.3 }
+            let base = rng.floats(n), shared = rng.floats(n, scale: 0.05)
+            let xs = (0..<3).map { _ in zip(base, shared).map { $0 + $1 + rng.normal() * 0.05 } }
+            func check<T: MeldScalar>(_ conv: (Float) -> T, _ back: (T) -> Float, _ name: String) throws {
+                let a16 = a.map(conv), b16 = b.map(conv), base16 = base.map(conv), xs16 = xs.map { $0.map(conv) }
+                let ar = a16.map { Double(back($0)) }, br = b16.map { Double(back($0)) }
+                let baseR = base16.map { Double(back($0)) }, xsR = xs16.map { $0.map { Double(back($0)) } }
+                // Model Stock's t from the rounded task vectors, in f64
+                let tv = xsR.map { x in zip(x, baseR).map { $0 - $1 } }
+                var cs = 0.0
+                for i in 0..<3 { for j in (i + 1)..<3 {
+                    let d = zip(tv[i], tv[j]).map { $0 * $1 }.reduce(0, +)
+                    cs += d / (tv[i].map { $0 * $0 }.reduce(0, +).squareRoot() * tv[j].map { $0 * $0 }.reduce(0, +).squareRoot())
+                } }
+                let c = cs / 3, t = 3 * c / (1 + 2 * c)
+                var slerpBits: [UInt32]?, stockBits: [UInt32]?, tBits: UInt32?
+                for ctx in try allContexts() {
+                    let out: [Float] = try ctx.slerp(t: 0.3, a16, b16)
+                    assertClose(out, slerpRef(0.3, ar, br), atol: 1e-6, rtol: 1e-5, "\(name) slerp n=\(n)")
+                    if let f = slerpBits { XCTAssertEqual(bits(out), f, "\(name) slerp \(ctx.isa.name)/\(ctx.threads)") } else { slerpBits = bits(out) }
+                    let (merged, tt): ([Float], Float) = try ctx.modelStock(base: base16, xs16)
+                    XCTAssertEqual(Double(tt), t, accuracy: 1e-6, "\(name) model stock t")
+                    let ref = (0..<n).map { i in t * (xsR[0][i] + xsR[1][i] + xsR[2][i]) / 3 + (1 - t) * baseR[i] }
+                    assertClose(merged, ref, atol: 1e-6, rtol: 1e-5, "\(name) model stock n=\(n)")
+                    if let f = stockBits { XCTAssertEqual(bits(merged), f, "\(name) model stock \(ctx.isa.name)/\(ctx.threads)") } else { stockBits = bits(merged) }
+                    if let f = tBits { XCTAssertEqual(tt.bitPattern, f) } else { tBits = tt.bitPattern }
+                    // the same values with an f32 base: the general path, the same weights
+                    let base32 = base16.map(back)
+                    let w = try base32.withUnsafeBufferPointer { bp in try xs16[0].withUnsafeBufferPointer { x0 in
+                        try xs16[1].withUnsafeBufferPointer { x1 in try xs16[2].withUnsafeBufferPointer { x2 in
+                            try ctx.modelStockWeights(base: TensorView(bp), [TensorView(x0), TensorView(x1), TensorView(x2)])
+                        } } } }
+                    XCTAssertEqual(w.t.bitPattern, tt.bitPattern, "\(name) mixed dtypes \(ctx.isa.name)/\(ctx.threads)")
+                }
+            }
+            try check({ BFloat16($0) }, { $0.floatValue }, "bf16")
+            try check({ Float16($0) }, { Float($0) }, "f16")
+        }
+    }
 }

@@ -382,6 +382,12 @@ final class SparseTests: XCTestCase {
                 // a bf16 output is exactly the RNE rounding of the same apply with an f32 output
                 let o32: [Float] = try ctx.sparseApply(base: base, p16, scales: scales)
                 XCTAssertEqual(o16.map(\.bitPattern), o32.map { BFloat16($0).bitPattern }, "bf16 out \(ctx.isa.name)/\(ctx.threads) n=\(n)")
+                // a bf16 base with bf16 values (a kernel specialized on both dtypes): the same bits
+                // as the same values with an f32 base (the general path)
+                let b16 = base.map { BFloat16($0) }
+                let s16: [BFloat16] = try ctx.sparseApply(base: b16, p16, scales: odd)
+                let s32: [BFloat16] = try ctx.sparseApply(base: b16.map(\.floatValue), p16, scales: odd)
+                assertSameBits(s16.map(\.bitPattern), s32.map(\.bitPattern), "bf16 base \(ctx.isa.name)/\(ctx.threads) n=\(n)")
             }
         }
         let ctx = try Context(threads: 1)
