@@ -77,15 +77,10 @@ static inline vm meld_avx2_imask(__m256i x) { return _mm256_castsi256_ps(x); }
 static inline vm vi_gt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(a, b)); }
 static inline vm vi_eq(vi a, vi b) { return meld_avx2_imask(_mm256_cmpeq_epi32(a, b)); }
 static inline vm vi_lt(vi a, vi b) { return meld_avx2_imask(_mm256_cmpgt_epi32(b, a)); }
-/* unsigned: flip the top bits, then a signed compare */
-static inline vm vi_ltu(vi a, vi b) {
-    const __m256i t = _mm256_set1_epi32((int)0x80000000u);
-    return meld_avx2_imask(_mm256_cmpgt_epi32(_mm256_xor_si256(b, t), _mm256_xor_si256(a, t)));
-}
 static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
 /* 16 vector registers: kernels that keep per-expert state for K experts block by expert */
 #define MELD_SIMD_FEW_REGS 1
-/* no unsigned compare: templates bias operands by 2^31 and compare signed */
+/* no unsigned compare (no vi_ltu): templates bias operands by 2^31 and compare signed */
 #define MELD_SIMD_SIGNED_CMP 1
 /* counts by compare: all ones where a > b (signed), subtracted from a counter (select.tpl.h) */
 #define MELD_SIMD_CMP_COUNT 1
