@@ -72,19 +72,18 @@ void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
 
 /* L1 norms of the deltas and of the kept deltas, per expert: f64 lane accumulators in registers
  * (element i in lane i % 16, as gram_body), |d| as d * sign so that a NaN stays NaN. */
-MELD_BODY_INLINE void l1_body(size_t n, size_t i0, const meld_uk_l1_args *a, const size_t K) {
-    vd all[MELD_MAX_MODELS][GRAM_ACC], kept[MELD_MAX_MODELS][GRAM_ACC];
-    for (size_t k = 0; k < K; k++)
-        for (int j = 0; j < GRAM_ACC; j++) all[k][j] = kept[k][j] = vd_zero();
+/* Elements [s, e) of experts k0 .. k0 + KK - 1 into their accumulators (l1_body). */
+MELD_VEC_INLINE void l1_run(size_t s, size_t e, size_t i0, const meld_uk_l1_args *a, size_t k0, const size_t KK,
+                            const int dt, vd all[][GRAM_ACC], vd kept[][GRAM_ACC]) {
     const void *bp = a->base.p;
-    for (size_t i = 0; i < n; i += 16) {
+    for (size_t i = s; i < e; i += 16) {
         for (int h = 0; h < 16 / MELD_W; h++) {
             const size_t at = i + (size_t)h * MELD_W;
-            const vf b = bp ? load_dt(bp, a->base.dt, at) : vf_zero();
-            for (size_t k = 0; k < K; k++) {
-                vf x = load_dt(a->x[k].p, a->x[k].dt, at);
+            const vf b = bp ? load_dt(bp, dt >= 0 ? dt : a->base.dt, at) : vf_zero();
+            for (size_t k = 0; k < KK; k++) {
+                vf x = load_dt(a->x[k0 + k].p, dt >= 0 ? dt : a->x[k0 + k].dt, at);
                 if (bp) x = vf_sub(x, b);
-                const vm keep = rule_mask(&a->rule[k], x, i0 + at, at);
+                const vm keep = rule_mask(&a->rule[k0 + k], x, i0 + at, at);
                 const vf ax = vf_mul(x, vf_select(vf_lt(x, vf_zero()), vf_set1(-1.0f), vf_set1(1.0f)));
                 vd d[GRAM_VPV], m[GRAM_VPV];
                 vd_widen(ax, d);
@@ -96,6 +95,31 @@ MELD_BODY_INLINE void l1_body(size_t n, size_t i0, const meld_uk_l1_args *a, con
             }
         }
     }
+}
+
+MELD_BODY_INLINE void l1_body(size_t n, size_t i0, const meld_uk_l1_args *a, const size_t K, const int dt) {
+    vd all[MELD_MAX_MODELS][GRAM_ACC], kept[MELD_MAX_MODELS][GRAM_ACC];
+    for (size_t k = 0; k < K; k++)
+        for (int j = 0; j < GRAM_ACC; j++) all[k][j] = kept[k][j] = vd_zero();
+#ifdef MELD_SIMD_FEW_REGS
+    /* Few vector registers (AVX2's 16): 8 accumulators an expert (24 for K = 3) spilled, and each
+     * update paid a store-to-load round trip. One expert at a time over blocks that stay in L1
+     * (the base is read again from there); every lane still takes its elements in index order,
+     * so the sums are the same bits. */
+    if (K > 1) {
+        enum { BLK = 1024 }; /* a multiple of 16 */
+        for (size_t s = 0; s < n; s += BLK) {
+            const size_t e = n - s < BLK ? n : s + BLK;
+            for (size_t k = 0; k < K; k++) {
+                vd al[1][GRAM_ACC], kp[1][GRAM_ACC]; /* locals: registers, not the arrays' memory */
+                for (int j = 0; j < GRAM_ACC; j++) { al[0][j] = all[k][j]; kp[0][j] = kept[k][j]; }
+                l1_run(s, e, i0, a, k, 1, dt, al, kp);
+                for (int j = 0; j < GRAM_ACC; j++) { all[k][j] = al[0][j]; kept[k][j] = kp[0][j]; }
+            }
+        }
+    } else
+#endif
+    l1_run(0, n, i0, a, 0, K, dt, all, kept);
     for (size_t k = 0; k < K; k++) {
         double la[16], lk[16];
         for (int j = 0; j < GRAM_ACC; j++) { vd_store(la + j * MELD_DW, all[k][j]); vd_store(lk + j * MELD_DW, kept[k][j]); }
@@ -104,16 +128,24 @@ MELD_BODY_INLINE void l1_body(size_t n, size_t i0, const meld_uk_l1_args *a, con
     }
 }
 
-/* constant K for the common sizes, so the accumulators stay in registers */
+/* constant K for the common sizes, so the accumulators stay in registers, and a constant dtype
+ * when all inputs share one (as meld_f64_gram) */
+#define L1_K(DT) switch (a->k) { case 1: l1_body(n, i0, a, 1, DT); return; case 2: l1_body(n, i0, a, 2, DT); return; \
+    case 3: l1_body(n, i0, a, 3, DT); return; case 4: l1_body(n, i0, a, 4, DT); return; default: break; }
 void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
-    switch (a->k) {
-    case 1: l1_body(n, i0, a, 1); return;
-    case 2: l1_body(n, i0, a, 2); return;
-    case 3: l1_body(n, i0, a, 3); return;
-    case 4: l1_body(n, i0, a, 4); return;
-    default: l1_body(n, i0, a, a->k); return;
+    int dt = a->k ? a->x[0].dt : -1;
+    for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
+    if (a->base.p && a->base.dt != dt) dt = -1;
+    switch (dt) {
+    case MELD_F32: L1_K(MELD_F32) break;
+    case MELD_BF16: L1_K(MELD_BF16) break;
+    case MELD_F16: L1_K(MELD_F16) break;
+    default: break;
     }
+    L1_K(-1)
+    l1_body(n, i0, a, a->k, -1);
 }
+#undef L1_K
 
 /* One vector of elements [i, i + W): base plus the scaled expansions. cur[k]: expert k's next
  * packed value (one advancing pointer an expert, not base + index: with K = 4 the indices

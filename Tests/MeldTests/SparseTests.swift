@@ -119,6 +119,18 @@ final class SparseTests: XCTestCase {
                     if let f = first { XCTAssertEqual(bits(out), f, "K=\(K) \(rescale) \(cons) isa \(ctx.isa)") } else { first = bits(out) }
                 }
             }
+            // bf16 inputs (the rescale's L1 kernel specializes on a dtype all inputs share): the
+            // same bits as the same values in f32
+            if rescale == .l1 {
+                let b16 = base.map { BFloat16($0) }, x16 = xs.map { $0.map { BFloat16($0) } }
+                let sp = (0..<K).map { Sparsifier.dare(0.3, seed: 1, stream: UInt64($0), rescale: .l1) }
+                for ctx in try allContexts() {
+                    let o16: [Float] = try ctx.mergeTaskVectors(base: b16, x16, weights: w, sparsifiers: sp, options: MergeOptions(consensus: .sum))
+                    let o32: [Float] = try ctx.mergeTaskVectors(base: b16.map(\.floatValue), x16.map { $0.map(\.floatValue) }, weights: w,
+                                                                sparsifiers: sp, options: MergeOptions(consensus: .sum))
+                    assertSameBits(bits(o16), bits(o32), "dare l1 bf16 K=\(K) \(ctx.isa.name)/\(ctx.threads)")
+                }
+            }
         }
         }
     }
