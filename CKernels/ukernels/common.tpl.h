@@ -43,6 +43,18 @@ static inline __attribute__((always_inline)) void stream_dt(void *p, int dt, siz
     }
 }
 
+/* The dtype that the base (when present) and x[0 .. k) all share, else -1: the kernels'
+ * dispatchers specialize their bodies on it (MELD_DT_DISPATCH). */
+static inline int uniform_dt(meld_uk_in base, const meld_uk_in *x, size_t k) {
+    int dt = k ? x[0].dt : -1;
+    for (size_t j = 1; j < k; j++) if (x[j].dt != dt) dt = -1;
+    if (base.p && base.dt != dt) dt = -1;
+    return dt;
+}
+/* X(DT) with DT the compile-time form of dt, for each of the three dtypes; nothing for -1 */
+#define MELD_DT_DISPATCH(dt, X) switch (dt) { case MELD_F32: X(MELD_F32) break; case MELD_BF16: X(MELD_BF16) break; \
+    case MELD_F16: X(MELD_F16) break; default: break; }
+
 /* bytes of one element: f32, or one of the 16-bit types */
 static inline size_t dt_bytes(int dt) { return dt == MELD_F32 ? 4 : 2; }
 

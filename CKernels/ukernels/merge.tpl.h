@@ -258,9 +258,7 @@ static int tv_uniform_rule(size_t n, size_t i0, const meld_uk_tv_args *a, int an
 }
 
 static void tv_merge_call(size_t n, size_t i0, const meld_uk_tv_args *a) {
-    int dt = a->k ? a->x[0].dt : -1;
-    for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
-    if (a->base.p && a->base.dt != dt) dt = -1;
+    const int dt = uniform_dt(a->base, a->x, a->k);
     const int rk = tv_uniform_rule(n, i0, a, 0);
     if (dt >= 0 && a->k <= 4 && !a->sign_in) {
         if (!a->base.p) { /* deltas and no base (linear, an applied selection): no vote */

@@ -56,15 +56,8 @@ MELD_BODY_INLINE void gram_body(size_t n, const meld_uk_gram_args *a, const size
 #define GRAM_K(DT) switch (a->k) { case 1: gram_body(n, a, 1, DT); return; case 2: gram_body(n, a, 2, DT); return; \
     case 3: gram_body(n, a, 3, DT); return; case 4: gram_body(n, a, 4, DT); return; default: break; }
 void UK(meld_f64_gram)(size_t n, const meld_uk_gram_args *a) {
-    int dt = a->k ? a->x[0].dt : -1;
-    for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
-    if (a->base.p && a->base.dt != dt) dt = -1;
-    switch (dt) {
-    case MELD_F32: GRAM_K(MELD_F32) break;
-    case MELD_BF16: GRAM_K(MELD_BF16) break;
-    case MELD_F16: GRAM_K(MELD_F16) break;
-    default: break;
-    }
+    const int dt = uniform_dt(a->base, a->x, a->k);
+    MELD_DT_DISPATCH(dt, GRAM_K)
     GRAM_K(-1)
     gram_body(n, a, a->k, -1);
 }
@@ -133,15 +126,8 @@ MELD_BODY_INLINE void l1_body(size_t n, size_t i0, const meld_uk_l1_args *a, con
 #define L1_K(DT) switch (a->k) { case 1: l1_body(n, i0, a, 1, DT); return; case 2: l1_body(n, i0, a, 2, DT); return; \
     case 3: l1_body(n, i0, a, 3, DT); return; case 4: l1_body(n, i0, a, 4, DT); return; default: break; }
 void UK(meld_f64_l1)(size_t n, size_t i0, const meld_uk_l1_args *a) {
-    int dt = a->k ? a->x[0].dt : -1;
-    for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
-    if (a->base.p && a->base.dt != dt) dt = -1;
-    switch (dt) {
-    case MELD_F32: L1_K(MELD_F32) break;
-    case MELD_BF16: L1_K(MELD_BF16) break;
-    case MELD_F16: L1_K(MELD_F16) break;
-    default: break;
-    }
+    const int dt = uniform_dt(a->base, a->x, a->k);
+    MELD_DT_DISPATCH(dt, L1_K)
     L1_K(-1)
     l1_body(n, i0, a, a->k, -1);
 }

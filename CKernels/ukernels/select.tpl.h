@@ -183,15 +183,8 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
 void UK(meld_xf32_collect)(size_t n, size_t i0, const meld_uk_collect_args *a) {
     (void)i0;
     const int hb = a->base.p != NULL;
-    int dt = a->k ? a->x[0].dt : -1;
-    for (size_t k = 1; k < a->k; k++) if (a->x[k].dt != dt) dt = -1;
-    if (hb && a->base.dt != dt) dt = -1;
-    switch (dt) {
-    case MELD_F32: COLLECT_KS(MELD_F32) break;
-    case MELD_BF16: COLLECT_KS(MELD_BF16) break;
-    case MELD_F16: COLLECT_KS(MELD_F16) break;
-    default: break;
-    }
+    const int dt = uniform_dt(a->base, a->x, a->k);
+    MELD_DT_DISPATCH(dt, COLLECT_KS)
     collect_body(n, a, a->k, -1, hb);
 }
 
