@@ -109,15 +109,16 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
     int xdt[MELD_MAX_MODELS];
     uint32_t *cand[MELD_MAX_MODELS];
     const size_t cap = a->cap;
+#ifdef MELD_SIMD_SIGNED_CMP
+    const uint32_t ubias = 0x80000000u; /* the candidate test's operands (collect_cand) */
+#else
+    const uint32_t ubias = 0;
+#endif
     for (size_t k = 0; k < K; k++) {
         before[k] = count[k] = a->count[k];
         const uint32_t l = a->lo[k], h = a->hi[k];
-        c[k] = (collect_lane){.hi = vi_set1(h), .him1 = vi_set1(h - 1u), .lom1 = vi_set1(l - 1u), .lo1 = vi_set1(l + 1u),
-                              .width = vi_set1(h > l ? h - l - 1u : 0u), .gt = vi_set1(0), .geh = vi_set1(0), .gel = vi_set1(0)};
-#ifdef MELD_SIMD_SIGNED_CMP
-        c[k].lo1 = vi_set1((l + 1u) ^ 0x80000000u);
-        c[k].width = vi_set1((h > l ? h - l - 1u : 0u) ^ 0x80000000u);
-#endif
+        c[k] = (collect_lane){.hi = vi_set1(h), .him1 = vi_set1(h - 1u), .lom1 = vi_set1(l - 1u), .lo1 = vi_set1((l + 1u) ^ ubias),
+                              .width = vi_set1((h > l ? h - l - 1u : 0u) ^ ubias), .gt = vi_set1(0), .geh = vi_set1(0), .gel = vi_set1(0)};
 #ifdef MELD_SIMD_W16
         /* b = w << 16 (low half zero): b > h is w > h >> 16; b >= t is w >= ceil(t / 2^16) =: tc,
          * counted as (tc - 1 - w) < 0 in 16 bits (tc <= 2^15, so no wrap but at tc = 0, where

@@ -90,9 +90,9 @@ final class SparseTests: XCTestCase {
         let xs = (0..<K).map { _ in base.map { $0 + rng.normal() * 0.02 } }
         let w: [Float] = (0..<K).map { [0.6, 0.4, 0.9, 0.3, 0.5, 0.7][$0] }
         for rescale in [Sparsifier.Rescale.none, .density, .l1] {
+            let sp = (0..<K).map { Sparsifier.dare(0.3, seed: 1, stream: UInt64($0), rescale: rescale) }
+            let masks = try (0..<K).map { try Context(threads: 1).sparsifyMask(base: base, xs[$0], sp[$0]) }
             for cons in [Consensus.none, .sum] {
-                let sp = (0..<K).map { Sparsifier.dare(0.3, seed: 1, stream: UInt64($0), rescale: rescale) }
-                let masks = try (0..<K).map { try Context(threads: 1).sparsifyMask(base: base, xs[$0], sp[$0]) }
                 var ref = [Double](repeating: 0, count: n)
                 var scale = [Double](repeating: 1, count: K)
                 for k in 0..<K {
@@ -123,7 +123,6 @@ final class SparseTests: XCTestCase {
             // same bits as the same values in f32
             if rescale == .l1 {
                 let b16 = base.map { BFloat16($0) }, x16 = xs.map { $0.map { BFloat16($0) } }
-                let sp = (0..<K).map { Sparsifier.dare(0.3, seed: 1, stream: UInt64($0), rescale: .l1) }
                 for ctx in try allContexts() {
                     let o16: [Float] = try ctx.mergeTaskVectors(base: b16, x16, weights: w, sparsifiers: sp, options: MergeOptions(consensus: .sum))
                     let o32: [Float] = try ctx.mergeTaskVectors(base: b16.map(\.floatValue), x16.map { $0.map(\.floatValue) }, weights: w,
