@@ -157,6 +157,22 @@ static inline vf vf_expand_fma(uint32_t bits, vf packed, vf s, vf acc) {
     const vf v = _mm256_permutevar8x32_ps(packed, sel);
     return _mm256_blendv_ps(acc, _mm256_fmadd_ps(s, v, acc), _mm256_castsi256_ps(sel));
 }
+/* bf16 packed values: one byte shuffle both expands and widens them. Lane l's control puts
+ * packed value BELOW(m, l) in the top half of the f32 (the bf16 -> f32 conversion) and zeros
+ * the bottom half; an empty lane's bytes are all 0x80 (zero), whose sign bit also marks the
+ * lane for the blend (bf16 sparse apply with K = 4: 9 instructions a vector and expert, now 8). */
+#define MELD_EB16(m, l) (MELD_BIT(m, l) ? (0x8080u | (2u * MELD_BELOW(m, l)) << 16 | (2u * MELD_BELOW(m, l) + 1u) << 24) : 0x80808080u)
+#define MELD_EB16_ROW(m) {MELD_EB16(m, 0), MELD_EB16(m, 1), MELD_EB16(m, 2), MELD_EB16(m, 3), \
+    MELD_EB16(m, 4), MELD_EB16(m, 5), MELD_EB16(m, 6), MELD_EB16(m, 7)}
+static const uint32_t meld_avx2_expand_bf16[256][8] __attribute__((aligned(32))) = {MELD_T256(MELD_EB16_ROW)};
+#define MELD_SIMD_EXPAND_BF16 1
+/* as vf_expand_fma, from 8 bf16 at p (all 16 bytes readable) */
+static inline vf vf_expand_fma_bf16(uint32_t bits, const uint16_t *p, vf s, vf acc) {
+    const __m256i ctl = _mm256_load_si256((const __m256i *)meld_avx2_expand_bf16[bits & 0xffu]);
+    const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    const vf v = _mm256_castsi256_ps(_mm256_shuffle_epi8(both, ctl));
+    return _mm256_blendv_ps(_mm256_fmadd_ps(s, v, acc), acc, _mm256_castsi256_ps(ctl));
+}
 /* Philox in 64-bit lanes (philox.tpl.h); no fast PDEP (microcoded on Zen 2) */
 #define MELD_SIMD_PHILOX 1
 static inline vi vi_mul_lo32(vi a, vi b) { return _mm256_mul_epu32(a, b); }

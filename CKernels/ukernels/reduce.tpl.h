@@ -150,6 +150,10 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
         /* no skip when empty: unpredictable at 10% density. Lanes without a value stay
          * untouched (identical on every vector width). */
         const uint32_t mb = load_bits_w_raw(bits[k], i);
+#ifdef MELD_SIMD_EXPAND_BF16
+        if (dt == MELD_BF16) acc = vf_expand_fma_bf16(mb, (const uint16_t *)cur[k], sc[k], acc);
+        else
+#endif
         acc = vf_expand_fma(mb, load_dt(cur[k], dt, 0), sc[k], acc);
         cur[k] += (size_t)__builtin_popcount(mb) * es;
     }
