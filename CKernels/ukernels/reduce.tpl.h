@@ -159,7 +159,9 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
         else
 #endif
         acc = vf_expand_fma(mb, load_dt(cur[k], dt, 0), sc[k], acc);
-        cur[k] += (size_t)__builtin_popcount(mb) * es;
+        uint32_t pc = (uint32_t)__builtin_popcount(mb);
+        __asm__("" : "+r"(pc)); /* opaque: else the count of a byte was narrowed and zero-extended again */
+        cur[k] += (size_t)pc * es;
     }
     return acc;
 }
