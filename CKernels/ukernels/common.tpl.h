@@ -33,6 +33,15 @@ static inline __attribute__((always_inline)) vf load_dt(const void *p, int dt, s
     }
 }
 
+/* acc + s * (the packed values at p, in dt, expanded to the lanes of bits) in those lanes, acc
+ * elsewhere; an ISA may expand bf16 straight from memory (MELD_SIMD_EXPAND_BF16). */
+static inline __attribute__((always_inline)) vf expand_fma_dt(uint32_t bits, const void *p, int dt, vf s, vf acc) {
+#ifdef MELD_SIMD_EXPAND_BF16
+    if (dt == MELD_BF16) return vf_expand_fma_bf16(bits, (const uint16_t *)p, s, acc);
+#endif
+    return vf_expand_fma(bits, load_dt(p, dt, 0), s, acc);
+}
+
 /* Output stores of the streaming kernels: non-temporal (no read-for-ownership of lines that
  * are about to be overwritten whole); the kernel calls stream_fence() before returning. */
 static inline __attribute__((always_inline)) void stream_dt(void *p, int dt, size_t i, vf v) {

@@ -154,11 +154,7 @@ MELD_VEC_INLINE vf apply_vec(const void *bp, int bdt, const uint8_t *const *bits
         /* no skip when empty: unpredictable at 10% density. Lanes without a value stay
          * untouched (identical on every vector width). */
         const uint32_t mb = load_bits_w_raw(bits[k], i);
-#ifdef MELD_SIMD_EXPAND_BF16
-        if (dt == MELD_BF16) acc = vf_expand_fma_bf16(mb, (const uint16_t *)cur[k], sc[k], acc);
-        else
-#endif
-        acc = vf_expand_fma(mb, load_dt(cur[k], dt, 0), sc[k], acc);
+        acc = expand_fma_dt(mb, cur[k], dt, sc[k], acc);
         uint32_t pc = (uint32_t)__builtin_popcount(mb);
         __asm__("" : "+r"(pc)); /* opaque: else the count of a byte was narrowed and zero-extended again */
         cur[k] += (size_t)pc * es;
@@ -205,8 +201,7 @@ MELD_BODY_INLINE void apply_body(size_t n, const meld_uk_apply_args *a, const si
 /* Specialized on K, the values' dtype and the base (none, or the values' dtype): a base tested
  * and its dtype switched at run time were branches at every vector. */
 void UK(meld_xf32_sparse_apply)(size_t n, const meld_uk_apply_args *a) {
-    int dt = a->values[0].dt;
-    for (size_t k = 1; k < a->k; k++) if (a->values[k].dt != dt) dt = -1;
+    const int dt = uniform_dt((meld_uk_in){0}, a->values, a->k); /* the values' (no base here) */
 #define APPLY_KS(DT, BD) switch (a->k) { case 1: apply_body(n, a, 1, DT, BD); return; case 2: apply_body(n, a, 2, DT, BD); return; \
     case 3: apply_body(n, a, 3, DT, BD); return; case 4: apply_body(n, a, 4, DT, BD); return; default: break; }
 #define APPLY_BD(DT) if (!a->base.p) APPLY_KS(DT, MELD_APPLY_NO_BASE) else if (a->base.dt == DT) APPLY_KS(DT, DT)
