@@ -755,10 +755,14 @@ meld_status meld_cl_grouped(meld_context *ctx, const meld_moe_weights *w, const 
     return s;
 }
 
+/* A scratch buffer of `bytes` (at least 4: an empty one is still an object), initialized from
+ * `init` when given: exactly `bytes` of it are read, so a caller's array needs no padding. */
 static cl_mem dev_alloc(meld_context *ctx, size_t bytes, const void *init, meld_status *s) {
     cl_state *st = ctx->opencl;
     cl_int e;
-    cl_mem m = clCreateBuffer(st->context, CL_MEM_READ_WRITE | (init ? CL_MEM_COPY_HOST_PTR : 0), bytes ? bytes : 4, (void *)init, &e);
+    const int copy = init && bytes;
+    cl_mem m = clCreateBuffer(st->context, CL_MEM_READ_WRITE | (copy ? CL_MEM_COPY_HOST_PTR : 0), bytes ? bytes : 4,
+                              copy ? (void *)init : NULL, &e);
     if (e != CL_SUCCESS && *s == MELD_OK) *s = cl_fail(ctx, e, "MoE scratch");
     return e == CL_SUCCESS ? m : NULL;
 }
@@ -805,7 +809,7 @@ meld_status meld_cl_moe_ffn(meld_context *ctx, const float *x, size_t T, size_t 
         ym = dev_alloc(ctx, M * H * 4, NULL, &s);
         ysm = dev_alloc(ctx, (sdn ? T : 1) * H * 4, NULL, &s);
         invm = dev_alloc(ctx, (M + 1) * 4, inv, &s);
-        wm = dev_alloc(ctx, (M + 1) * 4, weights, &s);
+        wm = dev_alloc(ctx, M * 4, weights, &s); /* the caller's T x k weights: no more */
     }
     if (s == MELD_OK) { s = arg_make(ctx, x, T ? ((T - 1) * ldx + H) * 4 : 0, 0, &xa); made = 1; }
     if (s == MELD_OK) { s = arg_make(ctx, out, T ? ((T - 1) * ldo + H) * 4 : 0, 1, &oa); made = 2; }

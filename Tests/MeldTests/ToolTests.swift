@@ -242,8 +242,10 @@ final class ToolTests: XCTestCase {
     /// an input; mapped whole, 134 MB at the peak both for TIES over 4 inputs, with a merge plan,
     /// where a batch release separates the two tensors, and for SLERP over 2, through chunked
     /// linear passes, where it does not), and the output stays the same; bad budgets are refused
-    /// by name.
+    /// by name. Under a sanitizer (CI sets MELD_SANITIZER) its shadow memory and quarantine of
+    /// freed blocks decide the peak, so only the paging and the bytes are checked there.
     func testMaxMappedBoundsPeakMemory() throws {
+        let rssChecked = ProcessInfo.processInfo.environment["MELD_SANITIZER"] == nil
         let d = tempDir("max-mapped")
         var g = CheckpointGenerator()
         g.hidden = 64; g.vocab = 131_072; g.layers = 1; g.intermediate = 64; g.heads = 4; g.kvHeads = 4; g.experts = 3
@@ -266,7 +268,7 @@ final class ToolTests: XCTestCase {
             pagedPeak[method] = paged.peakMB
             XCTAssertEqual(whole.paged, 0, method)
             XCTAssertEqual(paged.paged, 2, method)
-            XCTAssertLessThan(paged.peakMB, whole.peakMB - drop, "\(method): peak RSS \(paged.peakMB) MB paged, \(whole.peakMB) MB whole")
+            if rssChecked { XCTAssertLessThan(paged.peakMB, whole.peakMB - drop, "\(method): peak RSS \(paged.peakMB) MB paged, \(whole.peakMB) MB whole") }
             XCTAssertEqual(FileManager.default.contents(atPath: d + "/\(method)-1G/model.safetensors"),
                            FileManager.default.contents(atPath: d + "/\(method)-4M/model.safetensors"), method)
         }
@@ -275,8 +277,10 @@ final class ToolTests: XCTestCase {
         write(try String(contentsOfFile: d + "/ties.yml", encoding: .utf8) + "dtype: bfloat16\n", d + "/ties_bf16.yml")
         let whole16 = try merge("ties_bf16", "1G"), paged16 = try merge("ties_bf16", "4M"), paged32 = pagedPeak["ties"] ?? 0
         XCTAssertEqual(paged16.paged, 2)
-        XCTAssertLessThan(paged16.peakMB, paged32 + 24, "peak RSS \(paged16.peakMB) MB paged in bf16, \(paged32) MB in f32")
-        XCTAssertLessThan(paged16.peakMB, whole16.peakMB - 150, "peak RSS \(paged16.peakMB) MB paged, \(whole16.peakMB) MB whole")
+        if rssChecked {
+            XCTAssertLessThan(paged16.peakMB, paged32 + 24, "peak RSS \(paged16.peakMB) MB paged in bf16, \(paged32) MB in f32")
+            XCTAssertLessThan(paged16.peakMB, whole16.peakMB - 150, "peak RSS \(paged16.peakMB) MB paged, \(whole16.peakMB) MB whole")
+        }
         XCTAssertEqual(FileManager.default.contents(atPath: d + "/ties_bf16-1G/model.safetensors"),
                        FileManager.default.contents(atPath: d + "/ties_bf16-4M/model.safetensors"))
         XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: d + "/ties_bf16-4M").contains { $0.hasPrefix(".meld-scratch") })
