@@ -361,6 +361,15 @@ public enum Merger {
 
     static func required(_ v: Double?, _ key: String, model: String, tensor: String) throws -> Double {
         guard let v else { throw ToolError("model \(model) has no \(key) for tensor \(tensor)") }
+        return try finite32(v, key, model: model, tensor: tensor)
+    }
+
+    /// A weight or lambda goes to the kernels as an f32: past its range it would arrive as
+    /// infinity and be refused there without naming the parameter.
+    static func finite32(_ v: Double, _ key: String, model: String, tensor: String) throws -> Double {
+        guard v.isFinite, abs(v) <= Double(Float.greatestFiniteMagnitude) else {
+            throw ToolError("\(key) = \(v) for model \(model), tensor \(tensor): must be a finite number within f32 range (|\(key)| <= \(Float.greatestFiniteMagnitude))")
+        }
         return v
     }
 
@@ -463,7 +472,7 @@ public enum Merger {
             let consensus: Consensus = ["ties", "dare_ties", "breadcrumbs_ties", "della"].contains(m) ? .sum : .none
             let normalize = flag("normalize", ["ties", "della"].contains(m))
             let rescale = flag("rescale", ["dare_ties", "dare_linear", "della", "della_linear"].contains(m))
-            let lambda = p("lambda") ?? 1
+            let lambda = try finite32(p("lambda") ?? 1, "lambda", model: "(global)", tensor: name)
             var weights: [Float] = [], sp: [Sparsifier] = []
             for (k, e) in plan.experts.enumerated() {
                 let model = e.entry.model

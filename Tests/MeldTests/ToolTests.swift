@@ -164,6 +164,9 @@ final class ToolTests: XCTestCase {
         expectError(ties().replacingOccurrences(of: "models/expert1", with: "meta-llama/Llama-3.1-8B"), in: d, contains: "huggingface-cli download meta-llama/Llama-3.1-8B")
         expectError(ties().replacingOccurrences(of: "weight: 1.0, ", with: ""), in: d, contains: "has no weight")
         expectError(ties("out_dtype: int8"), in: d, contains: "out_dtype")
+        // past f32's range a weight or lambda is refused by name, not as infinity by the kernels
+        expectError(ties().replacingOccurrences(of: "weight: 0.5", with: "weight: -1e39"), in: d, contains: "weight = -1e+39 for model models/expert1")
+        expectError(ties("parameters: {lambda: 4e38}"), in: d, contains: "lambda = 4e+38 for model (global)")
         expectError("merge_method: [ties\n", in: d, contains: "not valid YAML")
         // normalize divides by the weights' sum: a zero sum is refused, naming the tensor
         let linear = "merge_method: linear\nmodels:\n  - model: models/expert0\n    parameters: {weight: 1.0}\n  - model: models/expert1\n    parameters: {weight: -1.0}\n"
@@ -172,6 +175,73 @@ final class ToolTests: XCTestCase {
         // without normalize, the same weights merge
         write(linear + "parameters: {normalize: false}\n", d + "/c.yml")
         XCTAssertNoThrow(try runMerge("c.yml", "out", in: d))
+    }
+
+    /// Mutated configs (tokens inserted, spans deleted or repeated; YAML syntax, anchors, odd
+    /// numbers and keys among the tokens) each either merge into a complete output or fail with
+    /// a ToolError that says something, leaving no output folder; none crashes the process.
+    func testConfigFuzz() throws {
+        let d = tempDir("cfg-fuzz")
+        try models(d + "/models")
+        let seeds = [ties(), ties("parameters: {normalize: false, int8_mask: true, lambda: 1.2}"),
+                     ties().replacingOccurrences(of: "merge_method: ties", with: "merge_method: dare_linear")
+                         .replacingOccurrences(of: "density: 0.5", with: "density: [0.2, 0.9]"),
+                     """
+                     merge_method: slerp
+                     base_model: models/base
+                     models:
+                       - model: models/base
+                       - model: models/expert0
+                     parameters:
+                       t:
+                         - filter: self_attn
+                           value: [0, 0.5, 1]
+                         - value: 0.3
+                     dtype: bfloat16
+                     """]
+        let tokens = ["[", "]", "{", "}", ":", "- ", " ", "\n", "  ", ".nan", ".inf", "-1", "1e39", "0", "\"", "'", "&a ", "*a",
+                      "!!binary ", "~", "null", ",", "#", "? ", "|", ">", "\t", "1.5", "true", "model", "weight", "density",
+                      "filter", "value", "[[]]", "{}", "%", "@", "models/base", "t", "dtype", "bfloat16", "float16", "int4"]
+        var rng = Rng(2026)
+        var merged = 0
+        for iter in 0..<240 {
+            var text = Array(seeds[iter % seeds.count].unicodeScalars)
+            for _ in 0..<(iter % 3 == 2 ? 0 : 1 + rng.next() % 3) {
+                let p = Int(rng.next() % UInt64(text.count + 1))
+                switch rng.next() % 3 {
+                case 0: text.insert(contentsOf: tokens[Int(rng.next() % UInt64(tokens.count))].unicodeScalars, at: p)
+                case 1: text.removeSubrange(p..<min(text.count, p + 1 + Int(rng.next() % 8)))
+                default:
+                    let q = Int(rng.next() % UInt64(text.count + 1))
+                    text.insert(contentsOf: text[q..<min(text.count, q + 1 + Int(rng.next() % 20))], at: p)
+                }
+            }
+            var config = String(String.UnicodeScalarView(text))
+            if iter % 3 == 2 { // a number replaced: the merge reaches its parameter checks and kernels
+                let numbers = config.ranges(of: /-?[0-9][0-9.]*/)
+                if !numbers.isEmpty {
+                    let values = ["0", "-0.5", "1e-9", "2", "1e39", "-1e39", "0.99999", "1", "[0, 1]", "[]", "[0.5, 2, -1]", "3e-45", "65504"]
+                    config.replaceSubrange(numbers[Int(rng.next() % UInt64(numbers.count))], with: values[Int(rng.next() % UInt64(values.count))])
+                }
+            }
+            write(config, d + "/c.yml")
+            try? FileManager.default.removeItem(atPath: d + "/out")
+            do {
+                let summary = try runMerge("c.yml", "out", in: d)
+                XCTAssertGreaterThan(summary.tensors, 0, config)
+                XCTAssertTrue(FileManager.default.fileExists(atPath: d + "/out/config.json"), config)
+                merged += 1
+            } catch let e as ToolError {
+                XCTAssertFalse(e.message.isEmpty, config)
+                // a bare kernel status does not say which parameter is at fault (a weight of 1e39
+                // reached the kernels as infinity)
+                XCTAssertFalse(e.message.contains("out of its valid range"), "\(e.message) for\n\(config)")
+                XCTAssertFalse(FileManager.default.fileExists(atPath: d + "/out"), "a failed merge left out/: \(config)")
+            } catch {
+                XCTFail("not a ToolError: \(error) for\n\(config)")
+            }
+        }
+        XCTAssertGreaterThan(merged, 20) // many mutations (spaces, comments, numbers in range) still merge: 31 of 240
     }
 
     /// --out-shard-size: mergekit's suffixes; nothing that is not a positive size up to Int.max
