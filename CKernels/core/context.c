@@ -1,4 +1,5 @@
 /* Status strings, version, ISA detection and the context. */
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -214,6 +215,20 @@ meld_status meld_check_floats(const float *w, size_t k) {
     if (!w) return MELD_ERR_NULL_POINTER;
     for (size_t i = 0; i < k; i++)
         if (!isfinite(w[i])) return MELD_ERR_INVALID_ARGUMENT;
+    return MELD_OK;
+}
+
+meld_status meld_check_weights(meld_context *ctx, const float *w, size_t k) {
+    if (!w) return MELD_ERR_NULL_POINTER;
+    double total = 0.0;
+    for (size_t i = 0; i < k; i++) {
+        if (!isfinite(w[i])) { meld_set_error(ctx, "weight %zu is %g: weights must be finite", i, (double)w[i]); return MELD_ERR_INVALID_ARGUMENT; }
+        total += fabs((double)w[i]);
+    }
+    if (total > FLT_MAX) {
+        meld_set_error(ctx, "the weights' magnitudes sum to %g, past f32's range: a weight-sum divisor would be infinite", total);
+        return MELD_ERR_INVALID_ARGUMENT;
+    }
     return MELD_OK;
 }
 

@@ -41,6 +41,9 @@ meld_status meld_check_view(meld_view v, size_t n);
 meld_status meld_check_span(meld_span s, size_t n);
 meld_status meld_check_models(size_t k, const meld_view *models, size_t n);
 meld_status meld_check_floats(const float *w, size_t k); /* finite values */
+/* merge weights: finite, and sum_k |w_k| within f32 range, so that every sum of them (the
+ * weight-sum divisors, per element or whole) is finite; names the fault in the context */
+meld_status meld_check_weights(meld_context *ctx, const float *w, size_t k);
 
 #define MELD_TRY(expr) do { meld_status s_ = (expr); if (s_ != MELD_OK) return s_; } while (0)
 

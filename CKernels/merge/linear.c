@@ -31,7 +31,7 @@ meld_status meld_linear(meld_context *ctx, size_t k, const meld_view *models, co
     if (!ctx || !weights) return MELD_ERR_NULL_POINTER;
     MELD_TRY(meld_check_span(out, out.numel));
     MELD_TRY(meld_check_models(k, models, out.numel));
-    MELD_TRY(meld_check_floats(weights, k));
+    MELD_TRY(meld_check_weights(ctx, weights, k));
     float wsum = 0.0f;
     for (size_t i = 0; i < k; i++) wsum += weights[i];
     if (normalize && wsum == 0.0f) return MELD_ERR_INVALID_ARGUMENT;

@@ -385,7 +385,7 @@ meld_status meld_merge_plan_create(meld_context *ctx, meld_view base, size_t k, 
     if (!ctx || !weights || !sparsifiers || !options) return MELD_ERR_NULL_POINTER;
     MELD_TRY(meld_check_view(base, base.numel));
     MELD_TRY(meld_check_models(k, models, base.numel));
-    MELD_TRY(meld_check_floats(weights, k));
+    MELD_TRY(meld_check_weights(ctx, weights, k));
     for (size_t i = 0; i < k; i++) MELD_TRY(check_sparsifier(&sparsifiers[i]));
     for (size_t i = 0; i < k && meld_cl_active(ctx); i++)
         if (sparsifiers[i].method == MELD_SPARSIFY_DELLA || sparsifiers[i].rescale == MELD_RESCALE_L1) {

@@ -109,7 +109,7 @@ static meld_status check_common(meld_context *ctx, meld_view base, size_t k, con
     MELD_TRY(meld_check_span(out, n));
     if (base.data || base.numel) MELD_TRY(meld_check_view(base, n));
     MELD_TRY(meld_check_models(k, x, n));
-    if (w) MELD_TRY(meld_check_floats(w, k));
+    if (w) MELD_TRY(meld_check_weights(ctx, w, k));
     return MELD_OK;
 }
 
@@ -182,7 +182,7 @@ meld_status meld_sign_elect(meld_context *ctx, size_t k, const meld_view *deltas
                             meld_consensus method, int8_t *sign, size_t n) {
     if (!ctx || (!sign && n)) return MELD_ERR_NULL_POINTER;
     MELD_TRY(meld_check_models(k, deltas, n));
-    if (weights) MELD_TRY(meld_check_floats(weights, k));
+    if (weights) MELD_TRY(meld_check_weights(ctx, weights, k));
     if (method != MELD_CONSENSUS_SUM && method != MELD_CONSENSUS_COUNT) return MELD_ERR_INVALID_ARGUMENT;
     tv_rule rules[MELD_MAX_MODELS];
     float ones[MELD_MAX_MODELS];

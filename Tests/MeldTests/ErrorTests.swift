@@ -101,6 +101,16 @@ final class ErrorTests: XCTestCase {
         XCTAssertThrowsError(try ctx.select([1, 2, 3] as [Float], density: 2)) {
             XCTAssertEqual(($0 as? MeldError)?.message, "", "\($0)")
         }
+        // weights whose magnitudes sum past f32's range: every weight-sum divisor would be
+        // infinite (and the merge silently zero), so they are refused, saying why
+        for call in [{ _ = try ctx.linear([[1, 2], [3, 4]] as [[Float]], weights: [3e38, 3e38]) as [Float] },
+                     { _ = try ctx.ties(base: [0, 0] as [Float], [[1, 2], [3, 4]], weights: [2e38, -2e38], densities: [1, 1]) as [Float] }] {
+            XCTAssertThrowsError(try call()) {
+                XCTAssertEqual(($0 as? MeldError)?.status, MeldError.invalidArgument)
+                XCTAssertTrue("\($0)".contains("past f32's range"), "\($0)")
+            }
+        }
+        XCTAssertEqual(try ctx.linear([[1, 2], [3, 4]] as [[Float]], weights: [0x1p120, 0x1p120]) as [Float], [2, 3]) // large, in range
         // T * k that does not fit is an argument error, also where the product wraps around
         var plan: OpaquePointer?
         XCTAssertEqual(meld_moe_plan_create(ctx.raw, [0], 1 << 62, 8, 4, &plan), MELD_ERR_INVALID_ARGUMENT)

@@ -4,7 +4,9 @@
  * Numerics (all kernels): inputs in any of F32/F16/BF16 (mixed allowed), arithmetic in f32,
  * outputs rounded to nearest even, NaN preserved (quieted). Each element's operations happen
  * in one fixed order, so results are bit-identical across ISA paths and thread counts.
- * All tensors are flat; every call checks that element counts agree. */
+ * All tensors are flat; every call checks that element counts agree. Merge weights must be
+ * finite with sum_k |w_k| within f32's range (so that every weight-sum divisor is finite),
+ * else MELD_ERR_INVALID_ARGUMENT with the context's message saying which. */
 #ifndef MELD_MERGE_H
 #define MELD_MERGE_H
 
