@@ -244,6 +244,57 @@ final class ToolTests: XCTestCase {
         XCTAssertGreaterThan(merged, 20) // many mutations (spaces, comments, numbers in range) still merge: 31 of 240
     }
 
+    /// Tensors with no elements (shape [0] or [2, 0], as safetensors allows) beside ordinary ones
+    /// merge under every method: the output keeps their name, dtype and shape with an empty
+    /// byte range, and the ordinary tensors are merged as usual.
+    func testZeroSizeTensors() throws {
+        let d = tempDir("zero-size")
+        // name, dtype, shape; F32 values, BF16 as their high halves
+        let layout: [(String, STDType, [Int])] = [("model.layers.0.a.weight", .F32, [4, 3]), ("model.layers.0.z", .F32, [0]),
+                                                  ("model.layers.0.y", .BF16, [2, 0]), ("model.norm.weight", .BF16, [5])]
+        var rng = Rng(5)
+        for m in ["base", "e0", "e1"] {
+            var header: [JSON.Member] = [], data = Data()
+            for (name, dt, shape) in layout {
+                let begin = data.count
+                for _ in 0..<shape.reduce(1, *) {
+                    let bits = rng.normal().bitPattern
+                    if dt == .F32 { withUnsafeBytes(of: bits.littleEndian) { data.append(contentsOf: $0) } }
+                    else { withUnsafeBytes(of: UInt16(bits >> 16).littleEndian) { data.append(contentsOf: $0) } }
+                }
+                header.append(.init(name, .object([.init("dtype", .string(dt.rawValue)), .init("shape", .array(shape.map { .int($0) })),
+                                                   .init("data_offsets", .array([.int(begin), .int(data.count)]))])))
+            }
+            var text = JSON.object(header).serialized()
+            text += String(repeating: " ", count: (8 - text.utf8.count % 8) % 8)
+            var file = Data(count: 8)
+            file.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(text.utf8.count).littleEndian, as: UInt64.self) }
+            try FileManager.default.createDirectory(atPath: d + "/" + m, withIntermediateDirectories: true)
+            try (file + Data(text.utf8) + data).write(to: URL(fileURLWithPath: d + "/\(m)/model.safetensors"))
+            write("{\"architectures\": [\"LlamaForCausalLM\"], \"torch_dtype\": \"float32\"}", d + "/\(m)/config.json")
+        }
+        let two = "  - model: e0\n    parameters: {weight: 1.0, density: 0.5}\n  - model: e1\n    parameters: {weight: 0.5, density: 0.5}\n"
+        let methods: [(String, String)] = [
+            ("linear", two.replacingOccurrences(of: ", density: 0.5", with: "")),
+            ("task_arithmetic", two.replacingOccurrences(of: ", density: 0.5", with: "")),
+            ("nuslerp", two.replacingOccurrences(of: ", density: 0.5", with: "")),
+            ("ties", two), ("dare_ties", two), ("dare_linear", two), ("breadcrumbs", two), ("breadcrumbs_ties", two),
+            ("della", two), ("della_linear", two),
+            ("slerp", "  - model: base\n  - model: e0\nparameters: {t: 0.3}\n"), ("model_stock", "  - model: e0\n  - model: e1\n")]
+        for (method, models) in methods {
+            write("merge_method: \(method)\nbase_model: base\nmodels:\n" + models, d + "/\(method).yml")
+            let summary = try runMerge("\(method).yml", "out-\(method)", in: d)
+            XCTAssertEqual(summary.tensors, layout.count, method)
+            let out = try SafeTensorsFile(path: d + "/out-\(method)/model.safetensors")
+            for (name, dt, shape) in layout {
+                let t = try XCTUnwrap(out.tensors[name], "\(method): \(name)")
+                XCTAssertEqual(t.dtype, dt, "\(method): \(name)")
+                XCTAssertEqual(t.shape, shape, "\(method): \(name)")
+                XCTAssertEqual(t.end - t.begin, shape.reduce(1, *) * dt.size, "\(method): \(name)")
+            }
+        }
+    }
+
     /// --out-shard-size: mergekit's suffixes; nothing that is not a positive size up to Int.max
     /// (such a size used to trap in the conversion to Int).
     func testByteSizes() {
