@@ -249,28 +249,19 @@ final class ToolTests: XCTestCase {
     /// byte range, and the ordinary tensors are merged as usual.
     func testZeroSizeTensors() throws {
         let d = tempDir("zero-size")
-        // name, dtype, shape; F32 values, BF16 as their high halves
+        // name, dtype, shape; BF16 values are the high halves of normal f32 draws
         let layout: [(String, STDType, [Int])] = [("model.layers.0.a.weight", .F32, [4, 3]), ("model.layers.0.z", .F32, [0]),
                                                   ("model.layers.0.y", .BF16, [2, 0]), ("model.norm.weight", .BF16, [5])]
         var rng = Rng(5)
         for m in ["base", "e0", "e1"] {
-            var header: [JSON.Member] = [], data = Data()
-            for (name, dt, shape) in layout {
-                let begin = data.count
-                for _ in 0..<shape.reduce(1, *) {
-                    let bits = rng.normal().bitPattern
-                    if dt == .F32 { withUnsafeBytes(of: bits.littleEndian) { data.append(contentsOf: $0) } }
-                    else { withUnsafeBytes(of: UInt16(bits >> 16).littleEndian) { data.append(contentsOf: $0) } }
-                }
-                header.append(.init(name, .object([.init("dtype", .string(dt.rawValue)), .init("shape", .array(shape.map { .int($0) })),
-                                                   .init("data_offsets", .array([.int(begin), .int(data.count)]))])))
-            }
-            var text = JSON.object(header).serialized()
-            text += String(repeating: " ", count: (8 - text.utf8.count % 8) % 8)
-            var file = Data(count: 8)
-            file.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(text.utf8.count).littleEndian, as: UInt64.self) }
             try FileManager.default.createDirectory(atPath: d + "/" + m, withIntermediateDirectories: true)
-            try (file + Data(text.utf8) + data).write(to: URL(fileURLWithPath: d + "/\(m)/model.safetensors"))
+            let w = try ShardedWriter(directory: d + "/" + m, plan: layout.map { .init(name: $0.0, dtype: $0.1, shape: $0.2) }, shardSize: .max)
+            for (name, dt, shape) in layout where shape.reduce(1, *) > 0 {
+                let v = (0..<shape.reduce(1, *)).map { _ in rng.normal() }
+                let bytes = dt == .F32 ? v.withUnsafeBytes { Data($0) } : Data(v.flatMap { withUnsafeBytes(of: UInt16($0.bitPattern >> 16).littleEndian) { Array($0) } })
+                try bytes.withUnsafeBytes { try w.write(name, offset: 0, from: $0.baseAddress!, bytes: $0.count) }
+            }
+            try w.close()
             write("{\"architectures\": [\"LlamaForCausalLM\"], \"torch_dtype\": \"float32\"}", d + "/\(m)/config.json")
         }
         let two = "  - model: e0\n    parameters: {weight: 1.0, density: 0.5}\n  - model: e1\n    parameters: {weight: 0.5, density: 0.5}\n"
