@@ -52,7 +52,7 @@ final class MoETests: XCTestCase {
         for (name, E, o) in cases {
             for T in [0, 1, 37] {
                 let logits = (0..<(T * E)).map { _ in rng.normal() * 2 }
-                var first: [Int32]?
+                var first: ([Int32], [UInt32])?
                 for ctx in try allContexts() {
                     let (ids, w) = try ctx.route(logits: logits, tokens: T, experts: E, options: o)
                     for t in 0..<T {
@@ -60,7 +60,11 @@ final class MoETests: XCTestCase {
                         XCTAssertEqual(Array(ids[(t * o.topK)..<((t + 1) * o.topK)]), r.ids, "\(name) token \(t)")
                         for j in 0..<o.topK { XCTAssertEqual(Double(w[t * o.topK + j]), r.w[j], accuracy: 2e-6 * max(1, abs(r.w[j])), name) }
                     }
-                    if let f = first { XCTAssertEqual(ids, f) } else { first = ids }
+                    // every ISA path and thread count: the same ids and the same weight bits
+                    if let f = first {
+                        XCTAssertEqual(ids, f.0, "\(name) \(ctx.isa.name) \(ctx.threads) threads")
+                        XCTAssertEqual(bits(w), f.1, "\(name) \(ctx.isa.name) \(ctx.threads) threads")
+                    } else { first = (ids, bits(w)) }
                 }
             }
         }
@@ -88,7 +92,7 @@ final class MoETests: XCTestCase {
     }
 
     /// Both forms against f64, all weight dtypes, ragged sizes, leading dimensions, empty
-    /// experts, everything on one expert; 1 and 2 threads give the same bits.
+    /// experts, everything on one expert; every ISA path and thread count gives the same bits.
     func testGroupedMatmul() throws {
         var rng = Rng(52)
         // ldx 1024: rows on the 4 KiB grid (the bf16 dot kernel's prefill copies those to a padded stride)
@@ -117,7 +121,7 @@ final class MoETests: XCTestCase {
                 for e in 0..<E { offsets[e + 1] += offsets[e] }
                 let xs = sortedRows.flatMap { Array(x[($0 * ldx)..<($0 * ldx + ldx)]) }
                 for (dtName, tol) in [("f32", 1e-5), ("bf16", 1e-5), ("f16", 1e-5)] {
-                    var byThreads: [Int: [Float]] = [:]
+                    var first: [Float]?
                     // the weights as the kernels see them, and packed for a context
                     let wq = dtName == "bf16" ? wf.map { BFloat16($0).floatValue } : dtName == "f16" ? wf.map { Float(Float16($0)) } : wf
                     func pack(_ c: Context) throws -> PackedExperts {
@@ -155,15 +159,16 @@ final class MoETests: XCTestCase {
                                 XCTAssertEqual(yo[s * ldy + n], yg[r * ldy + n], "offsets == gather")
                             }
                         }
-                        if ctx.isa == .avx512 || !ISA.avx512.isSupported {
-                            if let f = byThreads[0] { XCTAssertEqual(bits(f), bits(yg), "1 vs 2 threads") } else { byThreads[0] = yg }
-                            // more threads than the light list's one (the split between the lists)
-                            if routing == "skew" && ctx.threads == 1 {
-                                for t in [3, 5] {
-                                    let c = try Context(threads: t, isa: ctx.isa)
-                                    let y = try c.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: try pack(c), ldy: ldy)
-                                    XCTAssertEqual(bits(y), bits(yg), "\(t) threads \(dtName)")
-                                }
+                        // every ISA path and thread count gives the bits of the first (scalar, 1 thread)
+                        if let f = first {
+                            assertSameBits(bits(yg), bits(f), "\(ctx.isa.name) \(ctx.threads) threads vs scalar, \(dtName) \(routing) E\(E) N\(N) K\(K) M\(M)")
+                        } else { first = yg }
+                        // more threads than the light list's one (the split between the lists)
+                        if routing == "skew" && ctx.threads == 1 {
+                            for t in [3, 5] {
+                                let c = try Context(threads: t, isa: ctx.isa)
+                                let y = try c.groupedMatmulGather(x: x, rows: M, ldx: ldx, ids: ids, weights: try pack(c), ldy: ldy)
+                                XCTAssertEqual(bits(y), bits(yg), "\(t) threads \(dtName) \(ctx.isa.name)")
                             }
                         }
                     }
@@ -263,9 +268,10 @@ final class MoETests: XCTestCase {
                     var acc = o; acc.accumulate = true
                     let twice = try ctx.moeFFN(x: x, tokens: T, ids: ids, routeWeights: w, k: k, gateUp: pgu, down: pdn, shared: shared, options: acc, into: y)
                     assertClose(twice, ref.map { 2 * $0 }, atol: 2e-4, rtol: 1e-4, "accumulate")
-                    if ctx.isa == .avx512 || !ISA.avx512.isSupported {
-                        if let f = first { XCTAssertEqual(bits(y), f, "1 vs 2 threads") } else { first = bits(y) }
-                    }
+                    // every ISA path and thread count gives the bits of the first (scalar, 1 thread)
+                    if let f = first {
+                        assertSameBits(bits(y), f, "\(name) T=\(T) \(ctx.isa.name) \(ctx.threads) threads vs scalar")
+                    } else { first = bits(y) }
                 }
             }
         }

@@ -4,9 +4,12 @@
  * Layouts: activations are f32 row-major with a leading dimension (elements); expert weights are
  * E x N x K row-major (PyTorch Linear: [out, in]) in f32, bf16 or f16, packed once per context
  * ISA by meld_moe_weights_pack; a grouped matmul computes Y[rows of e] = X[rows of e] * W_e^T
- * with f32 accumulation. Every output element is computed by one task in a fixed order, so
- * results do not depend on the thread count (they may differ in the last bits between ISA
- * paths; tests bound them against an f64 reference). */
+ * with f32 accumulation. Every output element is computed by one task in a fixed order: a
+ * chain of fused multiply-adds over k in KC-deep slices (KC the same on every path), each slice's
+ * sum added to the last. Weights widen to f32 exactly, and routing and activations are scalar
+ * code shared by every path. So results are bit-identical whatever the thread count and on the
+ * scalar, AVX2 and AVX-512 paths. Two kernels differ from the CPU's bits and say so: the opt-in
+ * avx512bf16-dot (activations rounded to bf16) and an OpenCL device's matmuls. */
 #ifndef MELD_MOE_H
 #define MELD_MOE_H
 
