@@ -60,3 +60,24 @@ build/meld-bench: $(BENCH_OBJ) build/libmeld.a
 	$(CC) $(BENCH_OBJ) build/libmeld.a -lopenblas $(LDLIBS) -o $@
 bench: build/meld-bench
 .PHONY: bench
+
+# The C API fuzzer (Tests/fuzz/api_fuzz.c) against a copy of the library built with
+# AddressSanitizer and UBSan: a read or write past a caller's buffer, or undefined behaviour, is
+# a report. `make fuzz` builds and runs it (CI does); build/api-fuzz ITERATIONS SEED by hand.
+SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+SAN_OBJ := $(patsubst %.c,build/san/%.o,$(SRC))
+build/san/%.o: %.c $(DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu2x -fopenmp -ffp-contract=off -fno-math-errno -Wall -Iinclude $(SAN_FLAGS) -c $< -o $@
+build/san/api_fuzz.o: Tests/fuzz/api_fuzz.c include/meld.h $(DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu2x -Wall -Iinclude $(SAN_FLAGS) -c $< -o $@
+# linked without -fopenmp: clang would add -lomp, which Debian names libomp5
+build/api-fuzz: build/san/api_fuzz.o $(SAN_OBJ)
+	$(CC) $(SAN_FLAGS) $^ $(LDLIBS) -o $@
+# (leak checking on: a plan, packed weights or scratch the library loses is a report too)
+fuzz: build/api-fuzz
+	for seed in $${FUZZ_SEEDS:-1 2 3}; do \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 build/api-fuzz $${FUZZ_ITERATIONS:-20000} $$seed || exit 1; \
+	done
+.PHONY: fuzz

@@ -61,6 +61,18 @@ static void slerp_coefficients(double t, double g00, double g01, double g11, dou
     *s1 = sin(theta_t) / sin0;
 }
 
+/* The angles and norms these merges need are meaningless once an input holds NaN or Inf (the
+ * Gram entries are then not finite): refused, saying so, instead of reaching meld_linear as NaN
+ * weights (whose message would blame weights the caller never gave). */
+static meld_status check_gram(meld_context *ctx, const char *merge, const double *g, size_t k) {
+    for (size_t i = 0; i < k * k; i++)
+        if (!isfinite(g[i])) {
+            meld_set_error(ctx, "%s: the inputs hold NaN or Inf (their norms and dot products are not finite)", merge);
+            return MELD_ERR_INVALID_ARGUMENT;
+        }
+    return MELD_OK;
+}
+
 static meld_status combine(meld_context *ctx, size_t k, const meld_view *x, const float *w, meld_span out) {
     return meld_linear(ctx, k, x, w, 0, out);
 }
@@ -71,6 +83,7 @@ meld_status meld_slerp_weights(meld_context *ctx, float t, meld_view v0, meld_vi
     meld_view v[2] = {v0, v1};
     double g[4], s0, s1;
     MELD_TRY(meld_gram(ctx, (meld_view){0}, 2, v, g));
+    MELD_TRY(check_gram(ctx, "slerp", g, 2));
     slerp_coefficients(t, g[0], g[1], g[3], &s0, &s1);
     w[0] = (float)s0;
     w[1] = (float)s1;
@@ -95,6 +108,7 @@ meld_status meld_nuslerp_weights(meld_context *ctx, meld_view base, meld_view x0
     if (base.data || base.numel) MELD_TRY(meld_check_view(base, x0.numel));
     double t = (double)w1 / ((double)w0 + (double)w1), g[4], s0, s1;
     MELD_TRY(meld_gram(ctx, base, 2, v, g));
+    MELD_TRY(check_gram(ctx, "nuslerp", g, 2));
     slerp_coefficients(t, g[0], g[1], g[3], &s0, &s1);
     /* with a base: base + s0 (x0 - base) + s1 (x1 - base) */
     w[0] = (float)s0;
@@ -120,6 +134,7 @@ meld_status meld_model_stock_weights(meld_context *ctx, meld_view base, size_t k
     MELD_TRY(meld_check_models(k, models, models[0].numel));
     double g[MELD_GRAM_MAX * MELD_GRAM_MAX];
     MELD_TRY(meld_gram(ctx, base, k, models, g));
+    MELD_TRY(check_gram(ctx, "model stock", g, k));
     double cos_sum = 0.0;
     size_t pairs = 0;
     for (size_t i = 0; i < k; i++)

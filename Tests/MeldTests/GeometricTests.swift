@@ -87,6 +87,20 @@ final class GeometricTests: XCTestCase {
         XCTAssertThrowsError(try ctx.modelStock(base: [0, 0] as [Float], [[1, 0], [-1, 0]]) as ([Float], Float)) {
             XCTAssertTrue("\($0)".contains("no finite value"), "\($0)")
         }
+        // NaN or Inf in an input leaves norms and angles without meaning: refused, saying so (the
+        // message blamed "weight 0", a weight the caller never gave, for slerp and nuslerp)
+        for bad: Float in [.nan, .infinity] {
+            let what = "\(bad)"
+            XCTAssertThrowsError(try ctx.slerp(t: 0.5, [1, bad, 3] as [Float], [3, 4, 5]) as [Float]) {
+                XCTAssertTrue("\($0)".contains("slerp: the inputs hold NaN or Inf"), "\(what): \($0)")
+            }
+            XCTAssertThrowsError(try ctx.nuslerp(base: [0, 0, 0] as [Float], [1, 2, 3], [bad, 4, 5], weights: (1, 1)) as [Float]) {
+                XCTAssertTrue("\($0)".contains("nuslerp: the inputs hold NaN or Inf"), "\(what): \($0)")
+            }
+            XCTAssertThrowsError(try ctx.modelStock(base: [0, 0, 0] as [Float], [[1, 2, 3], [2, 1, bad]]) as ([Float], Float)) {
+                XCTAssertTrue("\($0)".contains("model stock: the inputs hold NaN or Inf"), "\(what): \($0)")
+            }
+        }
     }
 
     /// bf16 and f16 inputs (the reductions' kernels specialize on an input dtype all share, and

@@ -67,7 +67,9 @@ MELD_API const char *meld_isa_name(meld_isa isa);
 MELD_API int meld_version(void);
 MELD_API const char *meld_version_string(void);
 
-/* A read-only flat tensor: numel elements of dtype at data. */
+/* A read-only flat tensor: numel elements of dtype at data. Where a call takes an optional
+ * view (a base), it is absent as {NULL, 0, any dtype}; NULL data with a nonzero numel is a
+ * mistake, MELD_ERR_NULL_POINTER, never read as absent. */
 typedef struct meld_view {
     const void *data;
     size_t numel;

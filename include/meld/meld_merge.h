@@ -86,7 +86,7 @@ MELD_API meld_status meld_sign_elect(meld_context *ctx, size_t k, const meld_vie
 
 /* out = base + lambda * (sum over agreeing k of w_k delta_k) / divisor. Expert k agrees at i
  * when w_k*delta_k (or delta_k if vote_unweighted) has the elected sign; zero never agrees.
- * A zero divisor counts as 1. base may be a view with data == NULL: then base = 0. */
+ * A zero divisor counts as 1. base may be absent ({NULL, 0}): then base = 0. */
 MELD_API meld_status meld_disjoint_merge(meld_context *ctx, meld_view base, size_t k,
                                          const meld_view *deltas, const float *weights,
                                          const int8_t *sign, int vote_unweighted,

@@ -100,7 +100,7 @@ MELD_API meld_status meld_merge_plan_run(meld_context *ctx, const meld_merge_pla
                                          meld_span out);
 MELD_API meld_status meld_merge_plan_destroy(meld_merge_plan *plan);
 
-/* The keep mask of one sparsifier applied to delta = x - base (base.data NULL: delta = x):
+/* The keep mask of one sparsifier applied to delta = x - base (base absent, {NULL, 0}: delta = x):
  * mask receives ceil(n/8) bytes, LSB first; *scale the rescale factor (1 when none; for
  * DENSITY with RANDOM, 1/density). */
 MELD_API meld_status meld_sparsify_mask(meld_context *ctx, meld_view base, meld_view x,
@@ -119,20 +119,23 @@ typedef struct meld_packed_view {
 } meld_packed_view;
 
 MELD_API meld_status meld_mask_count(const uint8_t *mask, size_t n, size_t *nnz);
-/* values[j] = delta at the j-th set bit (delta = x - base; base.data NULL: delta = x), times scale. */
+/* values[j] = delta at the j-th set bit (delta = x - base; base absent, {NULL, 0}: delta = x), times scale. */
 MELD_API meld_status meld_pack(meld_context *ctx, meld_view base, meld_view x, const uint8_t *mask,
                                float scale, meld_span values);
-/* out = base + sum_k scales[k] * unpack(deltas[k]) in one pass; base.data NULL: base = 0. In
+/* out = base + sum_k scales[k] * unpack(deltas[k]) in one pass; base absent ({NULL, 0}): base = 0. In
  * f32, k ascending, each kept entry one fused multiply-add (acc = fma(scale, value, acc));
  * entries a delta does not keep leave acc as it is. */
 MELD_API meld_status meld_sparse_apply(meld_context *ctx, meld_view base, size_t k,
                                        const meld_packed_view *deltas, const float *scales, meld_span out);
 
 /* ---- Geometric merges ------------------------------------------------------------------- */
+/* These weigh whole tensors by their norms and angles, which NaN or Inf in an input leave
+ * without meaning: such inputs are MELD_ERR_INVALID_ARGUMENT (the message says so), where the
+ * element-wise merges carry a NaN through to its own output entry. */
 /* mergekit slerp: angle between normalized copies of v0 and v1 (norms > 1e-8), |cos| > 0.9995
  * falls back to lerp; out = s0 v0 + s1 v1 on the unnormalized tensors. t in [0, 1] (NaN: error). */
 MELD_API meld_status meld_slerp(meld_context *ctx, float t, meld_view v0, meld_view v1, meld_span out);
-/* NuSLERP: t = w1 / (w0 + w1); with base.data set, slerp runs on x - base and base is added back. */
+/* NuSLERP: t = w1 / (w0 + w1); with a base (not {NULL, 0}), slerp runs on x - base and base is added back. */
 MELD_API meld_status meld_nuslerp(meld_context *ctx, meld_view base, meld_view x0, meld_view x1,
                                   float w0, float w1, meld_span out);
 /* Model Stock: cos = mean pairwise cosine of the task vectors x_k - base (k >= 2),
@@ -151,7 +154,7 @@ MELD_API meld_status meld_nuslerp_weights(meld_context *ctx, meld_view base, mel
                                           float w0, float w1, float w[3]);
 MELD_API meld_status meld_model_stock_weights(meld_context *ctx, meld_view base, size_t k, const meld_view *models,
                                               float *w, float *t_out);
-/* Gram matrix of the task vectors (base.data NULL: of x itself), f64, fixed blocking:
+/* Gram matrix of the task vectors (base absent, {NULL, 0}: of x itself), f64, fixed blocking:
  * gram[i * k + j] = sum (x_i - base)(x_j - base). */
 MELD_API meld_status meld_gram(meld_context *ctx, meld_view base, size_t k, const meld_view *x, double *gram);
 
