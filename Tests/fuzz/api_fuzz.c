@@ -6,7 +6,8 @@
  *
  * The contract checked: every call returns, and returns one of the meld_status values (never a
  * crash, a hang or an out-of-bounds access); a call whose arguments are all valid by
- * construction returns MELD_OK (so the fuzz also reaches the kernels, not only the checks).
+ * construction returns MELD_OK (so the fuzz also reaches the kernels, not only the checks), and
+ * the name functions return strings for any value.
  *
  *   build/api-fuzz [ITERATIONS] [SEED]      (make fuzz builds it with ASan + UBSan) */
 #include <math.h>
@@ -446,6 +447,72 @@ static void fuzz_moe(meld_context *ctx, size_t it) {
     }
 }
 
+static void count_item(void *user, size_t i) { (void)i; __atomic_fetch_add((size_t *)user, 1, __ATOMIC_RELAXED); }
+
+/* The small entry points: names and sizes of any enum value, contexts from any options, the
+ * caller's parallel loop, the RNG. (No OpenCL here: the device calls load a platform.) */
+static void fuzz_misc(meld_context *ctx, size_t it) {
+    const int e = chance(50) ? (int)below(12) : (int)next();
+    switch (below(6)) {
+    case 0:
+        if (!meld_status_string((meld_status)e) || !meld_dtype_name((meld_dtype)e) || !meld_isa_name((meld_isa)e)) {
+            fprintf(stderr, "iteration %zu: a name function returned NULL for %d\n", it, e);
+            failed = 1;
+        }
+        (void)meld_dtype_size((meld_dtype)e);
+        (void)meld_isa_supported((meld_isa)e);
+        break;
+    case 1: {
+        meld_context_options o = {.threads = chance(80) ? (int)below(5) : (int)next(), .isa = (meld_isa)(chance(80) ? below(5) : next())};
+        meld_context *c = NULL;
+        meld_status s = meld_context_create_ex(chance(97) ? &o : NULL, &c);
+        check(s, 0, "meld_context_create_ex", it);
+        if (s == MELD_OK) {
+            int t;
+            meld_isa isa;
+            check(meld_context_threads(c, &t), 1, "meld_context_threads", it);
+            check(meld_context_isa(c, &isa), 1, "meld_context_isa", it);
+            check(meld_context_threads(c, NULL), 0, "meld_context_threads", it);
+            check(meld_context_destroy(c), 1, "meld_context_destroy", it);
+        }
+        break;
+    }
+    case 2: {
+        size_t count = below(3) ? below(100) : below(5000), done = 0;
+        const int with_fn = chance(95);
+        check(meld_context_parallel_for(ctx, count, with_fn ? count_item : NULL, &done), with_fn, "meld_context_parallel_for", it);
+        if (with_fn && done != count) {
+            fprintf(stderr, "iteration %zu: meld_context_parallel_for ran %zu items of %zu\n", it, done, count);
+            failed = 1;
+        }
+        break;
+    }
+    case 3: {
+        uint32_t c[4] = {(uint32_t)next(), (uint32_t)next(), (uint32_t)next(), (uint32_t)next()}, k[2] = {(uint32_t)next(), (uint32_t)next()}, o[4];
+        check(meld_philox4x32_10(chance(90) ? c : NULL, chance(90) ? k : NULL, chance(90) ? o : NULL), 0, "meld_philox4x32_10", it);
+        break;
+    }
+    case 4: {
+        const size_t len = below(40);
+        char *name = alloc(len ? len : 1);
+        for (size_t i = 0; i < len; i++) name[i] = (char)next();
+        (void)meld_rng_stream(len || chance(50) ? name : NULL, len, (uint32_t)next());
+        break;
+    }
+    default: {
+        uint64_t k;
+        check(meld_density_count(any_density(), chance(95) ? any_n() : SIZE_MAX, chance(97) ? &k : NULL), 0, "meld_density_count", it);
+        size_t nnz;
+        const size_t n = any_n();
+        uint8_t *mask = alloc((n + 7) / 8);
+        for (size_t i = 0; i < (n + 7) / 8; i++) mask[i] = (uint8_t)next();
+        check(meld_mask_count(n && chance(5) ? NULL : mask, n, &nnz), 0, "meld_mask_count", it);
+        meld_context_clear_error(NULL);
+        (void)meld_context_last_error(NULL);
+    }
+    }
+}
+
 int main(int argc, char **argv) {
     const size_t iters = argc > 1 ? strtoull(argv[1], NULL, 10) : 2000;
     rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) : 1;
@@ -463,8 +530,10 @@ int main(int argc, char **argv) {
         meld_context *c = current = ctx[below(nctx)];
         /* windows (the tool's paging of inputs): any size, including ones smaller than a tile */
         if (chance(10)) meld_context_set_window(c, below(100000), noop_window, NULL);
-        if (chance(60)) fuzz_merge(c, it);
-        else fuzz_moe(c, it);
+        const size_t pick = below(20);
+        if (pick < 12) fuzz_merge(c, it);
+        else if (pick < 18) fuzz_moe(c, it);
+        else fuzz_misc(c, it);
         meld_context_set_window(c, 0, NULL, NULL);
         meld_context_clear_error(c);
         free_all();
