@@ -119,7 +119,7 @@ static meld_selection any_selection(size_t n) {
     return (meld_selection){.threshold = chance(50) ? (uint32_t)below(0x7f800001u) : (uint32_t)next(),
                             .tie_cutoff = chance(70) ? below(n + 1) : next(), .kept = chance(70) ? below(n + 1) : next()};
 }
-static meld_sparsifier any_sparsifier(size_t n, int *valid, int *random_like) {
+static meld_sparsifier any_sparsifier(size_t n, int *valid) {
     meld_sparsifier s = {0};
     s.method = (meld_sparsify_method)below(7); /* 6: unknown */
     if (s.method == 6) *valid = 0;
@@ -141,7 +141,6 @@ static meld_sparsifier any_sparsifier(size_t n, int *valid, int *random_like) {
     }
     /* the rules these methods put on their parameters are not modelled here: any status goes */
     if (s.method == MELD_SPARSIFY_DELLA || s.method == MELD_SPARSIFY_MAGNITUDE_OUTLIERS || s.row_length) *valid = 0;
-    if (s.method == MELD_SPARSIFY_RANDOM || s.method == MELD_SPARSIFY_DELLA) *random_like = 1;
     return s;
 }
 
@@ -267,8 +266,7 @@ static void fuzz_merge(meld_context *ctx, size_t it) {
     case 11:
     case 12: {
         meld_sparsifier *sp = alloc((k ? k : 1) * sizeof *sp);
-        int random_like = 0;
-        for (size_t i = 0; i < k; i++) sp[i] = any_sparsifier(n, &valid, &random_like);
+        for (size_t i = 0; i < k; i++) sp[i] = any_sparsifier(n, &valid);
         meld_merge_options mo = {.consensus = (meld_consensus)below(3), .divisor = (meld_divisor)below(3),
                                  .vote_unweighted = (int)below(2), .lambda = chance(90) ? 1.0f : any_float()};
         if (!isfinite(mo.lambda) || fabsf(mo.lambda) > 1e30f) valid = 0;
@@ -291,9 +289,8 @@ static void fuzz_merge(meld_context *ctx, size_t it) {
         break;
     }
     case 13: {
-        int random_like = 0;
         const size_t nx = x[0].numel; /* the mask covers the input's declared count */
-        meld_sparsifier sp = any_sparsifier(nx, &valid, &random_like);
+        meld_sparsifier sp = any_sparsifier(nx, &valid);
         uint8_t *mask = alloc((nx + 3 + 7) / 8);
         float scale;
         meld_view b = maybe_base(base, n, &valid);
