@@ -9,7 +9,10 @@ endif
 PREFIX ?= /usr/local
 VERSION := $(shell sed -n 's/^\#define MELD_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)/\2/p' include/meld/meld_base.h | paste -sd.)
 CFLAGS ?= -O3 -DNDEBUG
-CFLAGS += -std=gnu2x -fPIC -fopenmp -ffp-contract=off -fno-math-errno -fvisibility=hidden -Wall -Iinclude
+# what every build of the library needs (the sanitized one below too): OpenMP, unfused
+# arithmetic as written (bit-identical paths), the public headers
+LIB_CFLAGS := -std=gnu2x -fopenmp -ffp-contract=off -fno-math-errno -Wall -Iinclude
+CFLAGS += $(LIB_CFLAGS) -fPIC -fvisibility=hidden
 LDLIBS := -lomp5 -lOpenCL -lm
 SRC := $(shell find CKernels -name '*.c' -not -path 'CKernels/opencl/*')
 OBJ := $(patsubst %.c,build/obj/%.o,$(SRC))
@@ -68,7 +71,7 @@ SAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sa
 SAN_OBJ := $(patsubst %.c,build/san/%.o,$(SRC))
 build/san/%.o: %.c $(DEPS)
 	@mkdir -p $(dir $@)
-	$(CC) -std=gnu2x -fopenmp -ffp-contract=off -fno-math-errno -Wall -Iinclude $(SAN_FLAGS) -c $< -o $@
+	$(CC) $(LIB_CFLAGS) $(SAN_FLAGS) -c $< -o $@
 build/san/api_fuzz.o: Tests/fuzz/api_fuzz.c include/meld.h $(DEPS)
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu2x -Wall -Iinclude $(SAN_FLAGS) -c $< -o $@

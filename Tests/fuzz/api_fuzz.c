@@ -40,8 +40,8 @@ static double any_density(void) {
 }
 static float any_weight(void) { return chance(85) ? (float)(unit() * 2 - 0.5) : any_float(); }
 
-/* Element values: mostly small numbers near a shared base (so deltas tie, trim and conflict as
- * in real checkpoints), some random bit patterns (NaN, Inf, subnormals). */
+/* Element values: mostly from a grid of 64 small numbers (so |deltas| tie, trim and conflict as
+ * in real bf16 checkpoints), some special values and random bit patterns (NaN, Inf, subnormals). */
 static void fill(void *p, size_t n, meld_dtype dt) {
     for (size_t i = 0; i < n; i++) {
         float v = chance(95) ? (float)((int)below(64) - 32) * 0.01f : any_float();
@@ -104,6 +104,12 @@ static meld_view *views(size_t k, size_t n, int *valid) {
 static size_t any_k(int *valid) {
     if (chance(5)) { *valid = 0; return chance(50) ? 0 : 65; }
     return 1 + below(5);
+}
+/* linear and task arithmetic with normalize refuse a weight sum of zero */
+static int zero_sum(const float *w, size_t k) {
+    float sum = 0;
+    for (size_t i = 0; i < k; i++) sum += w[i];
+    return sum == 0;
 }
 static float *any_weights(size_t k, int *valid) {
     float *w = alloc((k ? k : 1) * sizeof *w);
@@ -200,19 +206,14 @@ static void fuzz_merge(meld_context *ctx, size_t it) {
     case 0: check(meld_convert(ctx, base, out), valid, "meld_convert", it); break;
     case 1: {
         const int norm = (int)below(2);
-        /* a weight sum of zero with normalize is refused */
-        float sum = 0;
-        for (size_t i = 0; i < k; i++) sum += w[i];
-        check(meld_linear(ctx, k, x, w, norm, out), valid && !(norm && sum == 0), "meld_linear", it);
+        check(meld_linear(ctx, k, x, w, norm, out), valid && !(norm && zero_sum(w, k)), "meld_linear", it);
         break;
     }
     case 2: {
         const float lambda = chance(80) ? 1.0f : any_float();
         const int norm = (int)below(2);
-        float sum = 0;
-        for (size_t i = 0; i < k; i++) sum += w[i];
         check(meld_task_arithmetic(ctx, base, k, x, w, lambda, norm, out),
-              valid && isfinite(lambda) && fabsf(lambda) <= 1e30f && !(norm && sum == 0), "meld_task_arithmetic", it);
+              valid && isfinite(lambda) && fabsf(lambda) <= 1e30f && !(norm && zero_sum(w, k)), "meld_task_arithmetic", it);
         break;
     }
     case 3: {
@@ -426,18 +427,23 @@ static void fuzz_moe(meld_context *ctx, size_t it) {
             meld_moe_weights *pd = NULL;
             void *d = alloc(bytes_of(E * H * I, dt));
             fill(d, E * H * I, dt);
-            if (meld_moe_weights_pack(ctx, d, dt, E, H, I, I, &pd) != MELD_OK) break;
-            float *xt = alloc((T * ldx + 1) * sizeof *xt), *out = alloc((T * H + 1) * sizeof *out);
-            for (size_t i = 0; i < T * ldx; i++) xt[i] = (float)(unit() - 0.5);
-            for (size_t i = 0; i < T * H; i++) out[i] = 0;
-            float *rw = alloc((T * k + 1) * sizeof *rw);
-            for (size_t i = 0; i < T * k; i++) rw[i] = chance(97) ? (float)unit() : any_float();
-            meld_moe_ffn_options fo = {.activation = (meld_activation)below(4), .alpha = 1.702f, .limit = chance(90) ? 7.0f : any_float(),
-                                       .interleaved_gate_up = (int)below(2), .accumulate = (int)below(2)};
-            /* the shared expert: the same weights, one expert of them, or mismatched ones */
-            const meld_moe_weights *sg = chance(30) ? pw : NULL, *sd = sg ? pd : NULL;
-            check(meld_moe_ffn(ctx, xt, T, ldx, ids, rw, k, pw, pd, sg, sd, chance(97) ? &fo : NULL, out, H), 0, "meld_moe_ffn", it);
-            check(meld_moe_weights_destroy(pd), 1, "meld_moe_weights_destroy", it);
+            /* gate_up's dtype packed, and these sizes are valid: it must pack (a failure here
+             * must not skip gate_up's destroy below) */
+            const meld_status sd_st = meld_moe_weights_pack(ctx, d, dt, E, H, I, I, &pd);
+            check(sd_st, 1, "meld_moe_weights_pack", it);
+            if (sd_st == MELD_OK) {
+                float *xt = alloc((T * ldx + 1) * sizeof *xt), *out = alloc((T * H + 1) * sizeof *out);
+                for (size_t i = 0; i < T * ldx; i++) xt[i] = (float)(unit() - 0.5);
+                for (size_t i = 0; i < T * H; i++) out[i] = 0;
+                float *rw = alloc((T * k + 1) * sizeof *rw);
+                for (size_t i = 0; i < T * k; i++) rw[i] = chance(97) ? (float)unit() : any_float();
+                meld_moe_ffn_options fo = {.activation = (meld_activation)below(4), .alpha = 1.702f, .limit = chance(90) ? 7.0f : any_float(),
+                                           .interleaved_gate_up = (int)below(2), .accumulate = (int)below(2)};
+                /* the shared expert: the same weights, one expert of them, or mismatched ones */
+                const meld_moe_weights *sg = chance(30) ? pw : NULL, *sd = sg ? pd : NULL;
+                check(meld_moe_ffn(ctx, xt, T, ldx, ids, rw, k, pw, pd, sg, sd, chance(97) ? &fo : NULL, out, H), 0, "meld_moe_ffn", it);
+                check(meld_moe_weights_destroy(pd), 1, "meld_moe_weights_destroy", it);
+            }
         }
         check(meld_moe_weights_destroy(pw), 1, "meld_moe_weights_destroy", it);
     }
