@@ -1,5 +1,8 @@
 /* GEMM microkernel (template): MELD_MR x (2 * MELD_W) register block. Contract: ukernel.h. */
 #define MELD_NR (2 * MELD_W)
+#ifndef MELD_GEMM_PREFETCH_LOCALITY
+#define MELD_GEMM_PREFETCH_LOCALITY 3 /* __builtin_prefetch's: 3 = L1; an ISA header may lower it */
+#endif
 
 /* R rows (compile time: mr <= R <= MELD_MR; decode calls with few rows do no wasted FMAs).
  * Each C element gets the same FMA sequence whatever R, and whichever A form (bit-identical).
@@ -25,8 +28,8 @@ static inline __attribute__((always_inline)) void gemm_body(size_t kc, const flo
     /* two loops, not a test per step: the prefetching one runs for the first row tile only */
     if (next)
         for (size_t k = 0; k < kc; k++) {
-            __builtin_prefetch(next + k * MELD_NR * es, 0, 3);
-            if (MELD_NR * es > 64) __builtin_prefetch(next + k * MELD_NR * es + 64, 0, 3);
+            __builtin_prefetch(next + k * MELD_NR * es, 0, MELD_GEMM_PREFETCH_LOCALITY);
+            if (MELD_NR * es > 64) __builtin_prefetch(next + k * MELD_NR * es + 64, 0, MELD_GEMM_PREFETCH_LOCALITY);
             GEMM_STEP(k);
         }
     else {
