@@ -127,10 +127,11 @@ static inline vf vf_lookup16(vtab16 table, vi idx) { return _mm512_permutexvar_p
 static inline vf vf_lookup8(vtab16 table, vi idx) { return _mm512_permutexvar_ps(idx, table); } /* idx < 8 */
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 12
-/* The GEMM's prefetch of the next weight panel goes to L2 (prefetcht1), not L1: on Sapphire
- * Rapids-class cores an L1 prefetch holds one of few fill buffers until the line arrives, which
- * capped the weight stream; qwen3 decode 104% -> 115% of the triad, T = 512 uniform ~6% faster
- * (alternated A/B, same run). Locality 1 measured the same as 2. */
+/* The GEMM's prefetch of the next weight panel goes to L2 (prefetcht1), not L1. On the
+ * Sapphire Rapids-class VM: qwen3 decode 104% -> 115% of the triad, T = 512 uniform ~6% faster
+ * (A/B alternated in one run); locality 1 measured the same as 2. Likely cause (no counters on
+ * that VM to confirm): an L1 prefetch holds one of the core's few L1 fill buffers until its line
+ * arrives, capping the weight stream. AVX2 keeps L1: not measured on its Zen 3 machine. */
 #define MELD_GEMM_PREFETCH_LOCALITY 2
 static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 63) == 0) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);

@@ -162,7 +162,8 @@ typedef struct meld_uk_apply_args {
  *  - a: MELD_MR row pointers at the first k of the block (rows >= mr repeat a valid row);
  *  - b: packed panel, kc x NR, k-major, in b_dt (zero-padded past the matrix's last column);
  *  - b_next: the panel the caller uses next (kc x NR, b_dt), prefetched while b is consumed
- *    (with few rows per expert every panel comes from DRAM once), or NULL;
+ *    (with few rows per expert every panel comes from DRAM once), or NULL; into the cache level
+ *    of MELD_GEMM_PREFETCH_LOCALITY (L1, or L2 on AVX-512);
  *  - c: mr row pointers at the panel's first column; nr <= NR columns are stored;
  *  - accumulate: C = C + A*B (else C = A*B). NR = gemm_nr, MR = gemm_mr of the registry. */
 typedef void (*meld_gemm_ukernel)(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt, float *const *c,
