@@ -90,14 +90,16 @@ static double peak_fma(long iters) {
     return flops;
 }
 
+/* one timed pass of the peak loop on the current threads (GFLOP/s) */
+static double peak_pass_gflops(long iters) {
+    double t0 = now_s(), f = peak_fma(iters);
+    return f / (now_s() - t0) / 1e9;
+}
+
 static double peak_gflops(int threads) {
     omp_set_num_threads(threads);
     double best = 0;
-    for (int r = 0; r < 3; r++) {
-        double t0 = now_s(), f = peak_fma(20000000);
-        double g = f / (now_s() - t0) / 1e9;
-        if (g > best) best = g;
-    }
+    for (int r = 0; r < 3; r++) best = fmax(best, peak_pass_gflops(20000000));
     return best;
 }
 
@@ -218,7 +220,7 @@ void moe_bench(const bench_cfg *c, int quick) {
                     /* this VM's clock moves with its host's load (the peak loop read 360-485
                      * GFLOP/s within minutes): %peak is against a short peak pass alternated with
                      * the case, as decode's %triad is against an alternated triad */
-                    { double p0 = now_s(), f = peak_fma(4000000); pk = fmax(pk, f / (now_s() - p0) / 1e9); }
+                    pk = fmax(pk, peak_pass_gflops(4000000));
                     if (T <= 8) tt = fmin(tt, triad_pass_s(&ta));
                     if (T <= 8 && wbytes <= rb_bytes) tr = fmin(tr, read_pass_s(rb, wbytes, 1, c->threads));
                     double t0 = now_s();
