@@ -152,13 +152,15 @@ static void run_task(const gm_call *g, gm_task t) {
     const size_t n1 = t.n0 + g->nc < N ? t.n0 + g->nc : N;
     const float *a[16];
     float *c[16];
-    /* A heavy task of several row tiles spreads prefetches of its next k block's weights (into
-     * L2) over this block's calls after the first row tile, which would otherwise wait on memory
-     * for every panel (its own L1 prefetch runs only one panel ahead). On Zen 3, mixtral T = 512
-     * all-to-one: 1 thread 0.93-0.95x -> 0.98-0.99x OpenBLAS, 2 threads 0.84-0.94x -> 0.95-1.00x.
-     * Light tasks are left to the hardware prefetcher: with it, qwen3 T = 128 ran ~5% slower. */
+    /* Where the ISA asks for it (gemm_spread_prefetch), a heavy task of several row tiles
+     * spreads prefetches of its next k block's weights (to L2: locality 1) over this block's
+     * calls after the first row tile, which would otherwise wait on memory at every panel (its
+     * own prefetch runs one panel ahead). AVX2 on Zen 3, mixtral T = 512 all-to-one, builds
+     * alternated 5 times: 2 threads 4-10% faster in every pair (0.89-0.96x -> 0.91-1.08x
+     * OpenBLAS), 1 thread ~4% (4 pairs of 5). Light tasks are left as they were: with the
+     * spread, qwen3 T = 128 read ~5% slower in 2 (noisy) pairs. */
     const size_t tiles = (m1 - t.m0 + MR - 1) / MR, panels = (n1 - t.n0 + NR - 1) / NR;
-    const int spread = tiles > 1 && !task_light(g, t);
+    const int spread = g->uk->gemm_spread_prefetch && tiles > 1 && !task_light(g, t);
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
         const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
         const char *pf = NULL, *pf_end = NULL;

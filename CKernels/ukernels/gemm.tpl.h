@@ -1,5 +1,8 @@
 /* GEMM microkernel (template): MELD_MR x (2 * MELD_W) register block. Contract: ukernel.h. */
 #define MELD_NR (2 * MELD_W)
+#ifndef MELD_GEMM_SPREAD_PREFETCH
+#define MELD_GEMM_SPREAD_PREFETCH 0 /* the registry's gemm_spread_prefetch (ukernel.h) */
+#endif
 #ifndef MELD_GEMM_PREFETCH_LOCALITY
 #define MELD_GEMM_PREFETCH_LOCALITY 3 /* __builtin_prefetch's: 3 = L1; an ISA header may lower it */
 #endif

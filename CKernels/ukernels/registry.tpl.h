@@ -23,4 +23,5 @@ const meld_ukernels MELD_REG_NAME = {
     .gemm_packed = UK(meld_f32_gemm_packed),
     .gemm_mr = MELD_MR,
     .gemm_nr = 2 * MELD_W,
+    .gemm_spread_prefetch = MELD_GEMM_SPREAD_PREFETCH,
 };

@@ -188,6 +188,9 @@ typedef struct meld_ukernels {
     meld_gemm_ukernel gemm;
     meld_gemm_packed_ukernel gemm_packed;
     size_t gemm_mr, gemm_nr;
+    /* the caller (moe/grouped.c) spreads prefetches of a task's next k block over the calls of
+     * its row tiles after the first: a tuning choice of the ISA, no change in results */
+    int gemm_spread_prefetch;
 } meld_ukernels;
 
 extern const meld_ukernels meld_ukernels_scalar;
