@@ -163,10 +163,12 @@ static void run_task(const gm_call *g, gm_task t) {
     const int spread = g->uk->gemm_spread_prefetch && tiles > 1 && !task_light(g, t);
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
         const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
+        /* the task's first panel of the next k block, if there is one */
+        const char *next_block = k0 + GM_KC < K ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es : NULL;
         const char *pf = NULL, *pf_end = NULL;
         size_t pf_step = 0; /* bytes a call */
-        if (spread && k0 + GM_KC < K) {
-            pf = (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es;
+        if (spread && next_block) {
+            pf = next_block;
             pf_end = (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR + panels) * es;
             const size_t lines = (size_t)(pf_end - pf + 63) / 64, calls = (tiles - 1) * panels;
             pf_step = (lines + calls - 1) / calls * 64;
@@ -183,10 +185,7 @@ static void run_task(const gm_call *g, gm_task t) {
                 const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
                 /* the first row tile prefetches the panel the task reads next: the next one of
                  * this k block, else the first of the next block */
-                const void *bn = m != t.m0          ? NULL
-                                 : n0 + NR < n1     ? b + kc * NR * es
-                                 : k0 + GM_KC < K   ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es
-                                                    : NULL;
+                const void *bn = m != t.m0 ? NULL : n0 + NR < n1 ? b + kc * NR * es : next_block;
                 for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
                 if (pf && m != t.m0)
                     for (const char *end = pf + pf_step; pf < pf_end && pf < end; pf += 64) __builtin_prefetch(pf, 0, 1);
