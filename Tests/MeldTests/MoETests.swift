@@ -99,8 +99,10 @@ final class MoETests: XCTestCase {
         // (6, 33, 64, 400): with "skew", busy experts beside ones of a few rows, in several copy phases
         // (8, 600, 40, 8): decode tasks of several panels, the last one partial (their width
         // depends on the thread count)
+        // (4, 40, 300, 8), (3, 40, 520, 7): "one" puts 8 or 7 rows on an expert, decode in more
+        // than one row tile where MR is 6 (AVX2), over 2 or 3 k blocks and a partial panel
         for (E, N, K, M, ldx) in [(4, 37, 23, 29, 26), (8, 64, 64, 1, 67), (3, 33, 300, 70, 303), (3, 33, 300, 70, 1024), (5, 16, 8, 0, 11),
-                                  (6, 33, 64, 400, 64), (8, 600, 40, 8, 41)] {
+                                  (6, 33, 64, 400, 64), (8, 600, 40, 8, 41), (4, 40, 300, 8, 300), (3, 40, 520, 7, 523)] {
             let wf = (0..<(E * N * K)).map { _ in rng.normal() * 0.1 }
             let ldy = N + 5
             let x = (0..<(max(M, 1) * ldx)).map { _ in rng.normal() }
