@@ -131,7 +131,8 @@ static inline vf vf_lookup8(vtab16 table, vi idx) { return _mm512_permutexvar_ps
  * Sapphire Rapids-class VM: qwen3 decode 104% -> 115% of the triad, T = 512 uniform ~6% faster
  * (A/B alternated in one run); locality 1 measured the same as 2. Likely cause (no counters on
  * that VM to confirm): an L1 prefetch holds one of the core's few L1 fill buffers until its line
- * arrives, capping the weight stream. AVX2 keeps L1: not measured on its Zen 3 machine. */
+ * arrives, capping the weight stream. AVX2 keeps L1: on the Zen 3 machine, decode T = 8
+ * all-to-one read slower with locality 2 in 8 of 9 alternated pairs (3 shapes, by up to 11%). */
 #define MELD_GEMM_PREFETCH_LOCALITY 2
 static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 63) == 0) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);
