@@ -139,6 +139,15 @@ static int rows_light(const gm_call *g, size_t rows) {
 }
 static int task_light(const gm_call *g, gm_task t) { return rows_light(g, unit_rows(g, t.e, t.m0)); }
 
+/* The panel a task reads after (k block k0, panel at column n0), in its order (its panels of
+ * columns t.n0 .. n1, k block by k block), or NULL at its end: the one its calls prefetch. */
+static const char *panel_after(const gm_call *g, gm_task t, size_t n1, size_t k0, size_t n0) {
+    const meld_moe_weights *w = g->w;
+    const size_t NR = w->nr;
+    if ((n0 += NR) >= n1) { n0 = t.n0; if ((k0 += GM_KC) >= w->K) return NULL; }
+    return (const char *)w->data + panel_offset(w, t.e, k0, n0 / NR) * meld_dtype_size(w->dtype);
+}
+
 /* One prefill task: rows m0 .. m0+MC of expert e times columns n0 .. n0+nc, in KC-deep slices. Within a
  * slice, one MR-row tile of activations (~12 KiB, in L1) is reused across the task's NR panels,
  * whose KC x NC weights (~256 KiB) stay in L2 after the first row tile brings them in. The other
@@ -163,12 +172,10 @@ static void run_task(const gm_call *g, gm_task t) {
     const int spread = g->uk->gemm_spread_prefetch && tiles > 1 && !task_light(g, t);
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
         const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
-        /* the task's first panel of the next k block, if there is one */
-        const char *next_block = k0 + GM_KC < K ? (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es : NULL;
         const char *pf = NULL, *pf_end = NULL;
         size_t pf_step = 0; /* bytes a call */
-        if (spread && next_block) {
-            pf = next_block;
+        if (spread && k0 + GM_KC < K) { /* the next k block's panels of the task */
+            pf = (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR) * es;
             pf_end = (const char *)w->data + panel_offset(w, t.e, k0 + GM_KC, t.n0 / NR + panels) * es;
             const size_t lines = (size_t)(pf_end - pf + 63) / 64, calls = (tiles - 1) * panels;
             pf_step = (lines + calls - 1) / calls * 64;
@@ -183,9 +190,8 @@ static void run_task(const gm_call *g, gm_task t) {
             for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
                 const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
                 const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
-                /* the first row tile prefetches the panel the task reads next: the next one of
-                 * this k block, else the first of the next block */
-                const void *bn = m != t.m0 ? NULL : n0 + NR < n1 ? b + kc * NR * es : next_block;
+                /* the first row tile prefetches the panel the task reads next */
+                const void *bn = m != t.m0 ? NULL : panel_after(g, t, n1, k0, n0);
                 for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
                 if (pf && m != t.m0)
                     for (const char *end = pf + pf_step; pf < pf_end && pf < end; pf += 64) __builtin_prefetch(pf, 0, 1);
@@ -196,16 +202,6 @@ static void run_task(const gm_call *g, gm_task t) {
             }
         }
     }
-}
-
-/* The panel `steps` after (k block k0, panel at column n0) in a task's order (its panels of
- * columns t.n0 .. n1, k block by k block), or NULL past its end. */
-static const char *panel_after(const gm_call *g, gm_task t, size_t n1, size_t k0, size_t n0, size_t steps) {
-    const meld_moe_weights *w = g->w;
-    const size_t NR = w->nr;
-    for (; steps; steps--)
-        if ((n0 += NR) >= n1) { n0 = t.n0; if ((k0 += GM_KC) >= w->K) return NULL; }
-    return (const char *)w->data + panel_offset(w, t.e, k0, n0 / NR) * meld_dtype_size(w->dtype);
 }
 
 /* A decode task (few rows, read in place): panel by panel, each panel's row tiles while it is in
@@ -228,7 +224,7 @@ static void run_decode_task(const gm_call *g, gm_task t) {
         for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
             const size_t nr = n1 - n0 < NR ? n1 - n0 : NR;
             const char *b = (const char *)w->data + panel_offset(w, t.e, k0, n0 / NR) * es;
-            const char *bn = panel_after(g, t, n1, k0, n0, 1);
+            const char *bn = panel_after(g, t, n1, k0, n0);
             for (size_t i = 0; i < tiles; i++) {
                 const size_t m = t.m0 + i * rows / tiles, mr = t.m0 + (i + 1) * rows / tiles - m;
                 for (size_t r = 0; r < MR; r++) a[r] = g->arow[g->start[t.e] + m + (r < mr ? r : mr - 1)] + k0;
@@ -281,8 +277,8 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
         rows_max = r > rows_max ? r : rows_max;
         active += r > 0;
     }
-    /* Decode: few rows per expert (the issue's 1-8, or one row block where MR is larger; AVX2's
-     * 7-8 rows went through the prefill path before). Each task streams its weights, one
+    /* Decode: few rows per expert (the issue's 1-8, even where MR is 6; or one row block where
+     * MR is larger), read in place. Each task streams its weights, one
      * contiguous run of nc columns per k block (run_decode_task); the widest tiles that still
      * give every thread several tasks. Wide runs stream better: qwen3 T=8 "one" (8 experts of
      * 8 rows) at ~78 GB/s triad, 2 NR-wide tiles 71% of triad, 4 NR 77%, 8 NR 82%. */
