@@ -203,11 +203,13 @@ void moe_bench(const bench_cfg *c, int quick) {
                 /* the gather form: row r = token r / k */
                 float *xr = xmalloc(M * K * 4);
                 for (size_t r = 0; r < M; r++) memcpy(xr + r * K, x + (r / s.k) * K, K * 4);
-                int reps = M * N * K > ((size_t)1 << 33) ? 2 : c->reps;
+                const int reps = c->reps;
                 /* Meld and the baseline alternate, best of each: both see the same machine.
                  * One untimed round first (first-touch of outputs and scratch), then rounds
                  * until reps are done and 1 s is spent (at most 40): two runs of a 100 ms case,
-                 * or a few of a 2 ms one, were often all slowed by neighbours on a shared machine. */
+                 * or a few of a 2 ms one, were often all slowed by neighbours on a shared machine.
+                 * Large cases too: with 2 rounds, mixtral* T=512 all-to-one read 0.82-1.03x
+                 * OpenBLAS from run to run on the Zen 3 VM (single calls there swing 350-490 ms). */
                 CHECK(meld_grouped_matmul_gather(ctx, xr, M, K, ids, pw, y, N));
                 baseline(xr, M, K, N, E, ids, rows, w, ga, gc, yb);
                 size_t active = 0;
