@@ -127,6 +127,25 @@ static size_t unit_rows(const gm_call *g, size_t e, size_t m0) {
     return left < g->MC ? left : g->MC;
 }
 
+/* Row tile i of a unit of `rows` rows: *off rows in, *mr long. MR-row tiles, but a last tile of
+ * t < 4 rows (too few accumulators to hide the FMA latency: it takes a 4-row block's time)
+ * shares the last MR + t rows evenly with the tile before it (AVX2: 6 + 2 rows as 4 + 4, 6 + 1
+ * as 3 + 4, 6 + 3 as 4 + 5; AVX-512: 12 + 1 as 6 + 7). Splitting every unit evenly measured
+ * slower where no tail was short (AVX2, one core, in cache: 64 rows an expert 2.5% slower as
+ * 6 x 9 + 5 x 2 than as 6 x 10 + 4): per row, 5-row blocks run below 6-row ones. The bf16 dot
+ * kernel (pairs) has blocks of 1, 2, 4 and 8 rows only, and keeps MR-row tiles. */
+static void row_tile(const gm_call *g, size_t rows, size_t i, size_t *off, size_t *mr) {
+    const size_t MR = g->MR, tiles = (rows + MR - 1) / MR, last = rows - (tiles - 1) * MR;
+    if (g->w->pairs || MR < 6 || tiles < 2 || last >= 4 || i + 2 < tiles) {
+        *off = i * MR;
+        *mr = rows - *off < MR ? rows - *off : MR;
+        return;
+    }
+    const size_t two = MR + last, base = (tiles - 2) * MR;
+    *off = base + (i + 2 == tiles ? 0 : two / 2);
+    *mr = i + 2 == tiles ? two / 2 : two - two / 2;
+}
+
 /* A task of few rows is bound by reading its weights, one of many rows by FMAs. Where a phase
  * has both (skewed routing: a few busy experts, many with a handful of rows), running them side
  * by side overlaps the weight streaming with the arithmetic; in task order, all threads would
@@ -168,7 +187,7 @@ static void run_task(const gm_call *g, gm_task t) {
      * alternated 5 times: 2 threads 4-10% faster in every pair (0.89-0.96x -> 0.91-1.08x
      * OpenBLAS), 1 thread ~4% (4 pairs of 5). Light tasks are left as they were: with the
      * spread, qwen3 T = 128 read ~5% slower in 2 (noisy) pairs. */
-    const size_t tiles = (m1 - t.m0 + MR - 1) / MR, panels = (n1 - t.n0 + NR - 1) / NR;
+    const size_t rows = m1 - t.m0, tiles = (rows + MR - 1) / MR, panels = (n1 - t.n0 + NR - 1) / NR;
     const int spread = g->uk->gemm_spread_prefetch && tiles > 1 && !task_light(g, t);
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
         const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
@@ -180,8 +199,10 @@ static void run_task(const gm_call *g, gm_task t) {
             const size_t lines = (size_t)(pf_end - pf + 63) / 64, calls = (tiles - 1) * panels;
             pf_step = (lines + calls - 1) / calls * 64;
         }
-        for (size_t m = t.m0; m < m1; m += MR) {
-            const size_t mr = m1 - m < MR ? m1 - m : MR;
+        for (size_t i = 0; i < tiles; i++) {
+            size_t off, mr;
+            row_tile(g, rows, i, &off, &mr);
+            const size_t m = t.m0 + off;
             if (g->mode != COPY_PACKED)
                 for (size_t r = 0; r < MR; r++) {
                     const size_t rr = m + (r < mr ? r : mr - 1);
@@ -191,12 +212,12 @@ static void run_task(const gm_call *g, gm_task t) {
                 const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
                 const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
                 /* the first row tile prefetches the panel the task reads next */
-                const void *bn = m != t.m0 ? NULL : panel_after(g, t, n1, k0, n0);
+                const void *bn = i ? NULL : panel_after(g, t, n1, k0, n0);
                 for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
-                if (pf && m != t.m0)
+                if (pf && i)
                     for (const char *end = pf + pf_step; pf < pf_end && pf < end; pf += 64) __builtin_prefetch(pf, 0, 1);
                 if (g->mode == COPY_PACKED) /* the tile's panel: MR rows of the copy, at k0 */
-                    g->uk->gemm_packed(kc, g->copy + (t.row0 + m - t.m0) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                    g->uk->gemm_packed(kc, g->copy + (t.row0 + i * MR) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
                 else
                     g->gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
             }
@@ -206,7 +227,7 @@ static void run_task(const gm_call *g, gm_task t) {
 
 /* A decode task (few rows, read in place): panel by panel, each panel's row tiles while it is in
  * L1, every call prefetching the task's next panel. More than one tile (AVX2's 6-row block, 7-8
- * rows) splits the rows evenly: 8 as 4 + 4, each tile with 8 accumulators. The prefill order
+ * rows) splits the rows evenly (row_tile): 8 as 4 + 4, each tile with 8 accumulators. The prefill order
  * (run_task: a tile across all panels, the first tile streaming them) left memory idle during
  * the later tiles, and a 2-row tile's 4 accumulators latency-bound. AVX2 on Zen 3, T = 8
  * all-to-one, 3 alternated runs: mixtral* 10.1-10.8 -> 8.7-9.0 ms, qwen3 4.1-4.6 -> 4.0-4.1,
@@ -226,7 +247,9 @@ static void run_decode_task(const gm_call *g, gm_task t) {
             const char *b = (const char *)w->data + panel_offset(w, t.e, k0, n0 / NR) * es;
             const char *bn = panel_after(g, t, n1, k0, n0);
             for (size_t i = 0; i < tiles; i++) {
-                const size_t m = t.m0 + i * rows / tiles, mr = t.m0 + (i + 1) * rows / tiles - m;
+                size_t off, mr;
+                row_tile(g, rows, i, &off, &mr);
+                const size_t m = t.m0 + off;
                 for (size_t r = 0; r < MR; r++) a[r] = g->arow[g->start[t.e] + m + (r < mr ? r : mr - 1)] + k0;
                 for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
                 g->gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
@@ -350,7 +373,14 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
         const size_t rows = mode == COPY_PACKED ? (mr + MR - 1) / MR * MR : mr;
         *(heavy ? &taken_h : &taken_l) += mr;
         if (pack && prow + rows > cap_rows) { phase_rows[nphase] = prow; phase[++nphase] = q; prow = 0; }
-        for (size_t r = 0; pack && r < rows; r++) src[srow++] = arow[start[u.e] + u.m0 + (r < mr ? r : mr - 1)];
+        if (mode == COPY_PACKED) /* each tile's rows, padded to MR with its last row */
+            for (size_t i = 0; i < rows / MR; i++) {
+                size_t off, tr;
+                row_tile(&g, mr, i, &off, &tr);
+                for (size_t r = 0; r < MR; r++) src[srow++] = arow[start[u.e] + u.m0 + off + (r < tr ? r : tr - 1)];
+            }
+        else if (pack)
+            for (size_t r = 0; r < rows; r++) src[srow++] = arow[start[u.e] + u.m0 + r];
         for (size_t n0 = 0; n0 < N; n0 += nc) tasks[q++] = (gm_task){u.e, u.m0, (uint32_t)n0, (uint32_t)prow};
         prow += rows;
     }

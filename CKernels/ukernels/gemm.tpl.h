@@ -74,10 +74,16 @@ static inline __attribute__((always_inline)) void gemm_rows(size_t kc, const flo
                                                             const void *b, const void *bn, const int bdt,
                                                             float *const *c, size_t mr, size_t nr, int accumulate,
                                                             const int PACKED) {
-    /* decode sizes exactly; between them, the next size up */
+    /* 1, 2 and 4 rows, 5-7 exactly (the row tiles moe/grouped.c makes of a short last tile and
+     * the one before it: AVX2 6 + 3 as 4 + 5, AVX-512 12 + 1 as 6 + 7), 8, and MR; between them,
+     * the next size up. Fewer than 4 rows (8 accumulators) cannot hide the FMA latency, so 3
+     * rows take a 4-row block's time anyway. */
     if (mr <= 1) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 1, PACKED);
     else if (mr <= 2) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 2, PACKED);
     else if (mr <= 4) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 4 < MELD_MR ? 4 : MELD_MR, PACKED);
+    else if (mr == 5 && 5 < MELD_MR) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 5 < MELD_MR ? 5 : MELD_MR, PACKED);
+    else if (mr == 6 && 6 < MELD_MR) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 6 < MELD_MR ? 6 : MELD_MR, PACKED);
+    else if (mr == 7 && 7 < MELD_MR) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 7 < MELD_MR ? 7 : MELD_MR, PACKED);
     else if (mr <= 8 && 8 < MELD_MR) gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, 8 < MELD_MR ? 8 : MELD_MR, PACKED);
     else gemm_body(kc, a, ap, b, bn, bdt, c, mr, nr, accumulate, MELD_MR, PACKED);
 }
