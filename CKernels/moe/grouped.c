@@ -282,6 +282,26 @@ static size_t split_phase(const gm_call *g, gm_task *t, size_t n, gm_task *tmp, 
     return h;
 }
 
+/* Orders a phase's tasks (t[0..n), each unit's ncol column tasks consecutive) so that up to G
+ * consecutive heavy units of one expert take each column tile side by side: the G threads then
+ * work on the same weights at once, which come from memory once for the group (from L3 for the
+ * others) where each thread streamed its own column tile before. A dense expert's weights are
+ * read once per MC rows, so this halves that traffic on 2 threads. AVX2 on Zen 3, 2 threads,
+ * 4096 rows x 7168 x 4096 (mixtral* T = 2048 all-to-one), 4 alternated rounds: 1380-1627 ms
+ * -> 1321-1354 ms, 0.84-0.94x -> 0.98-1.01x OpenBLAS. */
+static void group_units(const gm_call *g, gm_task *t, size_t n, gm_task *tmp, size_t G, size_t ncol) {
+    size_t q = 0;
+    for (size_t i = 0; i < n;) {
+        size_t u = 1; /* units in this group */
+        if (!task_light(g, t[i]))
+            while (u < G && i + (u + 1) * ncol <= n && t[i + u * ncol].e == t[i].e && !task_light(g, t[i + u * ncol])) u++;
+        for (size_t c = 0; c < ncol; c++)
+            for (size_t j = 0; j < u; j++) tmp[q++] = t[i + j * ncol + c];
+        i += u * ncol;
+    }
+    memcpy(t, tmp, n * sizeof *t);
+}
+
 static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, const size_t *start,
                                 const float *const *arow, float *const *crow) {
     const meld_ukernels *uk = ctx->uk;
@@ -343,7 +363,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     const size_t cap_rows = copy_bytes / (ldp * sizeof(float)) > MC ? copy_bytes / (ldp * sizeof(float)) : MC;
     /* Units (expert, row block) go to phases in two interleaved lists, heavy and light units
      * each in (expert, row block) order, taken in proportion to their rows, so every phase has
-     * its share of both (see split_phase); a unit's column tasks are consecutive. phase[f] is
+     * its share of both (see split_phase); a unit's column tasks are consecutive (group_units may then interleave them). phase[f] is
      * the first task of phase f; unit rows are numbered within their phase (row0), packed units
      * rounded up to whole tiles. */
     gm_task *tasks = malloc(2 * ntasks * sizeof *tasks); /* and a partition buffer */
@@ -388,8 +408,10 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     phase[++nphase] = q;
     free(units);
     for (size_t f = 0; f < nphase; f++) {
-        /* decode (no copy): every task streams its weights; nothing to overlap */
+        /* decode (no copy): every task streams its weights; nothing to overlap or share */
         light_threads[f] = 0;
+        if (mode != COPY_NONE)
+            group_units(&g, tasks + phase[f], phase[f + 1] - phase[f], tasks + ntasks, (size_t)ctx->threads, (N + nc - 1) / nc);
         split[f] = mode == COPY_NONE ? phase[f + 1]
                                      : phase[f] + split_phase(&g, tasks + phase[f], phase[f + 1] - phase[f], tasks + ntasks,
                                                               ctx->threads, &light_threads[f]);

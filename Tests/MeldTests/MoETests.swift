@@ -101,8 +101,10 @@ final class MoETests: XCTestCase {
         // depends on the thread count)
         // (4, 40, 300, 8), (3, 40, 520, 7): "one" puts 8 or 7 rows on an expert, decode in more
         // than one row tile where MR is 6 (AVX2), over 2 or 3 k blocks and a partial panel
+        // (2, 300, 24, 250, 25): "one" and "skew" give an expert 2-3 row blocks of many rows over
+        // 2-3 column tiles, which 2 threads take side by side (group_units)
         for (E, N, K, M, ldx) in [(4, 37, 23, 29, 26), (8, 64, 64, 1, 67), (3, 33, 300, 70, 303), (3, 33, 300, 70, 1024), (5, 16, 8, 0, 11),
-                                  (6, 33, 64, 400, 64), (8, 600, 40, 8, 41), (4, 40, 300, 8, 300), (3, 40, 520, 7, 523)] {
+                                  (6, 33, 64, 400, 64), (8, 600, 40, 8, 41), (4, 40, 300, 8, 300), (3, 40, 520, 7, 523), (2, 300, 24, 250, 25)] {
             let wf = (0..<(E * N * K)).map { _ in rng.normal() * 0.1 }
             let ldy = N + 5
             let x = (0..<(max(M, 1) * ldx)).map { _ in rng.normal() }
@@ -153,11 +155,10 @@ final class MoETests: XCTestCase {
                             }
                         }
                         for r in 0..<M {
-                            let e = Int(ids[r])
+                            let e = Int(ids[r]), s = sortedRows.firstIndex(of: r)!
                             for n in 0..<N {
                                 let (ref, mag) = matmulRef(x[(r * ldx)..<(r * ldx + K)], Array(wq[((e * N + n) * K)..<((e * N + n) * K + K)]), e: 0, n: 1, k: K)
                                 XCTAssertEqual(Double(yg[r * ldy + n]), ref, accuracy: tol * mag + 1e-30, "gather \(dtName) E\(E) N\(N) K\(K)")
-                                let s = sortedRows.firstIndex(of: r)!
                                 XCTAssertEqual(yo[s * ldy + n], yg[r * ldy + n], "offsets == gather")
                             }
                         }
