@@ -82,6 +82,8 @@ static inline vi vi_add(vi a, vi b) { return _mm256_add_epi32(a, b); }
 #define MELD_SIMD_FEW_REGS 1
 /* no unsigned compare (no vi_ltu): templates bias operands by 2^31 and compare signed */
 #define MELD_SIMD_SIGNED_CMP 1
+/* masks are vectors: a masked operation is the operation and a blend */
+#define MELD_SIMD_BLEND_MASKS 1
 /* counts by compare: all ones where a > b (signed), subtracted from a counter (select.tpl.h) */
 #define MELD_SIMD_CMP_COUNT 1
 static inline vi vi_cmpgt_bits(vi a, vi b) { return _mm256_cmpgt_epi32(a, b); }
