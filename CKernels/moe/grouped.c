@@ -285,8 +285,8 @@ static size_t split_phase(const gm_call *g, gm_task *t, size_t n, gm_task *tmp, 
 /* Orders a phase's tasks (t[0..n), each unit's ncol column tasks consecutive) so that up to G
  * consecutive heavy units of one expert take each column tile side by side: the G threads then
  * work on the same weights at once, which come from memory once for the group (from L3 for the
- * others) where each thread streamed its own column tile before. A dense expert's weights are
- * read once per MC rows, so this halves that traffic on 2 threads. AVX2 on Zen 3, 2 threads,
+ * others) where each thread streamed its own column tile before. A dense expert's weights were
+ * read once per MC rows; now once per G row blocks. AVX2 on Zen 3, 2 threads,
  * 4096 rows x 7168 x 4096 (mixtral* T = 2048 all-to-one), 4 alternated rounds: 1380-1627 ms
  * -> 1321-1354 ms, 0.84-0.94x -> 0.98-1.01x OpenBLAS. */
 static void group_units(const gm_call *g, gm_task *t, size_t n, gm_task *tmp, size_t G, size_t ncol) {
@@ -363,9 +363,10 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     const size_t cap_rows = copy_bytes / (ldp * sizeof(float)) > MC ? copy_bytes / (ldp * sizeof(float)) : MC;
     /* Units (expert, row block) go to phases in two interleaved lists, heavy and light units
      * each in (expert, row block) order, taken in proportion to their rows, so every phase has
-     * its share of both (see split_phase); a unit's column tasks are consecutive (group_units may then interleave them). phase[f] is
-     * the first task of phase f; unit rows are numbered within their phase (row0), packed units
-     * rounded up to whole tiles. */
+     * its share of both (see split_phase); a unit's column tasks are consecutive (until
+     * group_units interleaves those of neighbouring units). phase[f] is the first task of phase
+     * f; unit rows are numbered within their phase (row0), packed units rounded up to whole
+     * tiles. */
     gm_task *tasks = malloc(2 * ntasks * sizeof *tasks); /* and a partition buffer */
     size_t *phase = malloc(5 * (ntasks + 1) * sizeof *phase); /* and phase_rows, split, cursors (2 a phase) */
     int *light_threads = malloc((ntasks + 1) * sizeof *light_threads);
