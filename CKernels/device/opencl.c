@@ -528,7 +528,7 @@ static meld_status select_one(meld_context *ctx, meld_view base, meld_view x, ui
         e = clEnqueueNDRangeKernel(st->queue, kk, 1, NULL, &g, &local, 0, NULL, NULL);
         if (e == CL_SUCCESS) e = clEnqueueReadBuffer(st->queue, counts.mem, CL_TRUE, 0, S * 4, c, 0, NULL, NULL);
         uint32_t blo = 0, bhi = 0x7fffffffu;
-        if (e == CL_SUCCESS) s = meld_select_bracket(c, S, n, k, &blo, &bhi);
+        if (e == CL_SUCCESS) s = meld_select_bracket(c, S, n, k, &blo, &bhi, NULL);
         if (s == MELD_OK) s = e == CL_SUCCESS ? cl_mem_new(ctx, cap * 4, &cand, "selection candidates") : cl_fail(ctx, e, "meld_sample_bits");
         kk = st->bracket;
         SETARG(kk, 0, nn); SETARG(kk, 1, bb.mem); SETARG(kk, 2, bdt); SETARG(kk, 3, has_base); SETARG(kk, 4, xx.mem);

@@ -6,7 +6,8 @@
  * `collect`). Range histograms over the candidates (each thread its own lists, then the chosen
  * bin gathered) give the exact threshold T; the per-tile counts lead to the one tile holding the
  * cutoff tie, which is rescanned. When the k-th largest equals lo or hi (heavy ties) nothing
- * stored is needed.
+ * stored is needed. When the sample shows no ties on lo and hi (f32 weights), the pass stores
+ * [lo, hi] instead and counts only the entries above hi.
  * Fallback (bracket missed, or too many distinct candidates to store): radix selection by range
  * histograms over the magnitude range known to hold the k-th largest, then per-tile counts of
  * the threshold to place the cutoff. Both give the same answer; the fallback is only slower. */
@@ -114,8 +115,9 @@ static void hist_range(const uint32_t *p, size_t len, uint32_t lo, uint32_t hi, 
 }
 
 /* The rank-th largest (1-based) of a[0..len) (reordered: entries outside the chosen bins are
- * dropped as it narrows); *tie_rank: its rank among the entries equal to it. */
-static uint32_t kth_in_range(uint32_t *a, size_t len, uint64_t rank, uint64_t *tie_rank, uint32_t *tmp) {
+ * dropped as it narrows; those equal to the answer never are); *tie_rank: its rank among the
+ * entries equal to it; *equal (may be NULL): how many entries equal it. */
+static uint32_t kth_in_range(uint32_t *a, size_t len, uint64_t rank, uint64_t *tie_rank, uint64_t *equal, uint32_t *tmp) {
     uint32_t h[SEL_BINS];
     uint64_t h64[SEL_BINS];
     for (;;) {
@@ -128,9 +130,11 @@ static uint32_t kth_in_range(uint32_t *a, size_t len, uint64_t rank, uint64_t *t
                 a[j] = v;
             }
             uint32_t v = a[rank - 1];
-            size_t first = rank - 1;
+            size_t first = rank - 1, last = rank;
             while (first > 0 && a[first - 1] == v) first--;
+            while (last < len && a[last] == v) last++;
             *tie_rank = rank - first;
+            if (equal) *equal = last - first;
             return v;
         }
         uint32_t lo = 0xffffffffu, hi = 0;
@@ -138,7 +142,11 @@ static uint32_t kth_in_range(uint32_t *a, size_t len, uint64_t rank, uint64_t *t
             lo = a[i] < lo ? a[i] : lo;
             hi = a[i] > hi ? a[i] : hi;
         }
-        if (len == 0 || lo == hi) { *tie_rank = rank; return lo; }
+        if (len == 0 || lo == hi) {
+            *tie_rank = rank;
+            if (equal) *equal = len;
+            return lo;
+        }
         int shift = range_shift(lo, hi, SEL_BINS);
         uint32_t bins = ((hi - lo) >> shift) + 1;
         memset(h, 0, bins * sizeof *h);
@@ -238,6 +246,7 @@ typedef struct collect_op {
     size_t ne;             /* experts in this pass */
     const size_t *expert;  /* their indices in s->x */
     const uint32_t *lo, *hi;
+    int inclusive;         /* candidates [lo, hi] (ends not counted), else (lo, hi) */
     size_t cap;
     size_t tiles;
     /* per thread t, per pass-expert j: slot t * ne + j */
@@ -267,7 +276,7 @@ static void collect_tile(const meld_tile *t, void *opv) {
         meld_uk_in x[MELD_MAX_MODELS];
         for (size_t j = 0; j < op->ne; j++) x[j] = (meld_uk_in){t->in[1 + j], t->in_dt[1 + j]};
         meld_uk_collect_args a = {.k = op->ne, .base = {t->in[0], t->in_dt[0]}, .x = x, .lo = op->lo,
-                                  .hi = op->hi, .gt = op->gt + slot, .eq_hi = op->eq_hi + slot, .eq_lo = op->eq_lo + slot,
+                                  .hi = op->hi, .inclusive = op->inclusive, .gt = op->gt + slot, .eq_hi = op->eq_hi + slot, .eq_lo = op->eq_lo + slot,
                                   .cand = op->cand + slot,
                                   .count = op->count + slot, .cap = op->cap};
         op->uk->collect(t->n, t->i0, &a);
@@ -276,10 +285,13 @@ static void collect_tile(const meld_tile *t, void *opv) {
         for (size_t j = 0; j < op->ne; j++)
             for (size_t i = t->i0; i < t->i0 + t->valid; i++) {
                 uint32_t b = src_bits(s, op->expert[j], i);
-                op->eq_hi[slot + j] += b == op->hi[j];
-                op->eq_lo[slot + j] += b == op->lo[j] && op->lo[j] < op->hi[j];
+                const int incl = op->inclusive;
+                if (!incl) {
+                    op->eq_hi[slot + j] += b == op->hi[j];
+                    op->eq_lo[slot + j] += b == op->lo[j] && op->lo[j] < op->hi[j];
+                }
                 if (b > op->hi[j]) op->gt[slot + j]++;
-                else if (b > op->lo[j] && b < op->hi[j]) {
+                else if (incl ? b >= op->lo[j] : b > op->lo[j] && b < op->hi[j]) {
                     size_t c = op->count[slot + j]++;
                     if (c + MELD_UK_ALIGN <= op->cap) op->cand[slot + j][c] = b;
                 }
@@ -295,18 +307,20 @@ static void collect_tile(const meld_tile *t, void *opv) {
 meld_status meld_select_kth(uint32_t *a, size_t len, uint64_t rank, uint32_t *value, uint64_t *tie_rank) {
     uint32_t *tmp = malloc(SEL_WAYS * SEL_BINS * sizeof *tmp);
     if (!tmp) return MELD_ERR_OUT_OF_MEMORY;
-    *value = kth_in_range(a, len, rank, tie_rank, tmp);
+    *value = kth_in_range(a, len, rank, tie_rank, NULL, tmp);
     free(tmp);
     return MELD_OK;
 }
 
-meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint64_t k, uint32_t *lo, uint32_t *hi) {
+meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint64_t k, uint32_t *lo, uint32_t *hi,
+                                int *tied_ends) {
     double q = (double)k / (double)n;
     double rank = q * (double)S; /* rank from the top of the k-th largest, in the sample */
     double delta = 4.0 * sqrt((double)S * q * (1.0 - q)) + 24.0;
     double rhi = rank - delta, rlo = rank + delta;
     *hi = 0x7fffffffu;
     *lo = 0;
+    if (tied_ends) *tied_ends = 1;
     const int want_hi = rhi >= 1.0, want_lo = rlo <= (double)S;
     if (!want_hi && !want_lo) return MELD_OK;
     /* Both ends from one histogram of the sample: the bins holding the two ranks, then each
@@ -345,9 +359,12 @@ meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint
         w1[c1] = v;
         c1 += d == bin[1];
     }
-    uint64_t tie;
-    if (want_hi) *hi = kth_in_range(w, c0, r[0], &tie, tmp);
-    if (want_lo) *lo = kth_in_range(w1, c1, r[1], &tie, tmp);
+    uint64_t tie, eh = 0, el = 0;
+    if (want_hi) *hi = kth_in_range(w, c0, r[0], &tie, &eh, tmp);
+    if (want_lo) *lo = kth_in_range(w1, c1, r[1], &tie, &el, tmp);
+    /* each end an entry or two of the sample, against the 2 delta between them (f32 weights),
+     * or a share of them (quantized, bf16) */
+    if (tied_ends) *tied_ends = (double)(*lo == *hi ? eh : eh + el) > 2.0 * delta / 16.0 + 4.0;
     free(w);
     free(tmp);
     return MELD_OK;
@@ -381,6 +398,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     uint32_t lo[MELD_MAX_MODELS], hi[MELD_MAX_MODELS];
     const int nt = ctx->threads;
     size_t cap;
+    int inclusive = 0, tied[MELD_MAX_MODELS];
     if (n <= MELD_SEL_SMALL) {
         for (size_t j = 0; j < ne; j++) { lo[j] = 0; hi[j] = 0x7fffffffu; }
         cap = n + MELD_UK_ALIGN;
@@ -404,8 +422,14 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         }
 #pragma omp parallel for schedule(static, 1) num_threads(nt)
         for (size_t j = 0; j < ne; j++)
-            st[j] = meld_select_bracket(sample + j * S, S, n, kk[active[j]], &lo[j], &hi[j]);
+            st[j] = meld_select_bracket(sample + j * S, S, n, kk[active[j]], &lo[j], &hi[j], &tied[j]);
         free(sample);
+        /* Store the bracket's ends too (two counts fewer an element in the pass) when the
+         * sample says they are no heavy ties, as with f32 weights. Quantized (bf16) task
+         * vectors put a few percent of the entries on each end; storing those costs more, in
+         * the candidates' histograms, than the counts save. */
+        inclusive = 1;
+        for (size_t j = 0; j < ne; j++) inclusive &= st[j] == MELD_OK && !tied[j];
         for (size_t j = 0; j < ne; j++) MELD_TRY(st[j]);
         cap = (size_t)(0.16 * (double)n / nt) + 4096; /* 4 bytes a candidate: heavy ties fit */
     }
@@ -415,7 +439,8 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
                    (3 * ne + 1) * tiles * sizeof(uint32_t) + slots * cap * sizeof(uint32_t) + 64;
     char *mem = meld_scratch(ctx, bytes);
     if (!mem) return MELD_ERR_OUT_OF_MEMORY;
-    collect_op op = {.s = s, .uk = ctx->uk, .ne = ne, .expert = active, .lo = lo, .hi = hi, .cap = cap, .tiles = tiles};
+    collect_op op = {.s = s, .uk = ctx->uk, .ne = ne, .expert = active, .lo = lo, .hi = hi, .inclusive = inclusive,
+                     .cap = cap, .tiles = tiles};
     op.gt = (uint64_t *)mem;
     op.eq_hi = op.gt + slots;
     op.eq_lo = op.eq_hi + slots;
@@ -442,14 +467,18 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
     typedef struct { size_t e; uint32_t lo, hi; uint64_t above; int needed; } range_job;
     range_job fallback[MELD_MAX_MODELS];
     /* Where each expert's k-th largest lies, from the counts: ranks from the top are (hi, inf) G,
-     * == hi EH, (lo, hi) C, == lo EL. Outside the bracket (or inside with too many values to
-     * store) a radix over the range that must hold it takes over. */
+     * == hi EH, (lo, hi) C, == lo EL; inclusive, [lo, hi] C with EH = EL = 0. Outside the
+     * bracket (or inside with too many values to store) a radix over the range that must hold
+     * it takes over. The candidates' range: [clo, chi]. */
     enum { AT_HI, AMONG, AT_LO, FALLBACK };
     int where[MELD_MAX_MODELS];
     uint64_t rnk[MELD_MAX_MODELS];
     uint32_t T[MELD_MAX_MODELS];
     size_t among[MELD_MAX_MODELS], na = 0;
+    uint32_t clo[MELD_MAX_MODELS], chi[MELD_MAX_MODELS];
     for (size_t j = 0; j < ne; j++) {
+        clo[j] = inclusive ? lo[j] : lo[j] + 1;
+        chi[j] = inclusive ? hi[j] : hi[j] - 1;
         uint64_t k = kk[active[j]], G = 0, C = 0, EH = 0, EL = 0;
         int stored = 1;
         for (int t = 0; t < nt; t++) {
@@ -468,7 +497,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         else if (r <= EH) { where[j] = AT_HI; T[j] = hi[j]; }
         else if ((r -= EH) <= C) {
             if (stored) { where[j] = AMONG; among[na++] = j; }
-            else fallback[j] = (range_job){active[j], lo[j] + 1, hi[j] - 1, G + EH, 1};
+            else fallback[j] = (range_job){active[j], clo[j], chi[j], G + EH, 1};
         } else if ((r -= C) <= EL) { where[j] = AT_LO; T[j] = lo[j]; }
         else fallback[j] = (range_job){active[j], 0, lo[j] - 1, G + EH + C + EL, 1};
         rnk[j] = r;
@@ -482,7 +511,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         if (!hist) return MELD_ERR_OUT_OF_MEMORY;
         uint32_t *tmp = hist + (size_t)nt * na * SEL_BINS;
         int shift[MELD_MAX_MODELS];
-        for (size_t q = 0; q < na; q++) shift[q] = range_shift(lo[among[q]] + 1, hi[among[q]] - 1, SEL_BINS);
+        for (size_t q = 0; q < na; q++) shift[q] = range_shift(clo[among[q]], chi[among[q]], SEL_BINS);
 #pragma omp parallel num_threads(nt)
         {
             const int t = omp_get_thread_num();
@@ -490,7 +519,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
                 const size_t j = among[q], sl = (size_t)t * ne + j;
                 uint32_t *h = hist + ((size_t)t * na + q) * SEL_BINS;
                 memset(h, 0, SEL_BINS * sizeof *h);
-                hist_range(op.cand[sl], op.count[sl], lo[j] + 1, hi[j] - 1, shift[q], h, tmp + (size_t)t * SEL_WAYS * SEL_BINS);
+                hist_range(op.cand[sl], op.count[sl], clo[j], chi[j], shift[q], h, tmp + (size_t)t * SEL_WAYS * SEL_BINS);
             }
         }
         uint32_t blo[MELD_MAX_MODELS], bspan[MELD_MAX_MODELS];
@@ -500,14 +529,14 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         for (size_t q = 0; q < na; q++) {
             const size_t j = among[q];
             uint64_t h64[SEL_BINS], above = 0;
-            const uint32_t bins = ((hi[j] - 1 - (lo[j] + 1)) >> shift[q]) + 1;
+            const uint32_t bins = ((chi[j] - clo[j]) >> shift[q]) + 1;
             for (uint32_t b = 0; b < bins; b++) {
                 h64[b] = 0;
                 for (int t = 0; t < nt; t++) h64[b] += hist[((size_t)t * na + q) * SEL_BINS + b];
             }
             brank[q] = rnk[j];
             uint32_t dg = pick_digit(h64, bins, &brank[q], &above);
-            blo[q] = lo[j] + 1 + (dg << shift[q]);
+            blo[q] = clo[j] + (dg << shift[q]);
             bspan[q] = (uint32_t)(((uint64_t)1 << shift[q]) - 1);
             boff[q + 1] = boff[q] + (size_t)h64[dg];
         }
@@ -517,7 +546,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         uint32_t *bin = malloc((boff[na] + na * slack + SEL_WAYS * SEL_BINS + 1) * sizeof *bin);
         if (!bin) { free(hist); return MELD_ERR_OUT_OF_MEMORY; }
         uint32_t *seg_hist[MELD_MAX_MODELS];
-        for (size_t q = 0; q < na; q++) seg_hist[q] = hist + (size_t)((blo[q] - (lo[among[q]] + 1)) >> shift[q]);
+        for (size_t q = 0; q < na; q++) seg_hist[q] = hist + (size_t)((blo[q] - clo[among[q]]) >> shift[q]);
 #define SEG_COUNT(u, q) seg_hist[q][((size_t)(u) * na + (q)) * SEL_BINS]
 #pragma omp parallel num_threads(nt)
         {
@@ -542,7 +571,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
                 src += SEG_COUNT(u, q) + 1;
             }
             uint64_t tie;
-            T[among[q]] = kth_in_range(first, boff[q + 1] - boff[q], brank[q], &tie, bin + boff[na] + na * slack + 1);
+            T[among[q]] = kth_in_range(first, boff[q + 1] - boff[q], brank[q], &tie, NULL, bin + boff[na] + na * slack + 1);
             rnk[among[q]] = tie;
         }
 #undef SEG_COUNT

@@ -22,8 +22,10 @@ static inline size_t meld_sel_blocks(size_t n) {
 
 /* From a sample of S magnitudes, a bracket [lo, hi] that holds the k-th largest of all n with
  * high probability (4 sigma of the sample rank, plus a margin). A miss costs time, never
- * correctness: callers check the counts and fall back. */
-meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint64_t k, uint32_t *lo, uint32_t *hi);
+ * correctness: callers check the counts and fall back. *tied_ends (may be NULL): whether the
+ * sample has more than a few entries on lo and hi (ties worth counting rather than storing). */
+meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint64_t k, uint32_t *lo, uint32_t *hi,
+                                int *tied_ends);
 /* *value: the rank-th largest (1-based) of a[0..len), which is overwritten; *tie_rank: the rank
  * of that entry among those equal to it, which the tie rule (lower index first) then places. */
 meld_status meld_select_kth(uint32_t *a, size_t len, uint64_t rank, uint32_t *value, uint64_t *tie_rank);

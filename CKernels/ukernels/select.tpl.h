@@ -33,17 +33,21 @@ MELD_VEC_INLINE void collect_cand(const collect_lane *c, vi bits, uint32_t *cand
 }
 
 MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_t *count,
-                                 size_t cap, const int checked) {
+                                 size_t cap, const int checked, const int incl) {
 #ifdef MELD_SIMD_CMP_COUNT
     /* b > t as a compare (all ones) subtracted: t may be -1 (hi or lo 0), and b > -1 holds for
      * every b, as (t - b) >> 31 counts it */
     c->gt = vi_sub(c->gt, vi_cmpgt_bits(bits, c->hi));
-    c->geh = vi_sub(c->geh, vi_cmpgt_bits(bits, c->him1));
-    c->gel = vi_sub(c->gel, vi_cmpgt_bits(bits, c->lom1));
+    if (!incl) {
+        c->geh = vi_sub(c->geh, vi_cmpgt_bits(bits, c->him1));
+        c->gel = vi_sub(c->gel, vi_cmpgt_bits(bits, c->lom1));
+    }
 #else
     c->gt = vi_add(c->gt, vi_srl(vi_sub(c->hi, bits), 31));
-    c->geh = vi_add(c->geh, vi_srl(vi_sub(c->him1, bits), 31));
-    c->gel = vi_add(c->gel, vi_srl(vi_sub(c->lom1, bits), 31));
+    if (!incl) {
+        c->geh = vi_add(c->geh, vi_srl(vi_sub(c->him1, bits), 31));
+        c->gel = vi_add(c->gel, vi_srl(vi_sub(c->lom1, bits), 31));
+    }
 #endif
     collect_cand(c, bits, cand, count, cap, checked);
 }
@@ -52,7 +56,7 @@ MELD_VEC_INLINE void collect_vec(collect_lane *c, vi bits, uint32_t *cand, size_
  * cap; unchecked when the caller knows every candidate of the call fits. hb: a base. */
 MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void *const *xp, const int *xdt,
                                  const void *bp, const int bdt, uint32_t *const *cand, size_t *count, size_t cap,
-                                 const size_t K, const int dt, const int hb, const int checked) {
+                                 const size_t K, const int dt, const int hb, const int checked, const int incl) {
 #ifdef MELD_SIMD_W16
     /* bf16 without a base: a magnitude's bits are its word's, shifted, so the three counts run
      * on 16-bit words, two elements a 32-bit lane: 9 instructions a pair of vectors for the
@@ -65,8 +69,10 @@ MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void
                 const vi m = vi_and(vi_load((const uint32_t *)((const uint16_t *)xp[k] + i)), vi_set1(0x7fff7fffu));
                 collect_lane *ck = &c[k];
                 ck->gt16 = vi_add16(ck->gt16, vi_srl16(vi_sub16(ck->hi16, m), 15));
-                ck->geh16 = vi_add16(ck->geh16, vi_srl16(vi_sub16(ck->him16, m), 15));
-                ck->gel16 = vi_add16(ck->gel16, vi_srl16(vi_sub16(ck->lom16, m), 15));
+                if (!incl) {
+                    ck->geh16 = vi_add16(ck->geh16, vi_srl16(vi_sub16(ck->him16, m), 15));
+                    ck->gel16 = vi_add16(ck->gel16, vi_srl16(vi_sub16(ck->lom16, m), 15));
+                }
                 /* the even and odd elements' f32 bits (lane order does not matter here) */
                 collect_cand(ck, vi_sll(m, 16), cand[k], &count[k], cap, checked);
                 collect_cand(ck, vi_and(m, vi_set1(0xffff0000u)), cand[k], &count[k], cap, checked);
@@ -81,8 +87,8 @@ MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void
                 prefetch_dt(xp[k], MELD_BF16, i);
                 vf2_load_bf16((const uint16_t *)xp[k] + i, &de, &dd);
                 if (hb) { de = vf_sub(de, be); dd = vf_sub(dd, bo); }
-                collect_vec(&c[k], vf_absbits(de), cand[k], &count[k], cap, checked);
-                collect_vec(&c[k], vf_absbits(dd), cand[k], &count[k], cap, checked);
+                collect_vec(&c[k], vf_absbits(de), cand[k], &count[k], cap, checked, incl);
+                collect_vec(&c[k], vf_absbits(dd), cand[k], &count[k], cap, checked, incl);
             }
         }
     for (; i < n; i += MELD_W) {
@@ -92,7 +98,7 @@ MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void
             prefetch_dt(xp[k], xdt[k], i);
             vf d = load_dt(xp[k], xdt[k], i);
             if (hb) d = vf_sub(d, b);
-            collect_vec(&c[k], vf_absbits(d), cand[k], &count[k], cap, checked);
+            collect_vec(&c[k], vf_absbits(d), cand[k], &count[k], cap, checked, incl);
         }
     }
 }
@@ -100,7 +106,8 @@ MELD_VEC_INLINE void collect_run(size_t i, size_t n, collect_lane *c, const void
 /* The body, inlined with compile-time K and dtype in the common cases: the counters then stay in
  * registers (with a runtime K they lived on the stack, and the candidate count's store-to-load
  * round trip each vector was the loop's critical path). */
-MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K, const int dt, const int hb) {
+MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, const size_t K, const int dt, const int hb,
+                                   const int incl) {
     /* counters live in registers/stack for the call: the callers' arrays may share cache
      * lines between threads */
     size_t count[MELD_MAX_MODELS], before[MELD_MAX_MODELS];
@@ -117,8 +124,10 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
     for (size_t k = 0; k < K; k++) {
         before[k] = count[k] = a->count[k];
         const uint32_t l = a->lo[k], h = a->hi[k];
-        c[k] = (collect_lane){.hi = vi_set1(h), .him1 = vi_set1(h - 1u), .lom1 = vi_set1(l - 1u), .lo1 = vi_set1((l + 1u) ^ ubias),
-                              .width = vi_set1((h > l ? h - l - 1u : 0u) ^ ubias), .gt = vi_set1(0), .geh = vi_set1(0), .gel = vi_set1(0)};
+        /* the candidate test lo1 <= b < lo1 + width (unsigned): (lo, hi), or [lo, hi] */
+        const uint32_t lo1 = incl ? l : l + 1u, width = incl ? h - l + 1u : h > l ? h - l - 1u : 0u;
+        c[k] = (collect_lane){.hi = vi_set1(h), .him1 = vi_set1(h - 1u), .lom1 = vi_set1(l - 1u), .lo1 = vi_set1(lo1 ^ ubias),
+                              .width = vi_set1(width ^ ubias), .gt = vi_set1(0), .geh = vi_set1(0), .gel = vi_set1(0)};
 #ifdef MELD_SIMD_W16
         /* b = w << 16 (low half zero): b > h is w > h >> 16; b >= t is w >= ceil(t / 2^16) =: tc,
          * counted as (tc - 1 - w) < 0 in 16 bits (tc <= 2^15, so no wrap but at tc = 0, where
@@ -152,16 +161,16 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
                  * and every candidate store may alias it) */
                 collect_lane ck = c[k];
                 size_t nk = count[k];
-                if (fits) collect_run(s, e, &ck, &xp[k], &xdt[k], bp, bdt, &cand[k], &nk, cap, 1, dt, hb, 0);
-                else collect_run(s, e, &ck, &xp[k], &xdt[k], bp, bdt, &cand[k], &nk, cap, 1, dt, hb, 1);
+                if (fits) collect_run(s, e, &ck, &xp[k], &xdt[k], bp, bdt, &cand[k], &nk, cap, 1, dt, hb, 0, incl);
+                else collect_run(s, e, &ck, &xp[k], &xdt[k], bp, bdt, &cand[k], &nk, cap, 1, dt, hb, 1, incl);
                 c[k] = ck;
                 count[k] = nk;
             }
         }
     } else
 #endif
-    if (fits) collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 0);
-    else collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 1);
+    if (fits) collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 0, incl);
+    else collect_run(0, n, c, xp, xdt, bp, bdt, cand, count, cap, K, dt, hb, 1, incl);
     /* the equal counts: b == hi is (b >= hi) - (b > hi); b == lo is (b >= lo) - (b >= hi) -
      * (lo < b < hi) */
     for (size_t k = 0; k < K; k++) {
@@ -172,13 +181,16 @@ MELD_BODY_INLINE void collect_body(size_t n, const meld_uk_collect_args *a, cons
         gel += vi_total16(c[k].gel16);
 #endif
         a->gt[k] += gt;
-        a->eq_hi[k] += geh - gt;
-        a->eq_lo[k] += a->lo[k] < a->hi[k] ? gel - geh - (count[k] - before[k]) : 0;
+        if (!incl) {
+            a->eq_hi[k] += geh - gt;
+            a->eq_lo[k] += a->lo[k] < a->hi[k] ? gel - geh - (count[k] - before[k]) : 0;
+        }
         a->count[k] = count[k];
     }
 }
 
-#define COLLECT_K(KK, DT) case KK: if (hb) collect_body(n, a, KK, DT, 1); else collect_body(n, a, KK, DT, 0); return
+#define COLLECT_HB(KK, DT, IN) if (hb) collect_body(n, a, KK, DT, 1, IN); else collect_body(n, a, KK, DT, 0, IN)
+#define COLLECT_K(KK, DT) case KK: if (a->inclusive) COLLECT_HB(KK, DT, 1); else COLLECT_HB(KK, DT, 0); return
 #define COLLECT_KS(DT) switch (a->k) { COLLECT_K(1, DT); COLLECT_K(2, DT); COLLECT_K(3, DT); COLLECT_K(4, DT); default: break; }
 
 void UK(meld_xf32_collect)(size_t n, size_t i0, const meld_uk_collect_args *a) {
@@ -186,7 +198,7 @@ void UK(meld_xf32_collect)(size_t n, size_t i0, const meld_uk_collect_args *a) {
     const int hb = a->base.p != NULL;
     const int dt = uniform_dt(a->base, a->x, a->k);
     MELD_DT_DISPATCH(dt, COLLECT_KS)
-    collect_body(n, a, a->k, -1, hb);
+    collect_body(n, a, a->k, -1, hb, a->inclusive);
 }
 
 void UK(meld_xf32_hist)(size_t n, const meld_uk_hist_args *a) {

@@ -69,17 +69,20 @@ typedef struct meld_uk_tv_args {
 } meld_uk_tv_args;
 
 /* Candidate collection for exact selection: per element of each of k task vectors,
- * b = absbits(d_k) (d_k = x_k - base, or x_k when base.p is NULL); count b > hi_k into gt[k],
- * b == hi_k into eq_hi[k], b == lo_k into eq_lo[k] (only when lo_k < hi_k); append b to cand[k]
- * when lo_k < b < hi_k
- * (in any order within the call), while count[k] + MELD_UK_ALIGN <= cap (past that only count[k] grows).
- * Counting the bracket's ends instead of storing them keeps heavy ties (bf16) cheap.
- * cand[k] needs MELD_UK_ALIGN entries of slack. */
+ * b = absbits(d_k) (d_k = x_k - base, or x_k when base.p is NULL); count b > hi_k into gt[k].
+ * Exclusive (inclusive == 0): count b == hi_k into eq_hi[k], b == lo_k into eq_lo[k] (only when
+ * lo_k < hi_k), and append b to cand[k] when lo_k < b < hi_k. Counting the bracket's ends
+ * instead of storing them keeps heavy ties (bf16) cheap.
+ * Inclusive (lo_k <= hi_k): append b to cand[k] when lo_k <= b <= hi_k; eq_hi and eq_lo are
+ * left alone. Two counts fewer an element, for brackets whose ends are not heavy ties.
+ * Appends go in any order within the call, while count[k] + MELD_UK_ALIGN <= cap (past that
+ * only count[k] grows). cand[k] needs MELD_UK_ALIGN entries of slack. */
 typedef struct meld_uk_collect_args {
     size_t k;
     meld_uk_in base;
     const meld_uk_in *x;
     const uint32_t *lo, *hi;
+    int inclusive;
     uint64_t *gt, *eq_hi, *eq_lo; /* k counters each, accumulated */
     uint32_t **cand;              /* k lists */
     size_t *count;                /* k counters, accumulated */

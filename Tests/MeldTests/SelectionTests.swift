@@ -85,6 +85,15 @@ final class SelectionTests: XCTestCase {
         try check(v, densities: [0.05, 0.2, 0.6], "quantized")
     }
 
+    /// Forty equally common magnitudes: the sampled bracket spans two or three of them, few
+    /// enough that the pass stores its ends too (inclusive candidates), and the k-th largest
+    /// often sits on one of those ends.
+    func testFewLevelsBracketEnds() throws {
+        var rng = Rng(29)
+        let v = (0..<300_007).map { _ in Float(Int(rng.next() % 40) + 1) * (rng.uniform() < 0.5 ? -0.01 : 0.01) }
+        try check(v, densities: [0.04, 0.1, 0.2, 0.3, 0.45, 0.6, 0.77], "40 levels")
+    }
+
     /// bf16 values without a base (the collect pass counts on 16-bit words there): random
     /// with NaN and ±Inf, quantized (thousands of entries on each value at the bracket ends) and
     /// a massive tie at the threshold; every ISA and thread count against the sort of the
