@@ -387,7 +387,8 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
         else active[ne++] = e;
     }
     if (ne == 0) return MELD_OK;
-    /* MELD_SELECT=radix forces the full radix path, so tests cover both paths */
+    /* MELD_SELECT=radix forces the full radix path, =inclusive or =exclusive the collect pass's
+     * form, so tests cover every path whatever the data */
     const char *force = getenv("MELD_SELECT");
     if (force && !strcmp(force, "radix")) {
         for (size_t j = 0; j < ne; j++)
@@ -430,6 +431,7 @@ static meld_status select_many(meld_context *ctx, const sel_src *s, const uint64
          * the candidates' histograms, than the counts save. */
         inclusive = 1;
         for (size_t j = 0; j < ne; j++) inclusive &= st[j] == MELD_OK && !tied[j];
+        if (force) inclusive = !strcmp(force, "inclusive") ? 1 : !strcmp(force, "exclusive") ? 0 : inclusive;
         for (size_t j = 0; j < ne; j++) MELD_TRY(st[j]);
         cap = (size_t)(0.16 * (double)n / nt) + 4096; /* 4 bytes a candidate: heavy ties fit */
     }

@@ -85,13 +85,22 @@ final class SelectionTests: XCTestCase {
         try check(v, densities: [0.05, 0.2, 0.6], "quantized")
     }
 
-    /// Forty equally common magnitudes: the sampled bracket spans two or three of them, few
-    /// enough that the pass stores its ends too (inclusive candidates), and the k-th largest
-    /// often sits on one of those ends.
-    func testFewLevelsBracketEnds() throws {
+    /// Both forms of the collect pass (MELD_SELECT=inclusive stores the bracket's ends, as it
+    /// does when the sample shows no ties there; =exclusive counts them) on data where the k-th
+    /// largest sits on a bracket end (forty equally common magnitudes: the inclusive lists
+    /// also overflow there and the fallback takes over), random data and a quantized set.
+    func testCollectForms() throws {
         var rng = Rng(29)
-        let v = (0..<300_007).map { _ in Float(Int(rng.next() % 40) + 1) * (rng.uniform() < 0.5 ? -0.01 : 0.01) }
-        try check(v, densities: [0.04, 0.1, 0.2, 0.3, 0.45, 0.6, 0.77], "40 levels")
+        let levels = (0..<100_003).map { _ in Float(Int(rng.next() % 40) + 1) * (rng.uniform() < 0.5 ? -0.01 : 0.01) }
+        let random = rng.floats(100_003)
+        let quantized = (0..<100_003).map { _ in (rng.normal() * 64).rounded() / 64 }
+        defer { unsetenv("MELD_SELECT") }
+        for form in ["inclusive", "exclusive"] {
+            setenv("MELD_SELECT", form, 1)
+            try check(levels, densities: [0.04, 0.2, 0.45, 0.77], "40 levels, \(form)")
+            try check(random, densities: [0.3], "random, \(form)")
+            try check(quantized, densities: [0.1], "quantized, \(form)")
+        }
     }
 
     /// bf16 values without a base (the collect pass counts on 16-bit words there): random
