@@ -411,7 +411,7 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
     for (size_t f = 0; f < nphase; f++) {
         /* decode (no copy): every task streams its weights; nothing to overlap or share */
         light_threads[f] = 0;
-        if (mode != COPY_NONE)
+        if (mode != COPY_NONE && ctx->threads > 1) /* groups of one unit: the order as it is */
             group_units(&g, tasks + phase[f], phase[f + 1] - phase[f], tasks + ntasks, (size_t)ctx->threads, (N + nc - 1) / nc);
         split[f] = mode == COPY_NONE ? phase[f + 1]
                                      : phase[f] + split_phase(&g, tasks + phase[f], phase[f + 1] - phase[f], tasks + ntasks,
