@@ -199,6 +199,8 @@ static inline uint32_t vi_ltu16_bits(vi a, vi t, uint32_t *eq) {
 /* The TIES vote with fewer float adds and compares (merge.tpl.h, tv_vec): a table of divisors
  * by agreement pattern and integer logic in their place. 16 entries are two vectors. */
 #define MELD_SIMD_TABLE16 1
+/* the bf16 sum vote in two loops per block (tv_pairs_split, merge.tpl.h) */
+#define MELD_SIMD_SPLIT_VOTE 1
 typedef struct vtab16 { __m256 lo, hi; } vtab16;
 static inline vtab16 vtab16_load(const float *p) { return (vtab16){_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
 static inline vi vf_bits(vf a) { return _mm256_castps_si256(a); }

@@ -27,12 +27,24 @@ typedef struct tv_consts {
 #endif
 } tv_consts;
 
+#ifdef MELD_SIMD_TABLE16
+/* The end of the specialized sum vote (tv_vec): the divisor of the agreement pattern idx,
+ * lambda, the base. */
+MELD_VEC_INLINE vf tv_finish16(const tv_consts *c, vf mixed, vi idx, vf b, const size_t K, const int divm, const int hb) {
+    if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, K <= 3 ? vf_lookup8(c->divtab, idx) : vf_lookup16(c->divtab, idx));
+    if (!c->unit_lambda) mixed = vf_mul(mixed, c->lambda);
+    return hb ? vf_add(b, mixed) : mixed;
+}
+#endif
+
 /* One vector: base b and inputs x[k] (loaded) give the merged value; with a specialized BITS
  * rule bm[k] are the keep masks; i is the call-local index of lane 0 (index-dependent rules,
- * signs). Sets *skip when there is no output to write. */
+ * signs). Sets *skip when there is no output to write. With split (the specialized sum vote
+ * only, see tv_split_applies) it stops before tv_finish16, leaving its mixed and idx there. */
 MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, size_t i0,
                                                        size_t i, const size_t K, const int cons, const int divm,
-                                                       const int rk, const int hb, int has_out, int *skip) {
+                                                       const int rk, const int hb, int has_out, int *skip,
+                                                       vf *split_mixed, vi *split_idx) {
     const vf one = vf_set1(1.0f), zero = vf_zero();
     vf v[MELD_MAX_MODELS], u[MELD_MAX_MODELS];
     vf s = zero;
@@ -105,9 +117,12 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
         }
         *skip = 0;
         mixed = vf_select(vf_isnan(s), s, mixed);
-        if (divm != MELD_DIVISOR_NONE) mixed = vf_div(mixed, K <= 3 ? vf_lookup8(c->divtab, idx) : vf_lookup16(c->divtab, idx));
-        if (!c->unit_lambda) mixed = vf_mul(mixed, c->lambda);
-        return hb ? vf_add(b, mixed) : mixed;
+        if (split_mixed) {
+            *split_mixed = mixed;
+            *split_idx = idx;
+            return zero;
+        }
+        return tv_finish16(c, mixed, idx, b, K, divm, hb);
     }
 #endif
     vm pos = vm_all();
@@ -162,10 +177,49 @@ MELD_VEC_INLINE void tv_pair_bf16(const tv_consts *c, const void *const *xp, con
         vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
         if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c->bitsp[k], i), &bme[k], &bmo[k]);
     }
-    vf me = tv_vec(c, be, xe, bme, i0, i, K, cons, divm, rk, hb, 1, &skip);
-    vf mo = tv_vec(c, bo, xo, bmo, i0, i, K, cons, divm, rk, hb, 1, &skip);
+    vf me = tv_vec(c, be, xe, bme, i0, i, K, cons, divm, rk, hb, 1, &skip, NULL, NULL);
+    vf mo = tv_vec(c, bo, xo, bmo, i0, i, K, cons, divm, rk, hb, 1, &skip, NULL, NULL);
     vf2_stream_bf16((uint16_t *)out + i, me, mo);
 }
+
+#ifdef MELD_SIMD_SPLIT_VOTE
+/* Whether tv_pairs_split applies: the specialized sum vote with a divisor (tv_vec) */
+#define tv_split_applies(K, cons, divm, rk) ((rk) >= 0 && (cons) == MELD_CONSENSUS_SUM && (divm) != MELD_DIVISOR_NONE && (K) <= 4)
+enum { TV_SPLIT_PAIRS = 8 };
+/* TV_SPLIT_PAIRS pairs of tv_pair_bf16 from i, in two loops: the votes, then the divisions and
+ * the rest. One vector's whole chain (loads to store, the divide's latency in it) ran longer
+ * than the out-of-order window reaches; split in two loops through L1, each loop's chain is
+ * short and the window overlaps several iterations. The same operations on the same values. */
+MELD_VEC_INLINE void tv_pairs_split(const tv_consts *c, const void *const *xp, const void *bp, void *out, size_t i0,
+                                    size_t i, const size_t K, const int cons, const int divm, const int rk, const int hb) {
+    vf mb[2 * TV_SPLIT_PAIRS], bb[2 * TV_SPLIT_PAIRS];
+    vi ib[2 * TV_SPLIT_PAIRS];
+    int skip;
+    for (size_t p = 0; p < TV_SPLIT_PAIRS; p++) {
+        const size_t ii = i + p * 2 * MELD_W;
+        vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
+        vm bme[MELD_MAX_MODELS], bmo[MELD_MAX_MODELS];
+        if (hb) {
+            prefetch_dt(bp, MELD_BF16, ii);
+            vf2_load_bf16((const uint16_t *)bp + ii, &be, &bo);
+        }
+        for (size_t k = 0; k < K; k++) {
+            prefetch_dt(xp[k], MELD_BF16, ii);
+            vf2_load_bf16((const uint16_t *)xp[k] + ii, &xe[k], &xo[k]);
+            if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c->bitsp[k], ii), &bme[k], &bmo[k]);
+        }
+        tv_vec(c, be, xe, bme, i0, ii, K, cons, divm, rk, hb, 1, &skip, &mb[2 * p], &ib[2 * p]);
+        tv_vec(c, bo, xo, bmo, i0, ii, K, cons, divm, rk, hb, 1, &skip, &mb[2 * p + 1], &ib[2 * p + 1]);
+        bb[2 * p] = be;
+        bb[2 * p + 1] = bo;
+    }
+    for (size_t p = 0; p < TV_SPLIT_PAIRS; p++) {
+        vf me = tv_finish16(c, mb[2 * p], ib[2 * p], bb[2 * p], K, divm, hb);
+        vf mo = tv_finish16(c, mb[2 * p + 1], ib[2 * p + 1], bb[2 * p + 1], K, divm, hb);
+        vf2_stream_bf16((uint16_t *)out + i + p * 2 * MELD_W, me, mo);
+    }
+}
+#endif
 
 /* The body, inlined with compile-time K, input dtype (-1: per input), consensus, divisor and
  * rule kind (rk, -1: per expert, with the optional inputs and outputs checked at run time) in
@@ -229,6 +283,11 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     /* all bf16 and no index-dependent rule: pairs of vectors (tv_pair_bf16) */
     if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16) {
         /* (two pairs an iteration with one prefetch a cache line measured slower on AVX2: spills) */
+#ifdef MELD_SIMD_SPLIT_VOTE
+        if (tv_split_applies(K, cons, divm, rk))
+            for (; i + 2 * MELD_W * TV_SPLIT_PAIRS <= n; i += 2 * MELD_W * TV_SPLIT_PAIRS)
+                tv_pairs_split(&c, xp, bp, out, i0, i, K, cons, divm, rk, hb);
+#endif
         for (; i + 2 * MELD_W <= n; i += 2 * MELD_W)
             tv_pair_bf16(&c, xp, bp, out, i0, i, K, cons, divm, rk, hb, load_base);
     }
@@ -240,7 +299,7 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
             x[k] = load_dt(xp[k], xdt[k], i);
             if (rk == MELD_RULE_BITS) bme[k] = load_bits(c.bitsp[k], i);
         }
-        vf mixed = tv_vec(&c, b, x, bme, i0, i, K, cons, divm, rk, hb, has_out, &skip);
+        vf mixed = tv_vec(&c, b, x, bme, i0, i, K, cons, divm, rk, hb, has_out, &skip, NULL, NULL);
         if (!skip) stream_dt(out, out_dt, i, mixed);
     }
     stream_fence();
