@@ -160,23 +160,32 @@ MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, s
     return mixed;
 }
 
-/* Elements [i, i + 2W) of an all-bf16 call as a pair of vectors in even/odd lane order (plain
- * loads and stores, no widening or narrowing shuffles). */
-MELD_VEC_INLINE void tv_pair_bf16(const tv_consts *c, const void *const *xp, const void *bp, void *out, size_t i0,
-                                  size_t i, const size_t K, const int cons, const int divm, const int rk,
-                                  const int hb, const int load_base) {
-    vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
-    vm bme[MELD_MAX_MODELS], bmo[MELD_MAX_MODELS];
-    int skip;
+/* The inputs of elements [i, i + 2W) of an all-bf16 call as pairs of vectors in even/odd lane
+ * order (plain loads, no widening shuffles): base (+0 without one), experts, BITS keep masks. */
+MELD_VEC_INLINE void tv_pair_load_bf16(const tv_consts *c, const void *const *xp, const void *bp, size_t i,
+                                       const size_t K, const int rk, const int load_base, vf *be, vf *bo, vf *xe,
+                                       vf *xo, vm *bme, vm *bmo) {
+    *be = *bo = vf_zero();
     if (load_base) {
         prefetch_dt(bp, MELD_BF16, i);
-        vf2_load_bf16((const uint16_t *)bp + i, &be, &bo);
+        vf2_load_bf16((const uint16_t *)bp + i, be, bo);
     }
     for (size_t k = 0; k < K; k++) {
         prefetch_dt(xp[k], MELD_BF16, i);
         vf2_load_bf16((const uint16_t *)xp[k] + i, &xe[k], &xo[k]);
         if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c->bitsp[k], i), &bme[k], &bmo[k]);
     }
+}
+
+/* Elements [i, i + 2W) of an all-bf16 call as a pair of vectors (plain stores, no narrowing
+ * shuffles). */
+MELD_VEC_INLINE void tv_pair_bf16(const tv_consts *c, const void *const *xp, const void *bp, void *out, size_t i0,
+                                  size_t i, const size_t K, const int cons, const int divm, const int rk,
+                                  const int hb, const int load_base) {
+    vf be, bo, xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
+    vm bme[MELD_MAX_MODELS], bmo[MELD_MAX_MODELS];
+    int skip;
+    tv_pair_load_bf16(c, xp, bp, i, K, rk, load_base, &be, &bo, xe, xo, bme, bmo);
     vf me = tv_vec(c, be, xe, bme, i0, i, K, cons, divm, rk, hb, 1, &skip, NULL, NULL);
     vf mo = tv_vec(c, bo, xo, bmo, i0, i, K, cons, divm, rk, hb, 1, &skip, NULL, NULL);
     vf2_stream_bf16((uint16_t *)out + i, me, mo);
@@ -197,17 +206,9 @@ MELD_VEC_INLINE void tv_pairs_split(const tv_consts *c, const void *const *xp, c
     int skip;
     for (size_t p = 0; p < TV_SPLIT_PAIRS; p++) {
         const size_t ii = i + p * 2 * MELD_W;
-        vf be = vf_zero(), bo = vf_zero(), xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
+        vf be, bo, xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
         vm bme[MELD_MAX_MODELS], bmo[MELD_MAX_MODELS];
-        if (hb) {
-            prefetch_dt(bp, MELD_BF16, ii);
-            vf2_load_bf16((const uint16_t *)bp + ii, &be, &bo);
-        }
-        for (size_t k = 0; k < K; k++) {
-            prefetch_dt(xp[k], MELD_BF16, ii);
-            vf2_load_bf16((const uint16_t *)xp[k] + ii, &xe[k], &xo[k]);
-            if (rk == MELD_RULE_BITS) vm2_from_bits(load_bits2(c->bitsp[k], ii), &bme[k], &bmo[k]);
-        }
+        tv_pair_load_bf16(c, xp, bp, ii, K, rk, hb, &be, &bo, xe, xo, bme, bmo);
         tv_vec(c, be, xe, bme, i0, ii, K, cons, divm, rk, hb, 1, &skip, &mb[2 * p], &ib[2 * p]);
         tv_vec(c, bo, xo, bmo, i0, ii, K, cons, divm, rk, hb, 1, &skip, &mb[2 * p + 1], &ib[2 * p + 1]);
         bb[2 * p] = be;
