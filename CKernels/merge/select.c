@@ -363,8 +363,10 @@ meld_status meld_select_bracket(const uint32_t *sample, size_t S, size_t n, uint
     if (want_hi) *hi = kth_in_range(w, c0, r[0], &tie, &eh, tmp);
     if (want_lo) *lo = kth_in_range(w1, c1, r[1], &tie, &el, tmp);
     /* each end an entry or two of the sample, against the 2 delta between them (f32 weights),
-     * or a share of them (quantized, bf16) */
-    if (tied_ends) *tied_ends = (double)(*lo == *hi ? eh : eh + el) > 2.0 * delta / 16.0 + 4.0;
+     * or a share of them (quantized, bf16). An end not taken from the sample (0 or the top)
+     * counts as tied: 0 may hold every unchanged weight of a task vector. */
+    if (tied_ends)
+        *tied_ends = !want_hi || !want_lo || (double)(*lo == *hi ? eh : eh + el) > 2.0 * delta / 16.0 + 4.0;
     free(w);
     free(tmp);
     return MELD_OK;
