@@ -28,6 +28,8 @@ typedef struct tv_consts {
 } tv_consts;
 
 #ifdef MELD_SIMD_TABLE16
+/* Whether a body's specialized sum vote divides by a table of the agreement pattern (tv_vec) */
+#define tv_table_divisor(K, cons, divm, rk) ((rk) >= 0 && (cons) == MELD_CONSENSUS_SUM && (divm) != MELD_DIVISOR_NONE && (K) <= 4)
 /* The end of the specialized sum vote (tv_vec): the divisor of the agreement pattern idx,
  * lambda, the base. */
 MELD_VEC_INLINE vf tv_finish16(const tv_consts *c, vf mixed, vi idx, vf b, const size_t K, const int divm, const int hb) {
@@ -40,7 +42,7 @@ MELD_VEC_INLINE vf tv_finish16(const tv_consts *c, vf mixed, vi idx, vf b, const
 /* One vector: base b and inputs x[k] (loaded) give the merged value; with a specialized BITS
  * rule bm[k] are the keep masks; i is the call-local index of lane 0 (index-dependent rules,
  * signs). Sets *skip when there is no output to write. With split (the specialized sum vote
- * only, see tv_split_applies) it stops before tv_finish16, leaving its mixed and idx there. */
+ * only, see tv_pairs_split) it stops before tv_finish16, leaving its mixed and idx there. */
 MELD_VEC_INLINE vf tv_vec(const tv_consts *c, vf b, const vf *x, const vm *bm, size_t i0,
                                                        size_t i, const size_t K, const int cons, const int divm,
                                                        const int rk, const int hb, int has_out, int *skip,
@@ -192,13 +194,12 @@ MELD_VEC_INLINE void tv_pair_bf16(const tv_consts *c, const void *const *xp, con
 }
 
 #ifdef MELD_SIMD_SPLIT_VOTE
-/* Whether tv_pairs_split applies: the specialized sum vote with a divisor (tv_vec) */
-#define tv_split_applies(K, cons, divm, rk) ((rk) >= 0 && (cons) == MELD_CONSENSUS_SUM && (divm) != MELD_DIVISOR_NONE && (K) <= 4)
 enum { TV_SPLIT_PAIRS = 8 };
-/* TV_SPLIT_PAIRS pairs of tv_pair_bf16 from i, in two loops: the votes, then the divisions and
- * the rest. One vector's whole chain (loads to store, the divide's latency in it) ran longer
- * than the out-of-order window reaches; split in two loops through L1, each loop's chain is
- * short and the window overlaps several iterations. The same operations on the same values. */
+/* TV_SPLIT_PAIRS pairs of tv_pair_bf16 from i (where tv_table_divisor), in two loops: the
+ * votes, then the divisions and the rest. One vector's whole chain (loads to store, the
+ * divide's latency in it) ran longer than the out-of-order window reaches; split in two loops
+ * through L1, each loop's chain is short and the window overlaps several iterations. The same
+ * operations on the same values. */
 MELD_VEC_INLINE void tv_pairs_split(const tv_consts *c, const void *const *xp, const void *bp, void *out, size_t i0,
                                     size_t i, const size_t K, const int cons, const int divm, const int rk, const int hb) {
     vf mb[2 * TV_SPLIT_PAIRS], bb[2 * TV_SPLIT_PAIRS];
@@ -265,7 +266,7 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     c.lambda = vf_set1(a->lambda);
     c.unit_lambda = a->lambda == 1.0f;
 #ifdef MELD_SIMD_TABLE16
-    if (rk >= 0 && cons == MELD_CONSENSUS_SUM && divm != MELD_DIVISOR_NONE && K <= 4) {
+    if (tv_table_divisor(K, cons, divm, rk)) {
         float tab[16];
         for (unsigned p = 0; p < 16; p++) {
             float d = 0.0f; /* the masked adds of tv_vec's general form, in its order */
@@ -285,7 +286,7 @@ MELD_BODY_INLINE void tv_body(size_t n, size_t i0, const meld_uk_tv_args *a, con
     if (dt == MELD_BF16 && (rk == MELD_RULE_ALL || rk == MELD_RULE_TOP || rk == MELD_RULE_BITS) && out_dt == MELD_BF16) {
         /* (two pairs an iteration with one prefetch a cache line measured slower on AVX2: spills) */
 #ifdef MELD_SIMD_SPLIT_VOTE
-        if (tv_split_applies(K, cons, divm, rk))
+        if (tv_table_divisor(K, cons, divm, rk))
             for (; i + 2 * MELD_W * TV_SPLIT_PAIRS <= n; i += 2 * MELD_W * TV_SPLIT_PAIRS)
                 tv_pairs_split(&c, xp, bp, out, i0, i, K, cons, divm, rk, hb);
 #endif
