@@ -186,7 +186,10 @@ static void run_task(const gm_call *g, gm_task t) {
      * own prefetch runs one panel ahead). AVX2 on Zen 3, mixtral T = 512 all-to-one, builds
      * alternated 5 times: 2 threads 4-10% faster in every pair (0.89-0.96x -> 0.91-1.08x
      * OpenBLAS), 1 thread ~4% (4 pairs of 5). Light tasks are left as they were: with the
-     * spread, qwen3 T = 128 read ~5% slower in 2 (noisy) pairs. */
+     * spread, qwen3 T = 128 read ~5% slower in 2 (noisy) pairs. Tried on qwen3 T = 512 uniform
+     * (32 rows an expert, one thread, 3 alternated rounds), no different: prefetching the next
+     * task's first k block in this one's last (tasks claimed one ahead), and the second row
+     * tile's in-loop prefetch in place of the bursts; the spread itself gains ~1% there. */
     const size_t rows = m1 - t.m0, tiles = (rows + MR - 1) / MR, panels = (n1 - t.n0 + NR - 1) / NR;
     const int spread = g->uk->gemm_spread_prefetch && tiles > 1 && !task_light(g, t);
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
