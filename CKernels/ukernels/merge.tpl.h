@@ -209,6 +209,8 @@ MELD_VEC_INLINE void tv_pairs_split(const tv_consts *c, const void *const *xp, c
         const size_t ii = i + p * 2 * MELD_W;
         vf be, bo, xe[MELD_MAX_MODELS], xo[MELD_MAX_MODELS];
         vm bme[MELD_MAX_MODELS], bmo[MELD_MAX_MODELS];
+        /* hb as load_base: tv_table_divisor holds only for a specialized rule (rk >= 0), where
+         * tv_body loads the base exactly when there is one */
         tv_pair_load_bf16(c, xp, bp, ii, K, rk, hb, &be, &bo, xe, xo, bme, bmo);
         tv_vec(c, be, xe, bme, i0, ii, K, cons, divm, rk, hb, 1, &skip, &mb[2 * p], &ib[2 * p]);
         tv_vec(c, bo, xo, bmo, i0, ii, K, cons, divm, rk, hb, 1, &skip, &mb[2 * p + 1], &ib[2 * p + 1]);
