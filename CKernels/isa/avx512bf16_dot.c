@@ -13,10 +13,11 @@
 #define NR 32
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-void meld_bf16_gemm_dot__avx512bf16(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt,
-                                    float *const *c, size_t mr, size_t nr, int accumulate) {
+void meld_bf16_gemm_dot__avx512bf16(size_t kc, const float *const *a, const void *b, const void *b_next, size_t pf_lines,
+                                    int b_dt, float *const *c, size_t mr, size_t nr, int accumulate) {
     (void)b_dt;
     (void)b_next;
+    (void)pf_lines;
     const size_t pairs = (kc + 1) / 2;
     /* activations of the MR rows as bf16 pairs (one 32-bit word per k pair) */
     uint32_t ap[MR][128 + 8];

@@ -22,8 +22,8 @@ static inline size_t panel_offset(const meld_moe_weights *w, size_t e, size_t k0
     return (e * K + k0) * w->panels * w->nr + panel * kc * w->nr;
 }
 
-void meld_bf16_gemm_dot__avx512bf16(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt,
-                                    float *const *c, size_t mr, size_t nr, int accumulate);
+void meld_bf16_gemm_dot__avx512bf16(size_t kc, const float *const *a, const void *b, const void *b_next, size_t pf_lines,
+                                    int b_dt, float *const *c, size_t mr, size_t nr, int accumulate);
 
 /* AVX512-BF16 dot products for bf16 weights on the AVX-512 path when MELD_BF16_DOT=1. Opt-in:
  * on the Zen 5 machine this was measured on, VDPBF16PS (2 k-steps an instruction, activations
@@ -158,13 +158,18 @@ static int rows_light(const gm_call *g, size_t rows) {
 }
 static int task_light(const gm_call *g, gm_task t) { return rows_light(g, unit_rows(g, t.e, t.m0)); }
 
+/* The next panel's lines to prefetch: from its first line, count of them (none: NULL, 0). */
+typedef struct gm_pf { const char *p; size_t lines; } gm_pf;
+
 /* The panel a task reads after (k block k0, panel at column n0), in its order (its panels of
- * columns t.n0 .. n1, k block by k block), or NULL at its end: the one its calls prefetch. */
-static const char *panel_after(const gm_call *g, gm_task t, size_t n1, size_t k0, size_t n0) {
+ * columns t.n0 .. n1, k block by k block), or none at its end: the one its calls prefetch. */
+static gm_pf panel_after(const gm_call *g, gm_task t, size_t n1, size_t k0, size_t n0) {
     const meld_moe_weights *w = g->w;
-    const size_t NR = w->nr;
-    if ((n0 += NR) >= n1) { n0 = t.n0; if ((k0 += GM_KC) >= w->K) return NULL; }
-    return (const char *)w->data + panel_offset(w, t.e, k0, n0 / NR) * meld_dtype_size(w->dtype);
+    const size_t NR = w->nr, es = meld_dtype_size(w->dtype);
+    if ((n0 += NR) >= n1) { n0 = t.n0; if ((k0 += GM_KC) >= w->K) return (gm_pf){NULL, 0}; }
+    const uintptr_t p = (uintptr_t)w->data + panel_offset(w, t.e, k0, n0 / NR) * es;
+    const size_t bytes = panel_offset(w, t.e, k0, n0 / NR + 1) * es - (p - (uintptr_t)w->data);
+    return (gm_pf){(const char *)(p & ~(uintptr_t)63), ((p & 63) + bytes + 63) / 64};
 }
 
 /* One prefill task: rows m0 .. m0+MC of expert e times columns n0 .. n0+nc, in KC-deep slices. Within a
@@ -215,27 +220,34 @@ static void run_task(const gm_call *g, gm_task t) {
                 const size_t panel = n0 / NR, nr = n1 - n0 < NR ? n1 - n0 : NR;
                 const char *b = (const char *)w->data + panel_offset(w, t.e, k0, panel) * es;
                 /* the first row tile prefetches the panel the task reads next */
-                const void *bn = i ? NULL : panel_after(g, t, n1, k0, n0);
+                const gm_pf bn = i ? (gm_pf){NULL, 0} : panel_after(g, t, n1, k0, n0);
                 for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
                 if (pf && i)
                     for (const char *end = pf + pf_step; pf < pf_end && pf < end; pf += 64) __builtin_prefetch(pf, 0, 1);
                 if (g->mode == COPY_PACKED) /* the tile's panel: MR rows of the copy, at k0 */
-                    g->uk->gemm_packed(kc, g->copy + (t.row0 + i * MR) * K + k0 * MR, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                    g->uk->gemm_packed(kc, g->copy + (t.row0 + i * MR) * K + k0 * MR, b, bn.p, bn.lines, w->dtype, c, mr, nr, k0 > 0);
                 else
-                    g->gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                    g->gemm(kc, a, b, bn.p, bn.lines, w->dtype, c, mr, nr, k0 > 0);
             }
         }
     }
 }
 
 /* A decode task (few rows, read in place): panel by panel, each panel's row tiles while it is in
- * L1, every call prefetching the task's next panel. More than one tile (AVX2's 6-row block, 7-8
+ * L1, the calls prefetching the task's next panel. More than one tile (AVX2's 6-row block, 7-8
  * rows) splits the rows evenly (row_tile): 8 as 4 + 4, each tile with 8 accumulators. The prefill order
  * (run_task: a tile across all panels, the first tile streaming them) left memory idle during
  * the later tiles, and a 2-row tile's 4 accumulators latency-bound. AVX2 on Zen 3, T = 8
  * all-to-one, 3 alternated runs: mixtral* 10.1-10.8 -> 8.7-9.0 ms, qwen3 4.1-4.6 -> 4.0-4.1,
- * olmoe 5.6-6.4 -> 5.0-6.1. The later tiles' prefetches, of the same next panel (mostly in
- * flight already), measured faster than none or than the panel after it. */
+ * olmoe 5.6-6.4 -> 5.0-6.1.
+ * The tiles split the next panel's prefetch, each its share spread over its steps: the whole
+ * panel in the first tile's steps asked for lines faster than memory delivers them, stalling
+ * that tile's FMAs, and the later tiles asked for nothing, so the weight stream and the
+ * arithmetic took turns. 8 rows x 8 experts, N 1536, K 2048, 2 threads, 4 alternated pairs:
+ * 3.7-3.8 -> 2.8-3.3 ms; meld-bench T = 8 all-to-one, 2 alternated runs: qwen3 3.66-3.91 ->
+ * 3.18-3.53 ms, olmoe 4.93-5.22 -> 4.49-4.53, mixtral* 8.74-9.23 -> 7.35-7.93. (Before, each
+ * later tile prefetched the whole panel again, which measured faster than none or than the
+ * panel after it.) */
 static void run_decode_task(const gm_call *g, gm_task t) {
     const meld_moe_weights *w = g->w;
     const size_t MR = g->MR, N = w->N, K = w->K, NR = w->nr, es = meld_dtype_size(w->dtype);
@@ -248,14 +260,17 @@ static void run_decode_task(const gm_call *g, gm_task t) {
         for (size_t n0 = t.n0; n0 < n1; n0 += NR) {
             const size_t nr = n1 - n0 < NR ? n1 - n0 : NR;
             const char *b = (const char *)w->data + panel_offset(w, t.e, k0, n0 / NR) * es;
-            const char *bn = panel_after(g, t, n1, k0, n0);
+            const gm_pf bn = panel_after(g, t, n1, k0, n0);
+            const size_t share = (bn.lines + tiles - 1) / tiles; /* lines a tile prefetches */
             for (size_t i = 0; i < tiles; i++) {
                 size_t off, mr;
                 row_tile(g, rows, i, &off, &mr);
                 const size_t m = t.m0 + off;
                 for (size_t r = 0; r < MR; r++) a[r] = g->arow[g->start[t.e] + m + (r < mr ? r : mr - 1)] + k0;
                 for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
-                g->gemm(kc, a, b, bn, w->dtype, c, mr, nr, k0 > 0);
+                const size_t first = i * share < bn.lines ? i * share : bn.lines;
+                const size_t lines = bn.lines - first < share ? bn.lines - first : share;
+                g->gemm(kc, a, b, bn.p ? bn.p + first * 64 : NULL, lines, w->dtype, c, mr, nr, k0 > 0);
             }
         }
     }

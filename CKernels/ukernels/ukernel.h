@@ -164,17 +164,19 @@ typedef struct meld_uk_apply_args {
 /* GEMM microkernel: C[mr x nr] (+)= A[mr x kc] * B[kc x NR], f32 accumulation.
  *  - a: MELD_MR row pointers at the first k of the block (rows >= mr repeat a valid row);
  *  - b: packed panel, kc x NR, k-major, in b_dt (zero-padded past the matrix's last column);
- *  - b_next: the panel the caller uses next (kc x NR, b_dt), prefetched while b is consumed
- *    (with few rows per expert every panel comes from DRAM once), or NULL; into the cache level
- *    of MELD_GEMM_PREFETCH_LOCALITY (L1, or L2 on AVX-512);
+ *  - b_next, pf_lines: pf_lines 64-byte lines from b_next (the panel the caller uses next, or
+ *    its share of it), prefetched while b is consumed, spread evenly over the kc steps (with
+ *    few rows per expert every panel comes from DRAM once); a hint: a step prefetches at most
+ *    the bytes of a step's NR weights; b_next NULL or pf_lines 0: none. Into the cache level of
+ *    MELD_GEMM_PREFETCH_LOCALITY (L1, or L2 on AVX-512);
  *  - c: mr row pointers at the panel's first column; nr <= NR columns are stored;
  *  - accumulate: C = C + A*B (else C = A*B). NR = gemm_nr, MR = gemm_mr of the registry. */
-typedef void (*meld_gemm_ukernel)(size_t kc, const float *const *a, const void *b, const void *b_next, int b_dt, float *const *c,
-                                  size_t mr, size_t nr, int accumulate);
+typedef void (*meld_gemm_ukernel)(size_t kc, const float *const *a, const void *b, const void *b_next, size_t pf_lines,
+                                  int b_dt, float *const *c, size_t mr, size_t nr, int accumulate);
 /* The same with A packed: kc x MR floats, k-major (row r of step k at a[k * MR + r]; rows >= mr
  * hold copies of a valid row). Same bits as the row-pointer form. */
-typedef void (*meld_gemm_packed_ukernel)(size_t kc, const float *a, const void *b, const void *b_next, int b_dt,
-                                         float *const *c, size_t mr, size_t nr, int accumulate);
+typedef void (*meld_gemm_packed_ukernel)(size_t kc, const float *a, const void *b, const void *b_next, size_t pf_lines,
+                                         int b_dt, float *const *c, size_t mr, size_t nr, int accumulate);
 
 typedef struct meld_ukernels {
     meld_isa isa;
