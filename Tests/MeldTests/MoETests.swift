@@ -97,6 +97,8 @@ final class MoETests: XCTestCase {
         var rng = Rng(52)
         // ldx 1024: rows on the 4 KiB grid (the bf16 dot kernel's prefill copies those to a padded stride)
         // (6, 33, 64, 400): with "skew", busy experts beside ones of a few rows, in several copy phases
+        // (the few-row ones, like (3, 33, 300, 70)'s ~23 rows an expert in f32, are read in place in
+        // decode order: rows_streamed)
         // (8, 600, 40, 8): decode tasks of several panels, the last one partial (their width
         // depends on the thread count)
         // (4, 40, 300, 8), (3, 40, 520, 7): "one" puts 8 or 7 rows on an expert, decode in more
