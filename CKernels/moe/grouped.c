@@ -160,14 +160,14 @@ static int task_light(const gm_call *g, gm_task t) { return rows_light(g, unit_r
 
 /* A prefill unit of this few rows runs in decode order (run_decode_task: its rows read in place,
  * not copied), where its weights stream through every row tile's steps rather than the first
- * tile's; at most 16 FLOPs a weight byte (f32: 32 rows). AVX2 on Zen 3, 2 threads, N 1536, K 2048,
+ * tile's: at most the ISA's gemm_stream_flops_per_byte (AVX2 16, f32: 32 rows; AVX-512 none,
+ * not measured there). AVX2 on Zen 3, 2 threads, N 1536, K 2048,
  * alternated: 128 experts x 24 rows 3-16% faster, x 32 rows 2-15% (7 pairs of 7), x 40 the
  * same, 64 x 48 rows 3% slower; random routing, 8 rows an expert on average (light units
  * mostly): mixtral* T = 32 (N 7168, K 4096) 40.5-43.9 -> 31.0-33.8 ms, qwen3 T = 128
  * 66.7-71.8 -> 57.0-59.1. */
-#define GM_STREAM_FLOPS_PER_BYTE 16
 static int rows_streamed(const gm_call *g, size_t rows) {
-    return 2 * rows <= GM_STREAM_FLOPS_PER_BYTE * meld_dtype_size(g->w->dtype);
+    return 2 * rows <= (size_t)g->uk->gemm_stream_flops_per_byte * meld_dtype_size(g->w->dtype);
 }
 
 /* The next panel's lines to prefetch: from its first line, count of them (none: NULL, 0). */
@@ -202,14 +202,15 @@ static void run_task(const gm_call *g, gm_task t) {
      * calls after the first row tile, which would otherwise wait on memory at every panel (its
      * own prefetch runs one panel ahead). AVX2 on Zen 3, mixtral T = 512 all-to-one, builds
      * alternated 5 times: 2 threads 4-10% faster in every pair (0.89-0.96x -> 0.91-1.08x
-     * OpenBLAS), 1 thread ~4% (4 pairs of 5). (Light tasks, which the spread slowed, ~5% on
-     * qwen3 T = 128, now run in decode order: rows_streamed.) Tried on qwen3 T = 512 uniform
+     * OpenBLAS), 1 thread ~4% (4 pairs of 5). Light tasks are left as they were: with the
+     * spread, qwen3 T = 128 read ~5% slower in 2 (noisy) pairs (on AVX2 they now run in decode
+     * order: rows_streamed). Tried on qwen3 T = 512 uniform
      * (32 rows an expert, one thread, 3 alternated rounds), no different: prefetching the next
      * task's first k block in this one's last (tasks claimed one ahead), and the second row
-     * tile's in-loop prefetch in place of the bursts; the spread itself gains ~1% there. That
-     * case too runs in decode order now. */
+     * tile's in-loop prefetch in place of the bursts; the spread itself gains ~1% there. On AVX2
+     * that case too runs in decode order now. */
     const size_t rows = m1 - t.m0, tiles = (rows + MR - 1) / MR, panels = (n1 - t.n0 + NR - 1) / NR;
-    const int spread = g->uk->gemm_spread_prefetch && tiles > 1;
+    const int spread = g->uk->gemm_spread_prefetch && tiles > 1 && !task_light(g, t);
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
         const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
         const char *pf = NULL, *pf_end = NULL;

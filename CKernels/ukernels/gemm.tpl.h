@@ -3,6 +3,9 @@
 #ifndef MELD_GEMM_SPREAD_PREFETCH
 #define MELD_GEMM_SPREAD_PREFETCH 0 /* the registry's gemm_spread_prefetch (ukernel.h) */
 #endif
+#ifndef MELD_GEMM_STREAM_FLOPS_PER_BYTE
+#define MELD_GEMM_STREAM_FLOPS_PER_BYTE 16 /* the registry's gemm_stream_flops_per_byte */
+#endif
 #ifndef MELD_GEMM_PREFETCH_LOCALITY
 #define MELD_GEMM_PREFETCH_LOCALITY 3 /* __builtin_prefetch's: 3 = L1; an ISA header may lower it */
 #endif

@@ -24,4 +24,5 @@ const meld_ukernels MELD_REG_NAME = {
     .gemm_mr = MELD_MR,
     .gemm_nr = 2 * MELD_W,
     .gemm_spread_prefetch = MELD_GEMM_SPREAD_PREFETCH,
+    .gemm_stream_flops_per_byte = MELD_GEMM_STREAM_FLOPS_PER_BYTE,
 };

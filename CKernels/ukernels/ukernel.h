@@ -196,6 +196,9 @@ typedef struct meld_ukernels {
     /* the caller (moe/grouped.c) spreads prefetches of a task's next k block over the calls of
      * its row tiles after the first: a tuning choice of the ISA, no change in results */
     int gemm_spread_prefetch;
+    /* prefill units of at most this many FLOPs a weight byte run in decode order, rows read in
+     * place (moe/grouped.c, rows_streamed); 0: none. A tuning choice too */
+    int gemm_stream_flops_per_byte;
 } meld_ukernels;
 
 extern const meld_ukernels meld_ukernels_scalar;
