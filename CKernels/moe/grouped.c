@@ -165,7 +165,8 @@ static int task_light(const gm_call *g, gm_task t) { return rows_light(g, unit_r
  * alternated: 128 experts x 24 rows 3-16% faster, x 32 rows 2-15% (7 pairs of 7), x 40 the
  * same, 64 x 48 rows 3% slower; random routing, 8 rows an expert on average (light units
  * mostly): mixtral* T = 32 (N 7168, K 4096) 40.5-43.9 -> 31.0-33.8 ms, qwen3 T = 128
- * 66.7-71.8 -> 57.0-59.1. */
+ * 66.7-71.8 -> 57.0-59.1. bf16 weights (16 rows at most): 128 x 12 rows 70.4-76.3 -> 58.7-59.8
+ * ms, x 16 rows 83.5-108.9 -> 78.1-84.5. */
 static int rows_streamed(const gm_call *g, size_t rows) {
     return 2 * rows <= (size_t)g->uk->gemm_stream_flops_per_byte * meld_dtype_size(g->w->dtype);
 }
