@@ -453,8 +453,9 @@ static meld_status grouped_core(meld_context *ctx, const meld_moe_weights *w, co
         cursor[2 * f] = phase[f];
         cursor[2 * f + 1] = split[f];
     }
-    float *copy = pack ? meld_scratch(ctx, cap_rows * ldp * sizeof(float)) : NULL;
-    if (pack && !copy) { free(tasks); free(phase); free(light_threads); free(src); return MELD_ERR_OUT_OF_MEMORY; }
+    /* no buffer where every unit is streamed (srow: the rows copied) */
+    float *copy = pack && srow ? meld_scratch(ctx, cap_rows * ldp * sizeof(float)) : NULL;
+    if (pack && srow && !copy) { free(tasks); free(phase); free(light_threads); free(src); return MELD_ERR_OUT_OF_MEMORY; }
     g.copy = copy;
 #pragma omp parallel num_threads(ctx->threads) if (ntasks > 1)
     {
