@@ -160,8 +160,8 @@ static int task_light(const gm_call *g, gm_task t) { return rows_light(g, unit_r
 
 /* A prefill unit of this few rows runs in decode order (run_decode_task: its rows read in place,
  * not copied), where its weights stream through every row tile's steps rather than the first
- * tile's: at most the ISA's gemm_stream_flops_per_byte (AVX2 16, f32: 32 rows; AVX-512 none,
- * not measured there). AVX2 on Zen 3, 2 threads, N 1536, K 2048,
+ * tile's: at most the ISA's gemm_stream_flops_per_byte (AVX2 and scalar 16: f32 32 rows, bf16
+ * and f16 16; AVX-512 none, not measured there). AVX2 on Zen 3, 2 threads, N 1536, K 2048,
  * alternated: 128 experts x 24 rows 3-16% faster, x 32 rows 2-15% (7 pairs of 7), x 40 the
  * same, 64 x 48 rows 3% slower; random routing, 8 rows an expert on average (light units
  * mostly): mixtral* T = 32 (N 7168, K 4096) 40.5-43.9 -> 31.0-33.8 ms, qwen3 T = 128
