@@ -97,7 +97,7 @@ static void run_tiles(meld_context *ctx, const meld_stream *s, size_t t0, size_t
         }
         /* runs shrink toward the end (a share of what is left, down to one tile), so that the
          * threads finish together: `meld merge` runs a pass a 1M-element chunk (64 tiles, runs
-         * of 4), and a thread waited at most pass ends for the other's last run. TIES 150M
+         * of 4), and at most pass ends one thread waited for the other's last run. TIES 150M
          * parameters, 2 threads, MELD_TIMING kernels (writes included) best of 8 and 6,
          * alternated: bf16 0.181-0.195 -> 0.180-0.184 s, f32 0.248 -> 0.235 s; samples in the
          * OpenMP runtime's wait in the fastest runs 6.6-7.8% -> 5.1-5.5% (bf16). The merge
