@@ -237,9 +237,9 @@ static inline int vi_keep_bytes(const vi c[4], vi t, uint8_t *out) {
 }
 /* GEMM register block: MELD_MR rows x 2 vectors of columns */
 #define MELD_MR 6
-/* The grouped matmul's heavy tasks spread L2 prefetches of their next k block over the block
- * (moe/grouped.c): measured faster on the Zen 3 machine. AVX-512 leaves it off: a similar spread
- * measured no gain on the Sapphire Rapids-class VM. */
+/* The grouped matmul's heavy tasks spread L2 prefetches of their next k block over the block,
+ * in bursts between the kernel's calls (moe/grouped.c): measured faster on the Zen 3 machine;
+ * this kernel's own prefetches go to L1. */
 #define MELD_GEMM_SPREAD_PREFETCH 1
 static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 31) == 0) _mm256_stream_ps(p, v); else _mm256_storeu_ps(p, v);

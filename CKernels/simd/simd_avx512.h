@@ -134,9 +134,14 @@ static inline vf vf_lookup8(vtab16 table, vi idx) { return _mm512_permutexvar_ps
  * arrives, capping the weight stream. AVX2 keeps L1: on the Zen 3 machine, decode T = 8
  * all-to-one read slower with locality 2 in 8 of 9 alternated pairs (3 shapes, by up to 11%). */
 #define MELD_GEMM_PREFETCH_LOCALITY 2
+/* The grouped matmul's heavy tasks prefetch their next k block through the kernel's own L2
+ * prefetches (moe/grouped.c: measured on the Zen 5 machine; bursts between the calls measured
+ * no gain there, nor a similar spread on the Sapphire Rapids-class VM). */
+#define MELD_GEMM_SPREAD_PREFETCH 2
 /* Prefill units of few rows keep the copied order (moe/grouped.c, rows_streamed): the decode
  * order's gain was measured on AVX2 only, and here a 32 KiB panel shares L1 with up to three
- * 12-row tiles read in place. */
+ * 12-row tiles read in place. On the Zen 5 machine, qwen3 T = 512 uniform (32 rows an expert),
+ * 2 threads, with 16 here: best of 30 alternated 94.1 against 92.3 ms, no gain. */
 #define MELD_GEMM_STREAM_FLOPS_PER_BYTE 0
 static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 63) == 0) _mm512_stream_ps(p, v); else _mm512_storeu_ps(p, v);

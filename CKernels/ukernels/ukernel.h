@@ -194,7 +194,8 @@ typedef struct meld_ukernels {
     meld_gemm_packed_ukernel gemm_packed;
     size_t gemm_mr, gemm_nr;
     /* the caller (moe/grouped.c) spreads prefetches of a task's next k block over the calls of
-     * its row tiles after the first: a tuning choice of the ISA, no change in results */
+     * its row tiles after the first: 0 no, 1 in bursts between the calls, 2 through the calls'
+     * b_next and pf_lines. A tuning choice of the ISA, no change in results */
     int gemm_spread_prefetch;
     /* prefill units of at most this many FLOPs a weight byte run in decode order, rows read in
      * place (moe/grouped.c, rows_streamed); 0: none. A tuning choice too */
