@@ -206,7 +206,9 @@ static void run_task(const gm_call *g, gm_task t) {
      * Zen 5 machine (AVX-512), 2 threads, alternated in one process, best of 20-30: dense
      * 1536 x 4096 x 2048 67.8 -> 66.6 ms (median 76.3 -> 73.6), qwen3 T = 512 uniform 92.3 ->
      * 81.7 (median 100.4 -> 94.6), zipf 92.6 -> 90.8, olmoe T = 512 99.4 -> 94.9, mixtral*
-     * T = 128 50.8 -> 45.9, qwen3 T = 2048 289.7 -> 280.7; the bursts there measured no
+     * T = 128 50.8 -> 45.9, qwen3 T = 2048 289.7 -> 280.7; bf16 weights (half the bytes to
+     * stream) within 2% either way: qwen3 and olmoe T = 512 1-2% slower in 3 runs, dense and
+     * mixtral* T = 512 all-to-one 1% faster. The bursts there measured no
      * different from none, and in-kernel L1 prefetches on AVX2 (same machine) 2-4% slower than
      * its bursts. AVX2 on Zen 3, mixtral T = 512 all-to-one, builds
      * alternated 5 times: 2 threads 4-10% faster in every pair (0.89-0.96x -> 0.91-1.08x
