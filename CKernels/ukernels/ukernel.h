@@ -164,8 +164,8 @@ typedef struct meld_uk_apply_args {
 /* GEMM microkernel: C[mr x nr] (+)= A[mr x kc] * B[kc x NR], f32 accumulation.
  *  - a: MELD_MR row pointers at the first k of the block (rows >= mr repeat a valid row);
  *  - b: packed panel, kc x NR, k-major, in b_dt (zero-padded past the matrix's last column);
- *  - b_next, pf_lines: pf_lines 64-byte lines from b_next (the panel the caller uses next, or
- *    its share of it), prefetched while b is consumed, spread evenly over the kc steps (with
+ *  - b_next, pf_lines: pf_lines 64-byte lines from b_next (the panel the caller uses next, its
+ *    share of it, or a share of its next k block), prefetched while b is consumed, spread evenly over the kc steps (with
  *    few rows per expert every panel comes from DRAM once); a hint: a step prefetches at most
  *    the bytes of a step's NR weights; b_next NULL or pf_lines 0: none. Into the cache level of
  *    MELD_GEMM_PREFETCH_LOCALITY (L1, or L2 on AVX-512);
