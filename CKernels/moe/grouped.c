@@ -210,7 +210,9 @@ static void run_task(const gm_call *g, gm_task t) {
      * stream) within 2% either way: qwen3 and olmoe T = 512 1-2% slower in 3 runs, dense and
      * mixtral* T = 512 all-to-one 1% faster. The bursts there measured no
      * different from none, and in-kernel L1 prefetches on AVX2 (same machine) 2-4% slower than
-     * its bursts. AVX2 on Zen 3, mixtral T = 512 all-to-one, builds
+     * its bursts. Also tried there, no clear gain (within 3% either way over 6 cases): spreading
+     * over the first row tile's calls too, and a task's last k block prefetching the first of
+     * the next task (claimed one ahead). AVX2 on Zen 3, mixtral T = 512 all-to-one, builds
      * alternated 5 times: 2 threads 4-10% faster in every pair (0.89-0.96x -> 0.91-1.08x
      * OpenBLAS), 1 thread ~4% (4 pairs of 5). Light tasks are left as they were: with the
      * spread, qwen3 T = 128 read ~5% slower in 2 (noisy) pairs (on AVX2 they now run in decode
