@@ -201,8 +201,8 @@ static void run_task(const gm_call *g, gm_task t) {
     /* Where the ISA asks for it (gemm_spread_prefetch), a heavy task of several row tiles
      * spreads prefetches of its next k block's weights (to L2) over this block's calls after
      * the first row tile, which would otherwise wait on memory at every panel (its own prefetch
-     * runs one panel ahead): as a burst before each call (1: AVX2, whose kernel prefetches to
-     * L1), or through the call's own steps (2: AVX-512, whose kernel prefetches to L2). On the
+     * runs one panel ahead): as a burst before each call (AVX2, whose kernel prefetches to
+     * L1), or through the call's own steps (AVX-512, whose kernel prefetches to L2). On the
      * Zen 5 machine (AVX-512), 2 threads, alternated in one process, best of 20-30: dense
      * 1536 x 4096 x 2048 67.8 -> 66.6 ms (median 76.3 -> 73.6), qwen3 T = 512 uniform 92.3 ->
      * 81.7 (median 100.4 -> 94.6), zipf 92.6 -> 90.8, olmoe T = 512 99.4 -> 94.9, mixtral*
@@ -222,7 +222,7 @@ static void run_task(const gm_call *g, gm_task t) {
      * tile's in-loop prefetch in place of the bursts; the spread itself gains ~1% there. On AVX2
      * that case too runs in decode order now. */
     const size_t rows = m1 - t.m0, tiles = (rows + MR - 1) / MR, panels = (n1 - t.n0 + NR - 1) / NR;
-    const int spread = tiles > 1 && !task_light(g, t) ? g->uk->gemm_spread_prefetch : 0;
+    const int spread = tiles > 1 && !task_light(g, t) ? g->uk->gemm_spread_prefetch : MELD_SPREAD_NONE;
     for (size_t k0 = 0; k0 < K; k0 += GM_KC) {
         const size_t kc = K - k0 < GM_KC ? K - k0 : GM_KC;
         const char *pf = NULL, *pf_end = NULL;
@@ -250,7 +250,7 @@ static void run_task(const gm_call *g, gm_task t) {
                 for (size_t r = 0; r < mr; r++) c[r] = g->crow[g->start[t.e] + m + r] + n0;
                 if (pf && i && pf < pf_end) {
                     const size_t left = (size_t)(pf_end - pf + 63) / 64, lines = left < pf_step / 64 ? left : pf_step / 64;
-                    if (spread == 2) bn = (gm_pf){pf, lines}; /* the call's own steps prefetch them */
+                    if (spread == MELD_SPREAD_IN_KERNEL) bn = (gm_pf){pf, lines}; /* the call's own steps prefetch them */
                     else
                         for (size_t l = 0; l < lines; l++) __builtin_prefetch(pf + l * 64, 0, 1);
                     pf += lines * 64;

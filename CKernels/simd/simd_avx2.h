@@ -240,7 +240,7 @@ static inline int vi_keep_bytes(const vi c[4], vi t, uint8_t *out) {
 /* The grouped matmul's heavy tasks spread L2 prefetches of their next k block over the block,
  * in bursts between the kernel's calls (moe/grouped.c): measured faster on the Zen 3 machine;
  * this kernel's own prefetches go to L1. */
-#define MELD_GEMM_SPREAD_PREFETCH 1
+#define MELD_GEMM_SPREAD_PREFETCH MELD_SPREAD_BURSTS
 static inline void vf_stream(float *p, vf v) {
     if (((uintptr_t)p & 31) == 0) _mm256_stream_ps(p, v); else _mm256_storeu_ps(p, v);
 }

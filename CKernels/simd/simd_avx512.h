@@ -137,7 +137,7 @@ static inline vf vf_lookup8(vtab16 table, vi idx) { return _mm512_permutexvar_ps
 /* The grouped matmul's heavy tasks prefetch their next k block through the kernel's own L2
  * prefetches (moe/grouped.c: measured on the Zen 5 machine; bursts between the calls measured
  * no gain there, nor a similar spread on the Sapphire Rapids-class VM). */
-#define MELD_GEMM_SPREAD_PREFETCH 2
+#define MELD_GEMM_SPREAD_PREFETCH MELD_SPREAD_IN_KERNEL
 /* Prefill units of few rows keep the copied order (moe/grouped.c, rows_streamed): the decode
  * order's gain was measured on AVX2 only, and here a 32 KiB panel shares L1 with up to three
  * 12-row tiles read in place. On the Zen 5 machine, qwen3 T = 512 uniform (32 rows an expert),

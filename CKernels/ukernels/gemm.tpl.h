@@ -1,7 +1,7 @@
 /* GEMM microkernel (template): MELD_MR x (2 * MELD_W) register block. Contract: ukernel.h. */
 #define MELD_NR (2 * MELD_W)
 #ifndef MELD_GEMM_SPREAD_PREFETCH
-#define MELD_GEMM_SPREAD_PREFETCH 0 /* the registry's gemm_spread_prefetch (ukernel.h) */
+#define MELD_GEMM_SPREAD_PREFETCH MELD_SPREAD_NONE /* the registry's gemm_spread_prefetch (ukernel.h) */
 #endif
 #ifndef MELD_GEMM_STREAM_FLOPS_PER_BYTE
 #define MELD_GEMM_STREAM_FLOPS_PER_BYTE 16 /* the registry's gemm_stream_flops_per_byte */

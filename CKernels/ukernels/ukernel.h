@@ -178,6 +178,13 @@ typedef void (*meld_gemm_ukernel)(size_t kc, const float *const *a, const void *
 typedef void (*meld_gemm_packed_ukernel)(size_t kc, const float *a, const void *b, const void *b_next, size_t pf_lines,
                                          int b_dt, float *const *c, size_t mr, size_t nr, int accumulate);
 
+/* How the grouped matmul spreads a task's next k block prefetch (gemm_spread_prefetch) */
+enum meld_gemm_spread {
+    MELD_SPREAD_NONE = 0,
+    MELD_SPREAD_BURSTS = 1, /* prefetches to L2 in a burst before each call */
+    MELD_SPREAD_IN_KERNEL = 2, /* through each call's b_next and pf_lines (the kernel's own prefetches) */
+};
+
 typedef struct meld_ukernels {
     meld_isa isa;
     const char *name;
@@ -194,8 +201,8 @@ typedef struct meld_ukernels {
     meld_gemm_packed_ukernel gemm_packed;
     size_t gemm_mr, gemm_nr;
     /* the caller (moe/grouped.c) spreads prefetches of a task's next k block over the calls of
-     * its row tiles after the first: 0 no, 1 in bursts between the calls, 2 through the calls'
-     * b_next and pf_lines. A tuning choice of the ISA, no change in results */
+     * its row tiles after the first (meld_gemm_spread). A tuning choice of the ISA, no change in
+     * results */
     int gemm_spread_prefetch;
     /* prefill units of at most this many FLOPs a weight byte run in decode order, rows read in
      * place (moe/grouped.c, rows_streamed); 0: none. A tuning choice too */
